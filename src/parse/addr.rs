@@ -1,0 +1,186 @@
+//! Client addresses: parsing the forms proxies write, and choosing the real
+//! client behind trusted proxies.
+//!
+//! The rule is nginx's `real_ip_recursive on`: start at the peer address; while
+//! it is a trusted proxy, step one hop left in X-Forwarded-For. Hops left of the
+//! first untrusted one were written by the client and are never believed, so a
+//! forged X-Forwarded-For cannot make us ban someone else.
+
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// Parses `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]`, `[::1]:80`; IPv4-mapped
+/// IPv6 becomes IPv4.
+pub fn parse_addr(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    let ip = if let Some(rest) = s.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let after = &rest[end + 1..];
+        if !(after.is_empty() || valid_port_suffix(after)) {
+            return None;
+        }
+        rest[..end].parse::<IpAddr>().ok()?
+    } else if let Ok(ip) = s.parse::<IpAddr>() {
+        ip
+    } else {
+        // `a.b.c.d:port`; an IPv6 address without brackets has several colons
+        // and already parsed above.
+        let (host, port) = s.rsplit_once(':')?;
+        if !valid_port_suffix(&s[host.len()..]) || port.is_empty() {
+            return None;
+        }
+        match host.parse::<IpAddr>().ok()? {
+            ip @ IpAddr::V4(_) => ip,
+            IpAddr::V6(_) => return None,
+        }
+    };
+    Some(ip.to_canonical())
+}
+
+fn valid_port_suffix(s: &str) -> bool {
+    s.strip_prefix(':')
+        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()))
+}
+
+/// A set of networks (the allowlist, trusted proxies). Small; linear scan.
+#[derive(Clone, Debug, Default)]
+pub struct NetSet {
+    nets: Vec<IpNet>,
+}
+
+impl NetSet {
+    pub fn new(nets: Vec<IpNet>) -> NetSet {
+        NetSet { nets }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.nets.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Why no client address could be chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientError {
+    BadPeer,
+    BadForwardedFor,
+}
+
+/// Chooses the client from the peer address and the X-Forwarded-For value.
+///
+/// `peer` may itself be a comma-separated chain (some setups log
+/// `$proxy_add_x_forwarded_for` where `$remote_addr` usually stands): its last
+/// hop is the peer and the others are forwarded hops.
+pub fn resolve_client(
+    peer: &str,
+    forwarded_for: Option<&str>,
+    trusted: &NetSet,
+) -> Result<IpAddr, ClientError> {
+    let (chain_head, peer_str) = match peer.rfind(',') {
+        Some(i) => (Some(&peer[..i]), &peer[i + 1..]),
+        None => (None, peer),
+    };
+    let mut client = parse_addr(peer_str).ok_or(ClientError::BadPeer)?;
+    if trusted.is_empty() {
+        return Ok(client);
+    }
+    // A chain in the peer position is `$proxy_add_x_forwarded_for`: the header
+    // plus the peer. Walk its hops right-to-left, else the header's.
+    let hops = chain_head.or(forwarded_for).unwrap_or("");
+    for hop in hops.rsplit(',').map(str::trim).filter(|h| !h.is_empty() && *h != "-") {
+        if !trusted.contains(client) {
+            break;
+        }
+        client = parse_addr(hop).ok_or(ClientError::BadForwardedFor)?;
+    }
+    Ok(client)
+}
+
+/// Masks an address to a prefix length and returns it as a 128-bit key
+/// (IPv4 in its IPv4-mapped form), for fixed-size map keys.
+pub fn masked_key(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> u128 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let mask = if v4_prefix == 0 { 0 } else { u32::MAX << (32 - v4_prefix.min(32)) };
+            0xffff_0000_0000u128 | (bits & mask) as u128
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let mask = if v6_prefix == 0 { 0 } else { u128::MAX << (128 - v6_prefix.min(128)) };
+            bits & mask
+        }
+    }
+}
+
+/// Inverse of [`masked_key`]: the network a key stands for.
+pub fn key_to_net(key: u128, v4_prefix: u8, v6_prefix: u8) -> IpNet {
+    let ip = IpAddr::V6(key.into()).to_canonical();
+    let prefix = if ip.is_ipv4() { v4_prefix } else { v6_prefix };
+    IpNet::new(ip, prefix).expect("prefix validated by config")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(s: &[&str]) -> NetSet {
+        NetSet::new(s.iter().map(|n| n.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn address_forms() {
+        assert_eq!(parse_addr("1.2.3.4"), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(parse_addr("1.2.3.4:8080"), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(parse_addr("[fd00::1]:443"), Some("fd00::1".parse().unwrap()));
+        assert_eq!(parse_addr("[fd00::1]"), Some("fd00::1".parse().unwrap()));
+        assert_eq!(parse_addr("::ffff:10.1.2.3"), Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(parse_addr("1.2.3.4:"), None);
+        assert_eq!(parse_addr("1.2.3.4:80:80"), None);
+        assert_eq!(parse_addr("evil.example"), None);
+        assert_eq!(parse_addr("[fd00::1]x"), None);
+    }
+
+    #[test]
+    fn untrusted_peer_ignores_forwarded_for() {
+        let t = nets(&["10.0.0.0/8"]);
+        let c = resolve_client("203.0.113.9", Some("1.1.1.1"), &t).unwrap();
+        assert_eq!(c, "203.0.113.9".parse::<IpAddr>().unwrap());
+        // No trusted proxies at all: the peer, always.
+        let c = resolve_client("10.0.0.1", Some("1.1.1.1"), &NetSet::default()).unwrap();
+        assert_eq!(c, "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn rightmost_untrusted_hop_wins() {
+        let t = nets(&["10.0.0.0/8"]);
+        // The client forged "6.6.6.6"; the proxy appended the real 198.51.100.7.
+        let c = resolve_client("10.0.0.2", Some("6.6.6.6, 198.51.100.7, 10.0.0.3"), &t).unwrap();
+        assert_eq!(c, "198.51.100.7".parse::<IpAddr>().unwrap());
+        // A chain written where remote_addr stands.
+        let c = resolve_client("6.6.6.6, 198.51.100.7, 10.0.0.1", None, &t).unwrap();
+        assert_eq!(c, "198.51.100.7".parse::<IpAddr>().unwrap());
+        // All hops trusted: the leftmost one.
+        let c = resolve_client("10.0.0.2", Some("10.9.9.9"), &t).unwrap();
+        assert_eq!(c, "10.9.9.9".parse::<IpAddr>().unwrap());
+        assert_eq!(resolve_client("10.0.0.2", Some("junk"), &t), Err(ClientError::BadForwardedFor));
+        assert_eq!(resolve_client("junk", None, &t), Err(ClientError::BadPeer));
+    }
+
+    #[test]
+    fn masking() {
+        let k = masked_key("192.0.2.77".parse().unwrap(), 24, 64);
+        assert_eq!(key_to_net(k, 24, 64).to_string(), "192.0.2.0/24");
+        let k = masked_key("2001:db8:1:2:3:4:5:6".parse().unwrap(), 24, 64);
+        assert_eq!(key_to_net(k, 24, 64).to_string(), "2001:db8:1:2::/64");
+        let a = masked_key("2001:db8:1:2::1".parse().unwrap(), 32, 64);
+        let b = masked_key("2001:db8:1:2::ffff".parse().unwrap(), 32, 64);
+        let c = masked_key("2001:db8:1:3::1".parse().unwrap(), 32, 64);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+}

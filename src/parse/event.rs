@@ -1,0 +1,259 @@
+//! The event: what one access-log line says, in typed fields.
+//!
+//! An [`Event`] is reused from line to line: text fields are copied (and
+//! unescaped) into one internal buffer and referenced by span, so parsing a
+//! line allocates nothing once the buffer has grown to the longest line.
+
+use std::net::IpAddr;
+
+/// A field every format can provide. Names are what the config uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StdField {
+    Time,
+    Client,
+    Method,
+    Path,
+    Protocol,
+    Status,
+    Bytes,
+    UserAgent,
+    Referer,
+    RequestTime,
+    ApiKey,
+    Request,
+    ForwardedFor,
+    RemoteUser,
+    Host,
+}
+
+impl StdField {
+    pub const ALL: [StdField; 15] = [
+        StdField::Time,
+        StdField::Client,
+        StdField::Method,
+        StdField::Path,
+        StdField::Protocol,
+        StdField::Status,
+        StdField::Bytes,
+        StdField::UserAgent,
+        StdField::Referer,
+        StdField::RequestTime,
+        StdField::ApiKey,
+        StdField::Request,
+        StdField::ForwardedFor,
+        StdField::RemoteUser,
+        StdField::Host,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StdField::Time => "time",
+            StdField::Client => "client",
+            StdField::Method => "method",
+            StdField::Path => "path",
+            StdField::Protocol => "protocol",
+            StdField::Status => "status",
+            StdField::Bytes => "bytes",
+            StdField::UserAgent => "user_agent",
+            StdField::Referer => "referer",
+            StdField::RequestTime => "request_time",
+            StdField::ApiKey => "api_key",
+            StdField::Request => "request",
+            StdField::ForwardedFor => "forwarded_for",
+            StdField::RemoteUser => "remote_user",
+            StdField::Host => "host",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<StdField> {
+        StdField::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+
+    /// Fields stored as text spans (the others are typed values).
+    fn text_slot(self) -> Option<usize> {
+        match self {
+            StdField::Method => Some(0),
+            StdField::Path => Some(1),
+            StdField::Protocol => Some(2),
+            StdField::UserAgent => Some(3),
+            StdField::Referer => Some(4),
+            StdField::ApiKey => Some(5),
+            StdField::Request => Some(6),
+            StdField::ForwardedFor => Some(7),
+            StdField::RemoteUser => Some(8),
+            StdField::Host => Some(9),
+            _ => None,
+        }
+    }
+}
+
+const TEXT_SLOTS: usize = 10;
+
+/// A field named in config: a standard one, or a format-specific one by id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FieldRef {
+    Std(StdField),
+    /// Index into [`Wanted::extras`].
+    Extra(usize),
+}
+
+/// Which fields the jails need. Parsers skip (and never unescape) the rest.
+#[derive(Clone, Debug, Default)]
+pub struct Wanted {
+    std: u32,
+    /// Names of format-specific fields, by id.
+    pub extras: Vec<String>,
+}
+
+impl Wanted {
+    /// Everything: used by `replay` diagnostics and tests.
+    pub fn all() -> Wanted {
+        Wanted { std: u32::MAX, extras: Vec::new() }
+    }
+
+    pub fn add_std(&mut self, f: StdField) {
+        self.std |= f.bit();
+    }
+
+    /// Resolves a config field name, registering format-specific names.
+    pub fn field(&mut self, name: &str) -> FieldRef {
+        if let Some(f) = StdField::from_name(name) {
+            self.add_std(f);
+            return FieldRef::Std(f);
+        }
+        let id = match self.extras.iter().position(|n| n == name) {
+            Some(id) => id,
+            None => {
+                self.extras.push(name.to_string());
+                self.extras.len() - 1
+            }
+        };
+        FieldRef::Extra(id)
+    }
+
+    pub fn has(&self, f: StdField) -> bool {
+        self.std & f.bit() != 0
+    }
+
+    pub fn extra_id(&self, name: &str) -> Option<usize> {
+        self.extras.iter().position(|n| n == name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+/// Event time in milliseconds since the Unix epoch, UTC.
+pub type Millis = i64;
+
+/// One parsed line. See the module docs for the buffer reuse.
+#[derive(Debug, Default)]
+pub struct Event {
+    pub time: Millis,
+    pub client: Option<IpAddr>,
+    pub status: Option<u16>,
+    pub bytes: Option<u64>,
+    /// Seconds, as the proxy wrote it.
+    pub request_time: Option<f64>,
+    buf: String,
+    text: [Option<Span>; TEXT_SLOTS],
+    extras: Vec<Option<Span>>,
+}
+
+impl Event {
+    pub fn new(wanted: &Wanted) -> Event {
+        Event { extras: vec![None; wanted.extras.len()], ..Event::default() }
+    }
+
+    /// Forgets the previous line; keeps the allocations.
+    pub fn clear(&mut self) {
+        self.time = 0;
+        self.client = None;
+        self.status = None;
+        self.bytes = None;
+        self.request_time = None;
+        self.buf.clear();
+        self.text = [None; TEXT_SLOTS];
+        self.extras.iter_mut().for_each(|e| *e = None);
+    }
+
+    /// Appends text to the buffer and returns its span; `push` writes the bytes.
+    fn push_with(&mut self, push: impl FnOnce(&mut String)) -> Span {
+        let start = self.buf.len() as u32;
+        push(&mut self.buf);
+        Span { start, end: self.buf.len() as u32 }
+    }
+
+    /// Stores a standard text field. Numeric and address fields have their own setters.
+    pub fn set_text_with(&mut self, f: StdField, push: impl FnOnce(&mut String)) {
+        if let Some(slot) = f.text_slot() {
+            let span = self.push_with(push);
+            self.text[slot] = Some(span);
+        }
+    }
+
+    pub fn set_text(&mut self, f: StdField, value: &str) {
+        self.set_text_with(f, |b| b.push_str(value));
+    }
+
+    pub fn set_extra_with(&mut self, id: usize, push: impl FnOnce(&mut String)) {
+        if id < self.extras.len() {
+            let span = self.push_with(push);
+            self.extras[id] = Some(span);
+        }
+    }
+
+    pub fn text(&self, f: StdField) -> Option<&str> {
+        let span = self.text[f.text_slot()?]?;
+        Some(&self.buf[span.start as usize..span.end as usize])
+    }
+
+    pub fn extra(&self, id: usize) -> Option<&str> {
+        let span = (*self.extras.get(id)?)?;
+        Some(&self.buf[span.start as usize..span.end as usize])
+    }
+
+    pub fn method(&self) -> Option<&str> {
+        self.text(StdField::Method)
+    }
+    pub fn path(&self) -> Option<&str> {
+        self.text(StdField::Path)
+    }
+    pub fn user_agent(&self) -> Option<&str> {
+        self.text(StdField::UserAgent)
+    }
+    pub fn api_key(&self) -> Option<&str> {
+        self.text(StdField::ApiKey)
+    }
+
+    /// Any field as text, for `field` conditions and text keys.
+    /// Typed fields are formatted into `scratch`.
+    pub fn value<'a>(&'a self, f: &FieldRef, scratch: &'a mut String) -> Option<&'a str> {
+        use std::fmt::Write;
+        match f {
+            FieldRef::Extra(id) => self.extra(*id),
+            FieldRef::Std(sf) => {
+                if sf.text_slot().is_some() {
+                    return self.text(*sf);
+                }
+                scratch.clear();
+                match sf {
+                    StdField::Client => write!(scratch, "{}", self.client?).ok()?,
+                    StdField::Status => write!(scratch, "{}", self.status?).ok()?,
+                    StdField::Bytes => write!(scratch, "{}", self.bytes?).ok()?,
+                    StdField::RequestTime => write!(scratch, "{}", self.request_time?).ok()?,
+                    StdField::Time => write!(scratch, "{}", self.time).ok()?,
+                    _ => return None,
+                }
+                Some(scratch.as_str())
+            }
+        }
+    }
+}
