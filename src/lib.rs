@@ -2,5 +2,11 @@
 //!
 //! The pipeline, one module a stage: **watch → parse → detect → decide → act**,
 //! with **control** (socket + CLI) and **state** (persistence) beside it.
+//! This build has the offline half: `config`, `parse`, `detect`, and the
+//! `replay` driver that runs them over files.
 
+pub mod config;
+pub mod detect;
 pub mod parse;
+pub mod replay;
+pub mod watch;

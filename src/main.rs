@@ -1,3 +1,227 @@
-fn main() {
-    println!("Hello, world!");
+//! The `portcullis` command.
+
+use clap::{Parser, Subcommand};
+use portcullis::config::{Config, ConfigError, ConfigFiles, embedded};
+use portcullis::detect::{Decision, TargetKind};
+use portcullis::parse::wrap::Wrap;
+use portcullis::replay::{Replay, Selection, Summary};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const DEFAULT_CONFIG_DIR: &str = "/etc/portcullis";
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "Log-tailing incident detection and auto-ban for API ingress hosts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Config directory (portcullis.toml, jails.d/, filters.d/). Default:
+    /// /etc/portcullis if it exists, else the built-in defaults.
+    #[arg(long, short = 'c', value_name = "DIR")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config; print every error with file, line and column.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run the jails over log files (or `-` for stdin) and print what would be done.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this jail (repeatable); names a disabled jail to try it.
+        #[arg(long, short = 'j', value_name = "NAME")]
+        jail: Vec<String>,
+        /// Read the files with this format instead of each jail's own.
+        #[arg(long, value_name = "NAME")]
+        format: Option<String>,
+        /// Container-runtime wrapping of the lines: none, cri, docker.
+        #[arg(long, value_parser = parse_wrap)]
+        wrap: Option<Wrap>,
+        /// JSON lines: one per decision, then a summary.
+        #[arg(long)]
+        json: bool,
+        /// Log files; `-` reads stdin.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn parse_wrap(s: &str) -> Result<Wrap, String> {
+    match s {
+        "none" => Ok(Wrap::None),
+        "cri" => Ok(Wrap::Cri),
+        "docker" => Ok(Wrap::Docker),
+        _ => Err("use none, cri or docker".into()),
+    }
+}
+
+fn load_config(arg: &ConfigArg) -> Result<Config, Vec<ConfigError>> {
+    let files = match &arg.config {
+        Some(dir) => ConfigFiles::read_dir(dir).map_err(|e| vec![e])?,
+        None if Path::new(DEFAULT_CONFIG_DIR).join("portcullis.toml").exists() => {
+            ConfigFiles::read_dir(Path::new(DEFAULT_CONFIG_DIR)).map_err(|e| vec![e])?
+        }
+        None => {
+            eprintln!("portcullis: no {DEFAULT_CONFIG_DIR}/portcullis.toml; using the built-in default config");
+            embedded::files()
+        }
+    };
+    Config::load(&files)
+}
+
+fn print_errors(errors: &[ConfigError]) {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    eprintln!("{} error{} in the config", errors.len(), if errors.len() == 1 { "" } else { "s" });
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match load_config(&config) {
+            Ok(c) => {
+                let enabled = c.jails.iter().filter(|j| j.enabled).count();
+                println!(
+                    "config OK: {} jails ({enabled} enabled), {} filters, {} custom formats",
+                    c.jails.len(),
+                    c.filter_count,
+                    c.formats.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                print_errors(&errors);
+                ExitCode::FAILURE
+            }
+        },
+        Command::Replay { config, jail, format, wrap, json, files } => {
+            let config = match load_config(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    print_errors(&errors);
+                    return ExitCode::FAILURE;
+                }
+            };
+            let sel = Selection { jails: jail, format, wrap };
+            match run_replay(&config, &sel, &files, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run_replay(config: &Config, sel: &Selection, files: &[PathBuf], json: bool) -> Result<(), String> {
+    let mut replay = Replay::new(config, sel)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for path in files {
+        let name = path.display().to_string();
+        let emit = |r: &Replay, d: Decision| {
+            let _ = if json { print_decision_json(&mut out, &d) } else { print_decision(&mut out, r, &d) };
+        };
+        let result = if name == "-" {
+            replay.read("(stdin)", std::io::stdin().lock(), emit)
+        } else {
+            let file = std::fs::File::open(path).map_err(|e| format!("cannot open {name}: {e}"))?;
+            replay.read(&name, file, emit)
+        };
+        result.map_err(|e| format!("reading {name}: {e}"))?;
+    }
+    let summary = replay.summary();
+    let written = if json {
+        serde_json::to_writer(&mut out, &serde_json::json!({ "type": "summary", "summary": summary }))
+            .map_err(std::io::Error::other)
+            .and_then(|_| writeln!(out))
+    } else {
+        print_summary(&mut out, &summary)
+    };
+    written.and_then(|_| out.flush()).map_err(|e| format!("writing output: {e}"))
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn human_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s % 86400 == 0 && s > 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn print_decision(out: &mut impl Write, r: &Replay, d: &Decision) -> std::io::Result<()> {
+    let verb = match d.target {
+        portcullis::detect::Target::Address(_) => TargetKind::Address,
+        portcullis::detect::Target::Key(_) => TargetKind::Key,
+    };
+    let verb = if verb == TargetKind::Address { "ban" } else { "revoke" };
+    writeln!(
+        out,
+        "{verb} {}  jail={} severity={} count={} first_seen={} at={} for={}",
+        d.target,
+        d.jail,
+        d.severity,
+        d.count,
+        rfc3339(d.first_seen),
+        rfc3339(d.time),
+        human_duration(d.bantime),
+    )?;
+    for e in &d.evidence {
+        let src = r.sources.get(e.source as usize).map_or("?", String::as_str);
+        let line: String = e.line.chars().take(300).collect();
+        writeln!(out, "    {src}:{}: {}", e.offset, line.escape_debug())?;
+    }
+    Ok(())
+}
+
+fn print_decision_json(out: &mut impl Write, d: &Decision) -> std::io::Result<()> {
+    let v = serde_json::json!({
+        "type": "decision",
+        "jail": &*d.jail,
+        "target": d.target.to_string(),
+        "target_kind": match d.target { portcullis::detect::Target::Address(_) => "address", _ => "key" },
+        "key": d.key,
+        "time": rfc3339(d.time),
+        "first_seen": rfc3339(d.first_seen),
+        "count": d.count,
+        "severity": d.severity,
+        "bantime_secs": d.bantime.as_secs(),
+        "evidence": d.evidence,
+    });
+    serde_json::to_writer(&mut *out, &v).map_err(std::io::Error::other)?;
+    writeln!(out)
+}
+
+fn print_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
+    writeln!(out, "\nSummary ({} bytes read)", s.bytes)?;
+    for (name, f) in &s.formats {
+        writeln!(out, "  format {name}: {} lines, {} parsed, {} unparsed", f.lines, f.parsed, f.unparsed)?;
+        for (why, r) in &f.reasons {
+            writeln!(out, "    {why}: {}  e.g. {}", r.count, r.example.escape_debug())?;
+        }
+    }
+    writeln!(out, "  {:<24} {:>9} {:>9} {:>9} {:>9}", "jail", "matches", "decisions", "ignored", "tracked")?;
+    for (name, j) in &s.jails {
+        writeln!(out, "  {name:<24} {:>9} {:>9} {:>9} {:>9}", j.matches, j.decisions, j.ignored, j.tracked)?;
+    }
+    writeln!(out, "  {} decisions", s.decisions)
 }

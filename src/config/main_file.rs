@@ -1,0 +1,145 @@
+//! `portcullis.toml`: global settings, jail defaults and custom log formats.
+//!
+//! ```toml
+//! state_dir = "/var/lib/portcullis"
+//! ignore = ["127.0.0.1/8", "::1"]
+//! trusted_proxies = ["10.0.0.0/8"]
+//!
+//! [defaults]
+//! findtime = "10m"
+//! bantime = "1h"
+//!
+//! [formats.api_audit]
+//! nginx = '$remote_addr - $remote_user [$time_local] "$request" ...'
+//! ```
+
+use super::de::{Cidr, ConfigDuration, OneOrMany};
+use super::{ConfigError, SourceFile};
+use crate::parse::template::Escape;
+use crate::parse::{FormatSpec, envoy, nginx};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use toml::Spanned;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MainConfig {
+    /// Where bans, offsets and incidents are kept. Default `/var/lib/portcullis`.
+    pub state_dir: Option<PathBuf>,
+    /// Addresses and networks never acted on (fail2ban's `ignoreip`).
+    #[serde(default, alias = "ignoreip")]
+    pub ignore: Vec<Cidr>,
+    /// API key ids never revoked.
+    #[serde(default)]
+    pub ignore_keys: Vec<String>,
+    /// Proxies whose X-Forwarded-For is believed (right-most untrusted hop wins).
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Longer lines are counted and skipped. Default 65536.
+    pub max_line_bytes: Option<usize>,
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Custom formats by name, usable as a jail's `format`.
+    #[serde(default)]
+    pub formats: BTreeMap<String, FormatConfig>,
+}
+
+/// Defaults for every jail's unset options.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    pub format: Option<String>,
+    pub maxretry: Option<u32>,
+    pub findtime: Option<ConfigDuration>,
+    pub bantime: Option<ConfigDuration>,
+    pub ipv4_prefix: Option<u8>,
+    pub ipv6_prefix: Option<u8>,
+    pub max_tracked: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscapeConfig {
+    Default,
+    Json,
+    None,
+}
+
+/// A custom format: exactly one of `nginx`, `envoy`, `json`, `regex`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormatConfig {
+    /// An nginx `log_format` string, or the whole directive pasted from nginx.conf.
+    pub nginx: Option<Spanned<String>>,
+    /// nginx's `escape=` for this format. Default: `default`.
+    pub escape: Option<EscapeConfig>,
+    /// An Envoy format string with `%OPERATOR%`s.
+    pub envoy: Option<Spanned<String>>,
+    /// JSON lines: event field name → JSON path (or a list, first present wins).
+    pub json: Option<Spanned<BTreeMap<String, OneOrMany<String>>>>,
+    /// A regex with named captures (`client` and `time` required).
+    pub regex: Option<Spanned<String>>,
+    /// chrono strftime format of a regex format's `time` capture.
+    pub time_format: Option<String>,
+    /// nginx variable (default `http_x_api_key_id`) or Envoy request header
+    /// (default `x-api-key-id`) that carries the API-key id.
+    pub api_key: Option<String>,
+}
+
+impl MainConfig {
+    pub fn compile_formats(
+        &self,
+        file: &SourceFile,
+        errors: &mut Vec<ConfigError>,
+    ) -> BTreeMap<String, FormatSpec> {
+        let mut out = BTreeMap::new();
+        for (name, f) in &self.formats {
+            let kinds = [f.nginx.is_some(), f.envoy.is_some(), f.json.is_some(), f.regex.is_some()];
+            let span = [f.nginx.as_ref().map(|s| s.span()), f.envoy.as_ref().map(|s| s.span()),
+                f.json.as_ref().map(|s| s.span()), f.regex.as_ref().map(|s| s.span())]
+                .into_iter()
+                .flatten()
+                .next()
+                .unwrap_or(0..0);
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                errors.push(ConfigError::at(file, span, format!(
+                    "format `{name}` needs exactly one of `nginx`, `envoy`, `json`, `regex`"
+                )));
+                continue;
+            }
+            let escape = match f.escape {
+                None | Some(EscapeConfig::Default) => Escape::Nginx,
+                Some(EscapeConfig::Json) => Escape::Json,
+                Some(EscapeConfig::None) => Escape::None,
+            };
+            let spec: Result<FormatSpec, String> = if let Some(s) = &f.nginx {
+                let var = f.api_key.as_deref().unwrap_or("http_x_api_key_id");
+                nginx::compile(s.get_ref(), escape, var)
+                    .map(|(pieces, escape)| FormatSpec::Template { pieces, escape })
+            } else if let Some(s) = &f.envoy {
+                let header = f.api_key.as_deref().unwrap_or("x-api-key-id").to_ascii_lowercase();
+                envoy::compile(s.get_ref(), &header)
+                    .map(|pieces| FormatSpec::Template { pieces, escape: Escape::None })
+            } else if let Some(m) = &f.json {
+                Ok(FormatSpec::Json(m.get_ref().iter().map(|(k, v)| (k.clone(), v.0.clone())).collect()))
+            } else {
+                let s = f.regex.as_ref().expect("one kind is set");
+                regex::Regex::new(s.get_ref())
+                    .map_err(|e| format!("invalid regex: {e}"))
+                    .map(|re| FormatSpec::Regex { re, time_format: f.time_format.clone() })
+            };
+            // Compile once for every field, to catch what only shows then.
+            let checked = spec.and_then(|s| {
+                s.compile(&crate::parse::Wanted::all()).map(|_| s)
+            });
+            match checked {
+                Ok(s) => {
+                    out.insert(name.clone(), s);
+                }
+                Err(e) => errors.push(ConfigError::at(file, span, format!("format `{name}`: {e}"))),
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,301 @@
+//! Configuration: `portcullis.toml`, plus every `jails.d/*.toml` and
+//! `filters.d/*.toml` beside it.
+//!
+//! Loading collects every error it can find, each with file, line, column and
+//! a reason (and a suggestion for a misspelt name), so `portcullis check`
+//! shows them all at once. Jails and filters are read one table at a time, so
+//! one bad jail does not hide the errors of the next.
+
+pub mod de;
+pub mod embedded;
+mod error;
+mod main_file;
+
+pub use error::ConfigError;
+pub use main_file::{Defaults, FormatConfig, MainConfig};
+
+use crate::detect::{FilterConfig, JailConfig, JailSpec, TargetKind};
+use crate::parse::FormatSpec;
+use crate::parse::addr::NetSet;
+use crate::parse::wrap::Wrap;
+use error::suggest;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::de::{DeTable, ValueDeserializer};
+
+/// One config file's name and text.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: String,
+}
+
+/// The files making up a config.
+#[derive(Debug, Clone)]
+pub struct ConfigFiles {
+    pub main: SourceFile,
+    pub jails: Vec<SourceFile>,
+    pub filters: Vec<SourceFile>,
+}
+
+impl ConfigFiles {
+    /// Reads `DIR/portcullis.toml`, `DIR/jails.d/*.toml`, `DIR/filters.d/*.toml`.
+    pub fn read_dir(dir: &Path) -> Result<ConfigFiles, ConfigError> {
+        let main_path = dir.join("portcullis.toml");
+        let main = read_file(&main_path)?;
+        let list = |sub: &str| -> Result<Vec<SourceFile>, ConfigError> {
+            let d = dir.join(sub);
+            let Ok(rd) = std::fs::read_dir(&d) else { return Ok(Vec::new()) };
+            let mut paths: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            paths.sort();
+            paths.iter().map(|p| read_file(p)).collect()
+        };
+        Ok(ConfigFiles { main, jails: list("jails.d")?, filters: list("filters.d")? })
+    }
+}
+
+fn read_file(path: &Path) -> Result<SourceFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
+        line: 0,
+        col: 0,
+        message: format!("cannot read: {e}"),
+    })?;
+    Ok(SourceFile { name: path.display().to_string(), text })
+}
+
+/// A jail with everything needed to run it.
+#[derive(Debug, Clone)]
+pub struct JailEntry {
+    pub spec: JailSpec,
+    pub enabled: bool,
+    pub format: String,
+    pub wrap: Wrap,
+    pub logpath: Vec<String>,
+}
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub main: MainConfig,
+    pub formats: BTreeMap<String, FormatSpec>,
+    pub jails: Vec<JailEntry>,
+    pub ignore: NetSet,
+    pub trusted_proxies: NetSet,
+    pub filter_count: usize,
+}
+
+impl Config {
+    pub fn max_line_bytes(&self) -> usize {
+        self.main.max_line_bytes.unwrap_or(64 * 1024)
+    }
+
+    /// Parses and validates; returns every error found.
+    pub fn load(files: &ConfigFiles) -> Result<Config, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let main = match toml::from_str::<MainConfig>(&files.main.text) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                errors.push(ConfigError::from_toml(&files.main, &e));
+                None
+            }
+        };
+        let formats = match &main {
+            Some(m) => m.compile_formats(&files.main, &mut errors),
+            None => BTreeMap::new(),
+        };
+        let filters = read_tables::<FilterConfig>(&files.filters, "filter", &mut errors);
+        let jails = read_tables::<JailConfig>(&files.jails, "jail", &mut errors);
+        let Some(main) = main else { return Err(errors) };
+
+        let mut entries = Vec::new();
+        for (name, jail) in &jails {
+            if let Some(entry) = resolve_jail(name, jail, &main, &formats, &filters, &mut errors) {
+                entries.push(entry);
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Config {
+            ignore: NetSet::new(main.ignore.iter().map(|c| c.0).collect()),
+            trusted_proxies: NetSet::new(main.trusted_proxies.iter().map(|c| c.0).collect()),
+            filter_count: filters.len(),
+            main,
+            formats,
+            jails: entries,
+        })
+    }
+
+    pub fn load_dir(dir: &Path) -> Result<Config, Vec<ConfigError>> {
+        let files = ConfigFiles::read_dir(dir).map_err(|e| vec![e])?;
+        Config::load(&files)
+    }
+}
+
+/// A named top-level table read from a file.
+struct Table<'a, T> {
+    file: &'a SourceFile,
+    /// Where its name stands, for errors that have no better place.
+    header: std::ops::Range<usize>,
+    value: T,
+}
+
+/// Reads every top-level table of every file as one `T`, by name.
+fn read_tables<'a, T: for<'de> Deserialize<'de>>(
+    files: &'a [SourceFile],
+    what: &str,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, Table<'a, T>> {
+    let mut out: BTreeMap<String, Table<'a, T>> = BTreeMap::new();
+    for file in files {
+        let table = match DeTable::parse(&file.text) {
+            Ok(t) => t.into_inner(),
+            Err(e) => {
+                errors.push(ConfigError::from_toml(file, &e));
+                continue;
+            }
+        };
+        for (key, value) in table {
+            let name = key.get_ref().to_string();
+            let span = key.span();
+            if !value.get_ref().is_table() {
+                errors.push(ConfigError::at(file, span, format!(
+                    "`{name}` must be a table: write `[{name}]` followed by its options"
+                )));
+                continue;
+            }
+            if let Some(other) = out.get(&name) {
+                errors.push(ConfigError::at(file, span, format!(
+                    "{what} `{name}` is already defined in {}", other.file.name
+                )));
+                continue;
+            }
+            match T::deserialize(ValueDeserializer::from(value)) {
+                Ok(value) => {
+                    out.insert(name, Table { file, header: span, value });
+                }
+                Err(e) => errors.push(ConfigError::from_toml(file, &e)),
+            }
+        }
+    }
+    out
+}
+
+fn resolve_jail(
+    name: &str,
+    table: &Table<JailConfig>,
+    main: &MainConfig,
+    formats: &BTreeMap<String, FormatSpec>,
+    filters: &BTreeMap<String, Table<FilterConfig>>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<JailEntry> {
+    let (file, jail, header) = (table.file, &table.value, table.header.clone());
+    let d = &main.defaults;
+    let n0 = errors.len();
+    let mut err = |span: std::ops::Range<usize>, msg: String| {
+        errors.push(ConfigError::at(file, span, format!("jail `{name}`: {msg}")));
+    };
+
+    let filter = match filters.get(jail.filter.get_ref()) {
+        Some(f) => Some(f.value.clone()),
+        None => {
+            let hint = suggest(jail.filter.get_ref(), filters.keys().map(String::as_str));
+            err(jail.filter.span(), format!("unknown filter `{}`{hint}", jail.filter.get_ref()));
+            None
+        }
+    };
+
+    let (format_name, format_span) = match &jail.format {
+        Some(f) => (f.get_ref().clone(), f.span()),
+        None => (d.format.clone().unwrap_or_else(|| "combined".into()), header.clone()),
+    };
+    let format = formats.get(&format_name).cloned().or_else(|| FormatSpec::builtin(&format_name));
+    if format.is_none() {
+        let names = formats.keys().map(String::as_str).chain(crate::parse::BUILTIN_FORMATS);
+        let hint = suggest(&format_name, names);
+        err(format_span.clone(), format!("unknown format `{format_name}`{hint}"));
+    }
+
+    let key_span = jail.key.as_ref().map_or(header.clone(), |k| k.span());
+    let key: Vec<String> = jail.key.as_ref().map_or_else(|| vec!["client".into()], |k| k.get_ref().0.clone());
+    if key.is_empty() || key.len() > 2 {
+        err(key_span.clone(), "`key` takes one or two field names".into());
+    }
+
+    // Fields the jail reads must exist in its format.
+    if let (Some(fmt), Some(filter)) = (&format, &filter) {
+        let have = fmt.field_names();
+        let mut reads: Vec<(&str, std::ops::Range<usize>)> =
+            filter.field_names().into_iter().map(|f| (f, jail.filter.span())).collect();
+        reads.extend(key.iter().map(|k| (k.as_str(), key_span.clone())));
+        if let Some(dist) = &jail.distinct {
+            reads.push((dist.get_ref(), dist.span()));
+        }
+        for (field, span) in reads {
+            if !have.iter().any(|h| h == field) {
+                let hint = suggest(field, have.iter().map(String::as_str));
+                err(span, format!(
+                    "reads field `{field}`, which format `{format_name}` does not provide{hint} (it has: {})",
+                    have.join(", ")
+                ));
+            }
+        }
+    }
+
+    match jail.target {
+        TargetKind::Address if !key.iter().any(|k| k == "client") => err(
+            key_span.clone(),
+            "`target = \"address\"` needs `client` in `key`; use `target = \"key\"` to revoke keys".into(),
+        ),
+        TargetKind::Key if !key.iter().any(|k| k != "client") => err(
+            key_span.clone(),
+            "`target = \"key\"` needs a non-address field in `key`, e.g. `key = \"api_key\"`".into(),
+        ),
+        _ => {}
+    }
+
+    let v4 = jail.ipv4_prefix.or(d.ipv4_prefix).unwrap_or(32);
+    let v6 = jail.ipv6_prefix.or(d.ipv6_prefix).unwrap_or(64);
+    if v4 > 32 || v6 > 128 {
+        err(header.clone(), format!("prefix lengths out of range (ipv4_prefix {v4} ≤ 32, ipv6_prefix {v6} ≤ 128)"));
+    }
+    let maxretry = jail.maxretry.or(d.maxretry).unwrap_or(5);
+    if maxretry == 0 {
+        err(header.clone(), "`maxretry` must be at least 1".into());
+    }
+    let findtime = jail.findtime.or(d.findtime).map_or(600, |f| f.0.as_secs());
+    if findtime == 0 {
+        err(header.clone(), "`findtime` must be at least 1s".into());
+    }
+    if errors.len() > n0 {
+        return None;
+    }
+    Some(JailEntry {
+        spec: JailSpec {
+            name: name.to_string(),
+            filter: filter?,
+            key,
+            ipv4_prefix: v4,
+            ipv6_prefix: v6,
+            maxretry,
+            findtime: std::time::Duration::from_secs(findtime),
+            bantime: jail.bantime.or(d.bantime).map_or(std::time::Duration::from_secs(3600), |b| b.0),
+            distinct: jail.distinct.as_ref().map(|s| s.get_ref().clone()),
+            target: jail.target,
+            severity: jail.severity,
+            max_tracked: jail.max_tracked.or(d.max_tracked).unwrap_or(200_000),
+        },
+        enabled: jail.enabled,
+        format: format_name,
+        wrap: jail.wrap,
+        logpath: jail.logpath.as_ref().map(|l| l.0.clone()).unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,79 @@
+//! The last matching lines of a jail, kept for decisions' evidence.
+//!
+//! A fixed ring per jail rather than lines per key: memory does not grow with
+//! tracked keys, and slots reuse their buffers, so recording allocates nothing
+//! once the ring is warm. Under a flood the ring turns over fast and a
+//! decision may carry only its last few lines; that is the honest trade.
+
+use super::{Evidence, Origin};
+
+#[derive(Debug, Default)]
+struct Slot {
+    key: Vec<u8>,
+    origin: Origin,
+    line: String,
+    used: bool,
+}
+
+#[derive(Debug)]
+pub struct EvidenceRing {
+    slots: Vec<Slot>,
+    next: usize,
+}
+
+impl EvidenceRing {
+    pub fn new(size: usize) -> EvidenceRing {
+        EvidenceRing { slots: (0..size).map(|_| Slot::default()).collect(), next: 0 }
+    }
+
+    pub fn record(&mut self, key: &[u8], origin: Origin, line: &str) {
+        let slot = &mut self.slots[self.next];
+        slot.key.clear();
+        slot.key.extend_from_slice(key);
+        slot.line.clear();
+        slot.line.push_str(line);
+        slot.origin = origin;
+        slot.used = true;
+        self.next = (self.next + 1) % self.slots.len();
+    }
+
+    /// Up to `max` most recent lines of `key`, oldest first; they are removed.
+    pub fn take_for(&mut self, key: &[u8], max: usize) -> Vec<Evidence> {
+        let n = self.slots.len();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let idx = (self.next + n - 1 - i) % n;
+            let slot = &mut self.slots[idx];
+            if slot.used && slot.key == key {
+                slot.used = false;
+                out.push(Evidence {
+                    source: slot.origin.source,
+                    offset: slot.origin.offset,
+                    line: slot.line.clone(),
+                });
+                if out.len() == max {
+                    break;
+                }
+            }
+        }
+        out.reverse();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_recent_lines_of_one_key() {
+        let mut r = EvidenceRing::new(4);
+        for (i, k) in ["a", "b", "a", "a", "b", "a"].iter().enumerate() {
+            r.record(k.as_bytes(), Origin { source: 0, offset: i as u64 }, &format!("{k}{i}"));
+        }
+        let ev = r.take_for(b"a", 5);
+        // The ring holds the last 4 (a2 a3 b4 a5): a0 was overwritten.
+        assert_eq!(ev.iter().map(|e| e.line.as_str()).collect::<Vec<_>>(), ["a2", "a3", "a5"]);
+        assert!(r.take_for(b"a", 5).is_empty());
+    }
+}

@@ -1,0 +1,450 @@
+//! The detect stage: events in, [`Decision`]s out.
+//!
+//! A [`Jail`] is a filter, a key (what is counted per), and a counter (matches
+//! in a sliding window, or distinct values of a field). It fires on the event
+//! that brings a key to the threshold within `findtime`, judged by the event
+//! times in the log, so `replay` and the daemon decide identically.
+//!
+//! Memory per tracked key: 48 bytes in the map (a 16-byte key and a 32-byte
+//! counter holding up to two one-second buckets inline) plus hashbrown's
+//! control byte and load-factor slack; a key with matches in more than two
+//! distinct seconds inside its window adds 8 bytes a second on the heap (at
+//! most `maxretry` seconds, as the jail fires at `maxretry`). Text keys (API
+//! key ids) add their length. See the README's benchmark for measured totals.
+
+mod evidence;
+pub mod filter;
+pub mod jail;
+mod tracker;
+pub mod window;
+
+pub use filter::{Filter, FilterConfig};
+pub use jail::{JailConfig, Severity, TargetKind};
+
+use crate::parse::addr::{NetSet, key_to_net, masked_key};
+use crate::parse::{Event, FieldRef, Millis, StdField, Wanted};
+use evidence::EvidenceRing;
+use foldhash::fast::RandomState;
+use hashbrown::HashMap;
+use ipnet::IpNet;
+use serde::Serialize;
+use std::fmt::Write;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+use tracker::Tracker;
+use window::{Counter, DistinctValues, SlidingWindow};
+
+/// A jail with defaults applied and names resolved, ready to compile.
+#[derive(Debug, Clone)]
+pub struct JailSpec {
+    pub name: String,
+    pub filter: FilterConfig,
+    /// One or two of: `client`, `api_key`, any field name.
+    pub key: Vec<String>,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub maxretry: u32,
+    pub findtime: Duration,
+    pub bantime: Duration,
+    pub distinct: Option<String>,
+    pub target: TargetKind,
+    pub severity: Severity,
+    pub max_tracked: usize,
+}
+
+/// Who or what a decision acts on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "lowercase")]
+pub enum Target {
+    /// An address (/32, /128) or a prefix.
+    Address(IpNet),
+    /// An API key id.
+    Key(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Address(n) if n.prefix_len() == n.max_prefix_len() => write!(f, "{}", n.addr()),
+            Target::Address(n) => write!(f, "{n}"),
+            Target::Key(k) => write!(f, "key:{}", k.escape_debug()),
+        }
+    }
+}
+
+/// Where a line came from, for evidence.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin {
+    /// Index into the driver's list of source names.
+    pub source: u32,
+    /// Byte offset of the line's start in its file.
+    pub offset: u64,
+}
+
+/// A log line kept as evidence.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evidence {
+    pub source: u32,
+    pub offset: u64,
+    pub line: String,
+}
+
+/// A jail fired.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub jail: Arc<str>,
+    pub target: Target,
+    /// The counted key as text (differs from the target for composite keys).
+    pub key: String,
+    /// Event time of the line that crossed the threshold.
+    pub time: Millis,
+    /// Oldest match still inside the window (second resolution).
+    pub first_seen: Millis,
+    /// Matches (or distinct values) inside the window.
+    pub count: u32,
+    pub severity: Severity,
+    #[serde(with = "secs")]
+    pub bantime: Duration,
+    /// The most recent matching lines of this key, oldest first.
+    pub evidence: Vec<Evidence>,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+}
+
+/// Counters a jail exposes to `replay` and `status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JailStats {
+    pub matches: u64,
+    pub decisions: u64,
+    /// Matches from allowlisted addresses or keys.
+    pub ignored: u64,
+    /// Matches of a key that already fired and is still banned.
+    pub suppressed: u64,
+    /// Matches without the key's fields (e.g. no API key on the line).
+    pub keyless: u64,
+    pub tracked: usize,
+    pub evicted: u64,
+}
+
+#[derive(Debug, Clone)]
+enum KeyPart {
+    Client,
+    Field(FieldRef),
+}
+
+/// A client address masked to the jail's prefix: a fixed-size key, never a hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddrKey(u128);
+
+/// Per-jail state, for one key type.
+#[derive(Debug)]
+struct Keyed<K> {
+    tracker: Tracker<K>,
+    /// Keys that fired, until when (event second): not fired again meanwhile.
+    quiet: HashMap<K, u32, RandomState>,
+}
+
+impl<K: Hash + Eq> Keyed<K> {
+    fn new(max_tracked: usize, findtime: u32) -> Keyed<K> {
+        Keyed { tracker: Tracker::new(max_tracked, findtime), quiet: HashMap::default() }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Addr(Keyed<AddrKey>),
+    Text(Keyed<String>),
+}
+
+/// A compiled jail with its state.
+#[derive(Debug)]
+pub struct Jail {
+    pub name: Arc<str>,
+    filter: Filter,
+    parts: Vec<KeyPart>,
+    v4: u8,
+    v6: u8,
+    threshold: u32,
+    distinct: Option<FieldRef>,
+    findtime: u32,
+    bantime: Duration,
+    target: TargetKind,
+    severity: Severity,
+    state: State,
+    ring: EvidenceRing,
+    stats: JailStats,
+}
+
+impl Jail {
+    /// Compiles a jail, registering the fields it reads in `wanted`.
+    pub fn compile(spec: &JailSpec, wanted: &mut Wanted) -> Jail {
+        let filter = Filter::compile(&spec.filter, wanted);
+        let parts: Vec<KeyPart> = spec
+            .key
+            .iter()
+            .map(|k| match k.as_str() {
+                "client" => KeyPart::Client,
+                name => KeyPart::Field(wanted.field(name)),
+            })
+            .collect();
+        wanted.add_std(StdField::Client);
+        let distinct = spec.distinct.as_deref().map(|d| wanted.field(d));
+        let findtime = spec.findtime.as_secs().clamp(1, u32::MAX as u64) as u32;
+        let state = if matches!(parts.as_slice(), [KeyPart::Client]) {
+            State::Addr(Keyed::new(spec.max_tracked, findtime))
+        } else {
+            State::Text(Keyed::new(spec.max_tracked, findtime))
+        };
+        Jail {
+            name: spec.name.as_str().into(),
+            filter,
+            parts,
+            v4: spec.ipv4_prefix,
+            v6: spec.ipv6_prefix,
+            threshold: spec.maxretry.max(1),
+            distinct,
+            findtime,
+            bantime: spec.bantime,
+            target: spec.target,
+            severity: spec.severity,
+            state,
+            ring: EvidenceRing::new(128),
+            stats: JailStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> JailStats {
+        let (tracked, evicted) = match &self.state {
+            State::Addr(k) => (k.tracker.len(), k.tracker.evicted),
+            State::Text(k) => (k.tracker.len(), k.tracker.evicted),
+        };
+        JailStats { tracked, evicted, ..self.stats.clone() }
+    }
+
+    /// Writes the text key into `out`; `false` if a part is absent.
+    fn text_key(&self, ev: &Event, out: &mut String, scratch: &mut String) -> bool {
+        out.clear();
+        for (i, part) in self.parts.iter().enumerate() {
+            if i > 0 {
+                out.push('|');
+            }
+            match part {
+                KeyPart::Client => match ev.client {
+                    Some(ip) => {
+                        let _ = write!(out, "{}", key_to_net(masked_key(ip, self.v4, self.v6), self.v4, self.v6));
+                    }
+                    None => return false,
+                },
+                KeyPart::Field(f) => match ev.value(f, scratch) {
+                    Some(v) => out.push_str(v),
+                    None => return false,
+                },
+            }
+        }
+        true
+    }
+
+    fn target_of(&self, ev: &Event, scratch: &mut String) -> Option<Target> {
+        match self.target {
+            TargetKind::Address => {
+                let ip = ev.client?;
+                Some(Target::Address(key_to_net(masked_key(ip, self.v4, self.v6), self.v4, self.v6)))
+            }
+            TargetKind::Key => self.parts.iter().find_map(|p| match p {
+                KeyPart::Field(f) => ev.value(f, scratch).map(|v| Target::Key(v.to_string())),
+                KeyPart::Client => None,
+            }),
+        }
+    }
+}
+
+/// Shared inputs of one `observe` call.
+struct Seen<'a> {
+    sec: u32,
+    /// The distinct-counted field's value, for distinct jails.
+    value: Option<&'a str>,
+    line: &'a str,
+    origin: Origin,
+    /// The key as bytes, to match evidence lines to it.
+    ring_key: &'a [u8],
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    threshold: u32,
+    findtime: u32,
+    bantime: u32,
+}
+
+/// Counts one match for `key`; returns `(count, first_seen_sec)` when the jail fires.
+fn observe<K, Q>(
+    keyed: &mut Keyed<K>,
+    ring: &mut EvidenceRing,
+    key: &Q,
+    seen: &Seen,
+    limits: Limits,
+    stats: &mut JailStats,
+) -> Option<(u32, u32)>
+where
+    K: Hash + Eq + std::borrow::Borrow<Q>,
+    Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+{
+    if !keyed.quiet.is_empty() {
+        if let Some(&until) = keyed.quiet.get(key) {
+            if seen.sec < until {
+                stats.suppressed += 1;
+                return None;
+            }
+            keyed.quiet.remove(key);
+        }
+    }
+    let distinct = seen.value.is_some();
+    let counter = keyed.tracker.counter(key, seen.sec, || {
+        if distinct {
+            Counter::Distinct(DistinctValues::default())
+        } else {
+            Counter::Window(SlidingWindow::default())
+        }
+    });
+    let count = match (&mut *counter, seen.value) {
+        (Counter::Window(w), None) => w.add(seen.sec, limits.findtime),
+        (Counter::Distinct(d), Some(v)) => d.add(v, seen.sec, limits.findtime),
+        _ => unreachable!("a jail's counters are all of one kind"),
+    };
+    ring.record(seen.ring_key, seen.origin, seen.line);
+    if count < limits.threshold {
+        return None;
+    }
+    let first = counter.oldest();
+    keyed.tracker.remove(key);
+    if keyed.quiet.len() >= 100_000 {
+        // Bounded: forget keys whose ban has run out.
+        keyed.quiet.retain(|_, until| *until > seen.sec);
+    }
+    keyed.quiet.insert(key.to_owned(), seen.sec.saturating_add(limits.bantime));
+    Some((count, first))
+}
+
+/// Runs every jail over events.
+#[derive(Debug)]
+pub struct Detector {
+    pub jails: Vec<Jail>,
+    ignore: NetSet,
+    ignore_keys: Vec<String>,
+    key_buf: String,
+    value_buf: String,
+    scratch: String,
+}
+
+impl Detector {
+    pub fn new(jails: Vec<Jail>, ignore: NetSet, ignore_keys: Vec<String>) -> Detector {
+        Detector {
+            jails,
+            ignore,
+            ignore_keys,
+            key_buf: String::new(),
+            value_buf: String::new(),
+            scratch: String::new(),
+        }
+    }
+
+    /// Feeds one event to the jails `which`; decisions are appended to `out`.
+    pub fn process(
+        &mut self,
+        which: &[usize],
+        ev: &Event,
+        line: &str,
+        origin: Origin,
+        out: &mut Vec<Decision>,
+    ) {
+        let sec = (ev.time / 1000).clamp(0, u32::MAX as i64) as u32;
+        for &j in which {
+            let jail = &mut self.jails[j];
+            if !jail.filter.matches(ev, &mut self.scratch) {
+                continue;
+            }
+            jail.stats.matches += 1;
+            let allowlisted = match jail.target {
+                TargetKind::Address => ev.client.is_some_and(|ip| self.ignore.contains(ip)),
+                TargetKind::Key => {
+                    ev.api_key().is_some_and(|k| self.ignore_keys.iter().any(|i| i == k))
+                }
+            };
+            if allowlisted {
+                jail.stats.ignored += 1;
+                continue;
+            }
+            let value = match &jail.distinct {
+                None => None,
+                Some(f) => match ev.value(f, &mut self.value_buf) {
+                    Some(v) => Some(v),
+                    None => {
+                        jail.stats.keyless += 1;
+                        continue;
+                    }
+                },
+            };
+            let limits = Limits {
+                threshold: jail.threshold,
+                findtime: jail.findtime,
+                bantime: jail.bantime.as_secs().min(u32::MAX as u64) as u32,
+            };
+            // Build the key before borrowing the state mutably.
+            let addr_key = match (&jail.state, ev.client) {
+                (State::Addr(_), Some(ip)) => Some(AddrKey(masked_key(ip, jail.v4, jail.v6))),
+                _ => None,
+            };
+            let has_key = match &jail.state {
+                State::Addr(_) => addr_key.is_some(),
+                State::Text(_) => jail.text_key(ev, &mut self.key_buf, &mut self.scratch),
+            };
+            if !has_key {
+                jail.stats.keyless += 1;
+                continue;
+            }
+            let addr_bytes = addr_key.map(|k| k.0.to_be_bytes()).unwrap_or_default();
+            let fired = match &mut jail.state {
+                State::Addr(keyed) => {
+                    let key = addr_key.expect("checked above");
+                    let seen = Seen { sec, value, line, origin, ring_key: &addr_bytes };
+                    observe(keyed, &mut jail.ring, &key, &seen, limits, &mut jail.stats)
+                }
+                State::Text(keyed) => {
+                    let key = self.key_buf.as_str();
+                    let seen = Seen { sec, value, line, origin, ring_key: key.as_bytes() };
+                    observe(keyed, &mut jail.ring, key, &seen, limits, &mut jail.stats)
+                }
+            };
+            let Some((count, first)) = fired else { continue };
+            let Some(target) = jail.target_of(ev, &mut self.scratch) else {
+                jail.stats.keyless += 1;
+                continue;
+            };
+            jail.stats.decisions += 1;
+            let ring_key: &[u8] = match &jail.state {
+                State::Addr(_) => &addr_bytes,
+                State::Text(_) => self.key_buf.as_bytes(),
+            };
+            let key = match &jail.state {
+                State::Addr(_) => target.to_string(),
+                State::Text(_) => self.key_buf.clone(),
+            };
+            out.push(Decision {
+                jail: jail.name.clone(),
+                target,
+                key,
+                time: ev.time,
+                first_seen: first as i64 * 1000,
+                count,
+                severity: jail.severity,
+                bantime: jail.bantime,
+                evidence: jail.ring.take_for(ring_key, 5),
+            });
+        }
+    }
+}

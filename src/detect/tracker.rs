@@ -1,0 +1,128 @@
+//! A bounded map from key to counter, for one jail.
+//!
+//! Memory stays bounded under a flood of spoofed addresses: at `max_tracked`
+//! keys, inserting a new one first drops every key whose window is empty, and
+//! if that frees less than a tenth of the room, the stalest tenth (by last
+//! match) goes too. Each sweep is O(n) and frees at least n/10 slots, so the
+//! cost per insert stays O(1) amortised. The hasher is randomly seeded
+//! (foldhash), so an attacker cannot aim keys at one bucket.
+
+use super::window::Counter;
+use foldhash::fast::RandomState;
+use hashbrown::HashMap;
+use std::hash::Hash;
+
+#[derive(Debug)]
+pub struct Tracker<K> {
+    map: HashMap<K, Counter, RandomState>,
+    max_tracked: usize,
+    findtime: u32,
+    /// Keys dropped to stay under `max_tracked` while their window still held matches.
+    pub evicted: u64,
+}
+
+impl<K: Hash + Eq> Tracker<K> {
+    pub fn new(max_tracked: usize, findtime: u32) -> Tracker<K> {
+        Tracker { map: HashMap::default(), max_tracked: max_tracked.max(1), findtime, evicted: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn remove<Q>(&mut self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.remove(key);
+    }
+
+    /// The counter for `key`, created with `new` if absent. `now` is the
+    /// current event second, used to judge staleness when room is needed.
+    pub fn counter<Q>(&mut self, key: &Q, now: u32, new: impl FnOnce() -> Counter) -> &mut Counter
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if self.map.len() >= self.max_tracked && !self.map.contains_key(key) {
+            self.make_room(now);
+        }
+        self.map.entry_ref(key).or_insert_with(new)
+    }
+
+    fn make_room(&mut self, now: u32) {
+        let findtime = self.findtime;
+        self.map.retain(|_, c| !c.is_stale(now, findtime));
+        let target = self.max_tracked - self.max_tracked / 10 - 1;
+        if self.map.len() <= target {
+            return;
+        }
+        let excess = self.map.len() - target;
+        let mut newest: Vec<u32> = self.map.values().map(Counter::newest).collect();
+        let (_, cutoff, _) = newest.select_nth_unstable(excess - 1);
+        let cutoff = *cutoff;
+        // Drop keys at or below the cutoff second, but no more than `excess`
+        // (many keys can share the cutoff second).
+        let mut budget = excess;
+        let before = self.map.len();
+        self.map.retain(|_, c| {
+            if budget > 0 && c.newest() <= cutoff {
+                budget -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.evicted += (before - self.map.len()) as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::window::SlidingWindow;
+
+    fn add(t: &mut Tracker<u128>, key: u128, sec: u32) -> u32 {
+        match t.counter(&key, sec, || Counter::Window(SlidingWindow::default())) {
+            Counter::Window(w) => w.add(sec, 60),
+            Counter::Distinct(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn stays_bounded_and_evicts_the_stalest() {
+        let mut t: Tracker<u128> = Tracker::new(100, 60);
+        for k in 0..100u128 {
+            add(&mut t, k, 1000 + k as u32 / 10);
+        }
+        assert_eq!(t.len(), 100);
+        // Key 99 is among the freshest; flooding new keys must not evict it first.
+        for k in 1000..1050u128 {
+            add(&mut t, k, 1010);
+            assert!(t.len() <= 100);
+        }
+        assert!(t.map.contains_key(&99));
+        assert!(!t.map.contains_key(&0));
+        assert!(t.evicted > 0);
+    }
+
+    #[test]
+    fn stale_keys_are_dropped_before_live_ones() {
+        let mut t: Tracker<u128> = Tracker::new(10, 60);
+        for k in 0..10u128 {
+            add(&mut t, k, 0);
+        }
+        add(&mut t, 100, 500); // everything else is outside the window
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.evicted, 0);
+    }
+
+    #[test]
+    fn text_keys_borrow_for_lookup() {
+        let mut t: Tracker<String> = Tracker::new(10, 60);
+        t.counter("k1", 0, || Counter::Window(SlidingWindow::default()));
+        t.counter("k1", 0, || panic!("exists"));
+        assert_eq!(t.len(), 1);
+    }
+}
