@@ -6,7 +6,7 @@ use portcullis::detect::{Decision, TargetKind};
 use portcullis::parse::wrap::Wrap;
 use portcullis::replay::{Replay, Selection, Summary};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 const DEFAULT_CONFIG_DIR: &str = "/etc/portcullis";
@@ -64,14 +64,24 @@ fn parse_wrap(s: &str) -> Result<Wrap, String> {
     }
 }
 
+/// The directory looked at when `--config` is not given. The environment
+/// variable exists for packaging tests and unusual layouts.
+fn default_config_dir() -> PathBuf {
+    std::env::var_os("PORTCULLIS_CONFIG_DIR").map_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR), PathBuf::from)
+}
+
 fn load_config(arg: &ConfigArg) -> Result<Config, Vec<ConfigError>> {
+    let default_dir = default_config_dir();
     let files = match &arg.config {
         Some(dir) => ConfigFiles::read_dir(dir).map_err(|e| vec![e])?,
-        None if Path::new(DEFAULT_CONFIG_DIR).join("portcullis.toml").exists() => {
-            ConfigFiles::read_dir(Path::new(DEFAULT_CONFIG_DIR)).map_err(|e| vec![e])?
+        None if default_dir.join("portcullis.toml").exists() => {
+            ConfigFiles::read_dir(&default_dir).map_err(|e| vec![e])?
         }
         None => {
-            eprintln!("portcullis: no {DEFAULT_CONFIG_DIR}/portcullis.toml; using the built-in default config");
+            eprintln!(
+                "portcullis: no {}/portcullis.toml; using the built-in default config",
+                default_dir.display()
+            );
             embedded::files()
         }
     };

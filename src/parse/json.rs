@@ -49,7 +49,9 @@ pub fn builtin(name: &str) -> Option<BTreeMap<String, Vec<String>>> {
             ("response_flags", &["response_flags"]),
         ],
         "traefik_json" => &[
-            ("client", &["ClientHost", "ClientAddr"]),
+            // The TCP peer. ClientHost is Traefik's reading of forwarded
+            // headers; trust those with `trusted_proxies` instead.
+            ("client", &["ClientAddr"]),
             ("time", &["StartUTC", "time"]),
             ("method", &["RequestMethod"]),
             ("path", &["RequestPath"]),
