@@ -12,7 +12,11 @@ use std::process::ExitCode;
 const DEFAULT_CONFIG_DIR: &str = "/etc/portcullis";
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "Log-tailing incident detection and auto-ban for API ingress hosts")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Log-tailing incident detection and auto-ban for API ingress hosts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,7 +71,8 @@ fn parse_wrap(s: &str) -> Result<Wrap, String> {
 /// The directory looked at when `--config` is not given. The environment
 /// variable exists for packaging tests and unusual layouts.
 fn default_config_dir() -> PathBuf {
-    std::env::var_os("PORTCULLIS_CONFIG_DIR").map_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR), PathBuf::from)
+    std::env::var_os("PORTCULLIS_CONFIG_DIR")
+        .map_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR), PathBuf::from)
 }
 
 fn load_config(arg: &ConfigArg) -> Result<Config, Vec<ConfigError>> {
@@ -92,7 +97,11 @@ fn print_errors(errors: &[ConfigError]) {
     for e in errors {
         eprintln!("error: {e}");
     }
-    eprintln!("{} error{} in the config", errors.len(), if errors.len() == 1 { "" } else { "s" });
+    eprintln!(
+        "{} error{} in the config",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
 }
 
 fn main() -> ExitCode {
@@ -114,7 +123,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Replay { config, jail, format, wrap, json, files } => {
+        Command::Replay {
+            config,
+            jail,
+            format,
+            wrap,
+            json,
+            files,
+        } => {
             let config = match load_config(&config) {
                 Ok(c) => c,
                 Err(errors) => {
@@ -122,7 +138,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let sel = Selection { jails: jail, format, wrap };
+            let sel = Selection {
+                jails: jail,
+                format,
+                wrap,
+            };
             match run_replay(&config, &sel, &files, json) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -134,14 +154,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_replay(config: &Config, sel: &Selection, files: &[PathBuf], json: bool) -> Result<(), String> {
+fn run_replay(
+    config: &Config,
+    sel: &Selection,
+    files: &[PathBuf],
+    json: bool,
+) -> Result<(), String> {
     let mut replay = Replay::new(config, sel)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for path in files {
         let name = path.display().to_string();
         let emit = |r: &Replay, d: Decision| {
-            let _ = if json { print_decision_json(&mut out, &d) } else { print_decision(&mut out, r, &d) };
+            let _ = if json {
+                print_decision_json(&mut out, &d)
+            } else {
+                print_decision(&mut out, r, &d)
+            };
         };
         let result = if name == "-" {
             replay.read("(stdin)", std::io::stdin().lock(), emit)
@@ -153,13 +182,18 @@ fn run_replay(config: &Config, sel: &Selection, files: &[PathBuf], json: bool) -
     }
     let summary = replay.summary();
     let written = if json {
-        serde_json::to_writer(&mut out, &serde_json::json!({ "type": "summary", "summary": summary }))
-            .map_err(std::io::Error::other)
-            .and_then(|_| writeln!(out))
+        serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({ "type": "summary", "summary": summary }),
+        )
+        .map_err(std::io::Error::other)
+        .and_then(|_| writeln!(out))
     } else {
         print_summary(&mut out, &summary)
     };
-    written.and_then(|_| out.flush()).map_err(|e| format!("writing output: {e}"))
+    written
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("writing output: {e}"))
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -178,12 +212,30 @@ fn human_duration(d: std::time::Duration) -> String {
     }
 }
 
+/// Log text for a terminal: control characters escaped (a log line must not
+/// drive the operator's terminal), cut to `max` characters.
+fn printable(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars().take(max) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn print_decision(out: &mut impl Write, r: &Replay, d: &Decision) -> std::io::Result<()> {
     let verb = match d.target {
         portcullis::detect::Target::Address(_) => TargetKind::Address,
         portcullis::detect::Target::Key(_) => TargetKind::Key,
     };
-    let verb = if verb == TargetKind::Address { "ban" } else { "revoke" };
+    let verb = if verb == TargetKind::Address {
+        "ban"
+    } else {
+        "revoke"
+    };
     writeln!(
         out,
         "{verb} {}  jail={} severity={} count={} first_seen={} at={} for={}",
@@ -197,8 +249,7 @@ fn print_decision(out: &mut impl Write, r: &Replay, d: &Decision) -> std::io::Re
     )?;
     for e in &d.evidence {
         let src = r.sources.get(e.source as usize).map_or("?", String::as_str);
-        let line: String = e.line.chars().take(300).collect();
-        writeln!(out, "    {src}:{}: {}", e.offset, line.escape_debug())?;
+        writeln!(out, "    {src}:{}: {}", e.offset, printable(&e.line, 300))?;
     }
     Ok(())
 }
@@ -224,14 +275,31 @@ fn print_decision_json(out: &mut impl Write, d: &Decision) -> std::io::Result<()
 fn print_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
     writeln!(out, "\nSummary ({} bytes read)", s.bytes)?;
     for (name, f) in &s.formats {
-        writeln!(out, "  format {name}: {} lines, {} parsed, {} unparsed", f.lines, f.parsed, f.unparsed)?;
+        writeln!(
+            out,
+            "  format {name}: {} lines, {} parsed, {} unparsed",
+            f.lines, f.parsed, f.unparsed
+        )?;
         for (why, r) in &f.reasons {
-            writeln!(out, "    {why}: {}  e.g. {}", r.count, r.example.escape_debug())?;
+            writeln!(
+                out,
+                "    {why}: {}  e.g. {}",
+                r.count,
+                r.example.escape_debug()
+            )?;
         }
     }
-    writeln!(out, "  {:<24} {:>9} {:>9} {:>9} {:>9}", "jail", "matches", "decisions", "ignored", "tracked")?;
+    writeln!(
+        out,
+        "  {:<24} {:>9} {:>9} {:>9} {:>9}",
+        "jail", "matches", "decisions", "ignored", "tracked"
+    )?;
     for (name, j) in &s.jails {
-        writeln!(out, "  {name:<24} {:>9} {:>9} {:>9} {:>9}", j.matches, j.decisions, j.ignored, j.tracked)?;
+        writeln!(
+            out,
+            "  {name:<24} {:>9} {:>9} {:>9} {:>9}",
+            j.matches, j.decisions, j.ignored, j.tracked
+        )?;
     }
     writeln!(out, "  {} decisions", s.decisions)
 }

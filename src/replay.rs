@@ -88,24 +88,39 @@ impl Replay {
         for name in &sel.jails {
             if !config.jails.iter().any(|j| &j.spec.name == name) {
                 let names: Vec<&str> = config.jails.iter().map(|j| j.spec.name.as_str()).collect();
-                return Err(format!("no jail named `{name}` (jails: {})", names.join(", ")));
+                return Err(format!(
+                    "no jail named `{name}` (jails: {})",
+                    names.join(", ")
+                ));
             }
         }
         let chosen: Vec<&JailEntry> = config
             .jails
             .iter()
-            .filter(|j| if sel.jails.is_empty() { j.enabled } else { sel.jails.contains(&j.spec.name) })
+            .filter(|j| {
+                if sel.jails.is_empty() {
+                    j.enabled
+                } else {
+                    sel.jails.contains(&j.spec.name)
+                }
+            })
             .collect();
         if chosen.is_empty() {
             return Err("no enabled jails to run".into());
         }
         let mut wanted = Wanted::default();
-        let jails: Vec<Jail> = chosen.iter().map(|j| Jail::compile(&j.spec, &mut wanted)).collect();
+        let jails: Vec<Jail> = chosen
+            .iter()
+            .map(|j| Jail::compile(&j.spec, &mut wanted))
+            .collect();
         let mut groups: Vec<SourceGroup> = Vec::new();
         for (i, j) in chosen.iter().enumerate() {
             let format = sel.format.clone().unwrap_or_else(|| j.format.clone());
             let wrap = sel.wrap.unwrap_or(j.wrap);
-            if let Some(g) = groups.iter_mut().find(|g| g.format == format && g.wrap == wrap) {
+            if let Some(g) = groups
+                .iter_mut()
+                .find(|g| g.format == format && g.wrap == wrap)
+            {
                 g.jails.push(i);
                 continue;
             }
@@ -115,8 +130,15 @@ impl Replay {
                 .cloned()
                 .or_else(|| crate::parse::FormatSpec::builtin(&format))
                 .ok_or_else(|| format!("unknown format `{format}`"))?;
-            let compiled = spec.compile(&wanted).map_err(|e| format!("format `{format}`: {e}"))?;
-            let parser = LineParser::new(compiled, wrap, config.trusted_proxies.clone(), config.max_line_bytes());
+            let compiled = spec
+                .compile(&wanted)
+                .map_err(|e| format!("format `{format}`: {e}"))?;
+            let parser = LineParser::new(
+                compiled,
+                wrap,
+                config.trusted_proxies.clone(),
+                config.max_line_bytes(),
+            );
             groups.push(SourceGroup {
                 format,
                 wrap,
@@ -154,13 +176,18 @@ impl Replay {
             if bad_utf8 {
                 // Counted, then parsed anyway: nginx escapes non-ASCII, so
                 // invalid UTF-8 means another writer, not a lost event.
-                g.stats.reasons.entry(reason::INVALID_UTF8.0).or_default().count += 1;
+                g.stats
+                    .reasons
+                    .entry(reason::INVALID_UTF8.0)
+                    .or_default()
+                    .count += 1;
             }
             match g.parser.parse(text, &mut g.event) {
                 Ok(Outcome::Event) => {
                     g.stats.parsed += 1;
                     let origin = Origin { source, offset };
-                    self.detector.process(&g.jails, &g.event, text, origin, &mut self.decisions);
+                    self.detector
+                        .process(&g.jails, &g.event, text, origin, &mut self.decisions);
                 }
                 Ok(Outcome::Pending) => g.stats.partial += 1,
                 Err(why) => g.stats.refuse(why, name, offset, text),
@@ -172,7 +199,8 @@ impl Replay {
         let name = &self.sources[source as usize];
         for g in &mut self.groups {
             g.stats.lines += 1;
-            g.stats.refuse(reason::TOO_LONG, name, offset, "(line not kept)");
+            g.stats
+                .refuse(reason::TOO_LONG, name, offset, "(line not kept)");
         }
     }
 
@@ -227,7 +255,17 @@ impl Replay {
             };
             formats.insert(name, g.stats.clone());
         }
-        let jails = self.detector.jails.iter().map(|j| (j.name.to_string(), j.stats())).collect();
-        Summary { bytes: self.bytes, formats, jails, decisions: self.decision_count }
+        let jails = self
+            .detector
+            .jails
+            .iter()
+            .map(|j| (j.name.to_string(), j.stats()))
+            .collect();
+        Summary {
+            bytes: self.bytes,
+            formats,
+            jails,
+            decisions: self.decision_count,
+        }
     }
 }

@@ -11,15 +11,27 @@ fn check(files: &[(&str, &str)]) -> (bool, String) {
     for (name, text) in files {
         tmp.write(name, text);
     }
-    let out = bin().args(["check", "--config"]).arg(tmp.path()).output().unwrap();
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
     (out.status.success(), stderr(&out) + &stdout(&out))
 }
 
 #[test]
 fn bundled_config_is_valid() {
-    let out = bin().args(["check", "--config"]).arg(repo()).output().unwrap();
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(repo())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("6 jails (6 enabled), 6 filters"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("6 jails (6 enabled), 6 filters"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -53,7 +65,11 @@ user_agent_regex = "(unclosed"
 status = "6xx"
 "#;
     let main = "ignore = [\"10.0.0.0/33\"]\n[defaults]\nformat = \"combined\"\n";
-    let (ok, out) = check(&[("portcullis.toml", main), ("jails.d/a.toml", jails), ("filters.d/f.toml", filters)]);
+    let (ok, out) = check(&[
+        ("portcullis.toml", main),
+        ("jails.d/a.toml", jails),
+        ("filters.d/f.toml", filters),
+    ]);
     assert!(!ok);
     let has = |needle: &str| assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
     // The main file's error stops it being used, but jails and filters are still checked.
@@ -84,12 +100,20 @@ target = "key"
 filter = "auth"
 target = "key"
 "#;
-    let (ok, out) = check(&[("portcullis.toml", MAIN), ("jails.d/a.toml", jails), ("filters.d/f.toml", "[auth]\nstatus = 401\n")]);
+    let (ok, out) = check(&[
+        ("portcullis.toml", MAIN),
+        ("jails.d/a.toml", jails),
+        ("filters.d/f.toml", "[auth]\nstatus = 401\n"),
+    ]);
     assert!(!ok);
     let has = |needle: &str| assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
     has("jails.d/a.toml:2:10: jail `typo-filter`: unknown filter `atuh`; did you mean `auth`?");
-    has("jails.d/a.toml:6:10: jail `typo-format`: unknown format `combind`; did you mean `combined`?");
-    has("jails.d/a.toml:10:7: jail `no-such-field`: reads field `api_key`, which format `combined` does not provide");
+    has(
+        "jails.d/a.toml:6:10: jail `typo-format`: unknown format `combind`; did you mean `combined`?",
+    );
+    has(
+        "jails.d/a.toml:10:7: jail `no-such-field`: reads field `api_key`, which format `combined` does not provide",
+    );
     has("jail `key-target-on-address`: `target = \"key\"` needs a non-address field");
     assert!(out.contains("4 errors"), "{out}");
 }
@@ -109,14 +133,24 @@ nginx = '$remote_addr [$time_local] "$request" $status'
 "#;
     let (ok, out) = check(&[("portcullis.toml", main)]);
     assert!(!ok);
-    assert!(out.contains("portcullis.toml:3:9: format `broken`: two variables follow each other"), "{out}");
+    assert!(
+        out.contains("portcullis.toml:3:9: format `broken`: two variables follow each other"),
+        "{out}"
+    );
     assert!(out.contains("format `two` needs exactly one of"), "{out}");
     assert!(!out.contains("format `ok`"), "{out}");
 }
 
 #[test]
 fn missing_directory_is_a_clear_error() {
-    let out = bin().args(["check", "--config", "/nonexistent/portcullis"]).output().unwrap();
+    let out = bin()
+        .args(["check", "--config", "/nonexistent/portcullis"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("/nonexistent/portcullis/portcullis.toml: cannot read"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/portcullis/portcullis.toml: cannot read"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -5,7 +5,8 @@ mod common;
 use common::*;
 
 fn expected(path: &str) -> (serde_json::Value, Vec<(String, String, u64, String)>) {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo().join(path)).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join(path)).unwrap()).unwrap();
     let keys = decision_keys(v["decisions"].as_array().unwrap());
     (v, keys)
 }
@@ -14,7 +15,8 @@ fn expected(path: &str) -> (serde_json::Value, Vec<(String, String, u64, String)
 fn sample_with_builtin_config_gives_exact_decisions() {
     let (want, want_keys) = expected("fixtures/api_audit/expected.json");
     let log = repo().join("fixtures/api_audit/sample.log");
-    let (decisions, summary) = replay_json(&["--config", repo().to_str().unwrap(), log.to_str().unwrap()]);
+    let (decisions, summary) =
+        replay_json(&["--config", repo().to_str().unwrap(), log.to_str().unwrap()]);
     assert_eq!(decision_keys(&decisions), want_keys);
     let fmt = &summary["formats"]["api_audit"];
     assert_eq!(fmt["lines"], want["lines"]);
@@ -22,10 +24,16 @@ fn sample_with_builtin_config_gives_exact_decisions() {
     // Allowlisted loopback crossed the threshold and was never acted on.
     assert_eq!(summary["jails"]["auth-bruteforce"]["ignored"], 150);
     // Evidence: the lines of the banned client, ending with the line that fired.
-    let auth = decisions.iter().find(|d| d["jail"] == "auth-bruteforce").unwrap();
+    let auth = decisions
+        .iter()
+        .find(|d| d["jail"] == "auth-bruteforce")
+        .unwrap();
     let ev = auth["evidence"].as_array().unwrap();
     assert_eq!(ev.len(), 5);
-    assert!(ev.iter().all(|e| e["line"].as_str().unwrap().starts_with("203.0.113.10 ")));
+    assert!(
+        ev.iter()
+            .all(|e| e["line"].as_str().unwrap().starts_with("203.0.113.10 "))
+    );
     assert_eq!(auth["first_seen"], "2026-11-22T08:01:00Z");
 }
 
@@ -34,11 +42,20 @@ fn builtin_config_equals_repository_config() {
     // The binary embeds jails.d/ and filters.d/; both routes give the same result.
     let log = repo().join("fixtures/api_audit/sample.log");
     let empty = TempDir::new("noconf");
-    let out = bin().args(["replay", "--json"]).arg(&log).env("PORTCULLIS_CONFIG_DIR", empty.path()).output().unwrap();
+    let out = bin()
+        .args(["replay", "--json"])
+        .arg(&log)
+        .env("PORTCULLIS_CONFIG_DIR", empty.path())
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    let builtin: Vec<serde_json::Value> =
-        stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v["type"] == "decision").collect();
-    let (from_repo, _) = replay_json(&["--config", repo().to_str().unwrap(), log.to_str().unwrap()]);
+    let builtin: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["type"] == "decision")
+        .collect();
+    let (from_repo, _) =
+        replay_json(&["--config", repo().to_str().unwrap(), log.to_str().unwrap()]);
     assert_eq!(decision_keys(&builtin), decision_keys(&from_repo));
     assert!(stderr(&out).contains("using the built-in default config"));
 }
@@ -47,7 +64,15 @@ fn builtin_config_equals_repository_config() {
 fn one_jail_and_stdin() {
     let log = std::fs::read(repo().join("fixtures/api_audit/sample.log")).unwrap();
     let mut child = bin()
-        .args(["replay", "--json", "--config", repo().to_str().unwrap(), "--jail", "scanner", "-"])
+        .args([
+            "replay",
+            "--json",
+            "--config",
+            repo().to_str().unwrap(),
+            "--jail",
+            "scanner",
+            "-",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -56,14 +81,35 @@ fn one_jail_and_stdin() {
     child.stdin.take().unwrap().write_all(&log).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let decisions: Vec<_> = lines.iter().filter(|v| v["type"] == "decision").cloned().collect();
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let decisions: Vec<_> = lines
+        .iter()
+        .filter(|v| v["type"] == "decision")
+        .cloned()
+        .collect();
     assert_eq!(decisions.len(), 1);
     assert_eq!(decisions[0]["target"], "198.51.100.23");
     assert_eq!(decisions[0]["evidence"][0]["source"], 0);
-    let bad = bin().args(["replay", "--config", repo().to_str().unwrap(), "--jail", "scaner", "-"]).output().unwrap();
+    let bad = bin()
+        .args([
+            "replay",
+            "--config",
+            repo().to_str().unwrap(),
+            "--jail",
+            "scaner",
+            "-",
+        ])
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
-    assert!(stderr(&bad).contains("no jail named `scaner`"), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("no jail named `scaner`"),
+        "{}",
+        stderr(&bad)
+    );
 }
 
 const INJECTION_CONFIG: &str = r#"
@@ -78,12 +124,26 @@ fn log_injection_bans_only_the_real_client() {
     let (_, want) = expected("fixtures/injection/expected.json");
     let tmp = TempDir::new("inject");
     tmp.write("portcullis.toml", INJECTION_CONFIG);
-    tmp.write("filters.d/bad-user-agent.toml", &std::fs::read_to_string(repo().join("filters.d/bad-user-agent.toml")).unwrap());
-    tmp.write("jails.d/ua.toml", "[bad-user-agent]\nfilter = \"bad-user-agent\"\nmaxretry = 2\nfindtime = \"10m\"\n");
+    tmp.write(
+        "filters.d/bad-user-agent.toml",
+        &std::fs::read_to_string(repo().join("filters.d/bad-user-agent.toml")).unwrap(),
+    );
+    tmp.write(
+        "jails.d/ua.toml",
+        "[bad-user-agent]\nfilter = \"bad-user-agent\"\nmaxretry = 2\nfindtime = \"10m\"\n",
+    );
     let log = repo().join("fixtures/injection/access.log");
-    let (decisions, summary) = replay_json(&["--config", tmp.path().to_str().unwrap(), log.to_str().unwrap()]);
+    let (decisions, summary) = replay_json(&[
+        "--config",
+        tmp.path().to_str().unwrap(),
+        log.to_str().unwrap(),
+    ]);
     assert_eq!(decision_keys(&decisions), want);
     assert_eq!(summary["formats"]["combined"]["unparsed"], 0);
     // The victim named in user agent, path, referer and forged X-Forwarded-For is never a target.
-    assert!(decisions.iter().all(|d| !d["target"].as_str().unwrap().contains("198.51.100.1")));
+    assert!(
+        decisions
+            .iter()
+            .all(|d| !d["target"].as_str().unwrap().contains("198.51.100.1"))
+    );
 }

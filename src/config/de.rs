@@ -1,8 +1,8 @@
 //! Config value types with their own parsing, so a bad value is reported by
 //! serde at its exact position in the file.
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -77,7 +77,12 @@ impl StatusSet {
 
     fn add(&mut self, spec: &str) -> Result<(), String> {
         let bad = || format!("invalid status `{spec}`: use 404, \"500-599\" or \"4xx\"");
-        let code = |s: &str| s.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c));
+        let code = |s: &str| {
+            s.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+        };
         if let Some(class) = spec.strip_suffix("xx").and_then(|d| d.parse::<u16>().ok()) {
             if !(1..=5).contains(&class) {
                 return Err(bad());
@@ -144,7 +149,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         let n: u64 = num.parse().map_err(|_| bad())?;
-        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
         num.clear();
     }
     if !num.is_empty() {
@@ -165,10 +173,16 @@ impl<'de> Deserialize<'de> for ConfigDuration {
             Secs(i64),
             Text(String),
         }
-        match Raw::deserialize(d).map_err(|_| de::Error::custom("expected a duration such as \"10m\" or a number of seconds"))? {
+        match Raw::deserialize(d).map_err(|_| {
+            de::Error::custom("expected a duration such as \"10m\" or a number of seconds")
+        })? {
             Raw::Secs(n) if n >= 0 => Ok(ConfigDuration(Duration::from_secs(n as u64))),
-            Raw::Secs(n) => Err(de::Error::custom(format!("invalid duration {n}: must not be negative"))),
-            Raw::Text(s) => parse_duration(&s).map(ConfigDuration).map_err(de::Error::custom),
+            Raw::Secs(n) => Err(de::Error::custom(format!(
+                "invalid duration {n}: must not be negative"
+            ))),
+            Raw::Text(s) => parse_duration(&s)
+                .map(ConfigDuration)
+                .map_err(de::Error::custom),
         }
     }
 }
@@ -181,8 +195,9 @@ impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         let net = if s.contains('/') {
-            s.parse::<ipnet::IpNet>()
-                .map_err(|_| de::Error::custom(format!("invalid CIDR `{s}`: use e.g. \"10.0.0.0/8\"")))?
+            s.parse::<ipnet::IpNet>().map_err(|_| {
+                de::Error::custom(format!("invalid CIDR `{s}`: use e.g. \"10.0.0.0/8\""))
+            })?
         } else {
             let ip = s
                 .parse::<std::net::IpAddr>()

@@ -6,20 +6,43 @@ use super::{ConfigFiles, SourceFile};
 const MAIN: &str = include_str!("../../portcullis.toml");
 
 /// `(path, text)` of every bundled jail and filter file.
-pub const JAILS: &[(&str, &str)] =
-    &[("jails.d/api-host.toml", include_str!("../../jails.d/api-host.toml"))];
+pub const JAILS: &[(&str, &str)] = &[(
+    "jails.d/api-host.toml",
+    include_str!("../../jails.d/api-host.toml"),
+)];
 
 pub const FILTERS: &[(&str, &str)] = &[
-    ("filters.d/api-request.toml", include_str!("../../filters.d/api-request.toml")),
-    ("filters.d/auth-failure.toml", include_str!("../../filters.d/auth-failure.toml")),
-    ("filters.d/bad-user-agent.toml", include_str!("../../filters.d/bad-user-agent.toml")),
-    ("filters.d/rate-limited.toml", include_str!("../../filters.d/rate-limited.toml")),
-    ("filters.d/scanner.toml", include_str!("../../filters.d/scanner.toml")),
-    ("filters.d/server-error.toml", include_str!("../../filters.d/server-error.toml")),
+    (
+        "filters.d/api-request.toml",
+        include_str!("../../filters.d/api-request.toml"),
+    ),
+    (
+        "filters.d/auth-failure.toml",
+        include_str!("../../filters.d/auth-failure.toml"),
+    ),
+    (
+        "filters.d/bad-user-agent.toml",
+        include_str!("../../filters.d/bad-user-agent.toml"),
+    ),
+    (
+        "filters.d/rate-limited.toml",
+        include_str!("../../filters.d/rate-limited.toml"),
+    ),
+    (
+        "filters.d/scanner.toml",
+        include_str!("../../filters.d/scanner.toml"),
+    ),
+    (
+        "filters.d/server-error.toml",
+        include_str!("../../filters.d/server-error.toml"),
+    ),
 ];
 
 fn file((name, text): &(&str, &str)) -> SourceFile {
-    SourceFile { name: format!("(built-in) {name}"), text: text.to_string() }
+    SourceFile {
+        name: format!("(built-in) {name}"),
+        text: text.to_string(),
+    }
 }
 
 pub fn files() -> ConfigFiles {

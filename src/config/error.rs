@@ -17,7 +17,11 @@ impl fmt::Display for ConfigError {
         if self.line == 0 {
             write!(f, "{}: {}", self.file, self.message)
         } else {
-            write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.col, self.message
+            )
         }
     }
 }
@@ -36,7 +40,12 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 impl ConfigError {
     pub fn at(file: &SourceFile, span: std::ops::Range<usize>, message: String) -> ConfigError {
         let (line, col) = line_col(&file.text, span.start);
-        ConfigError { file: file.name.clone(), line, col, message }
+        ConfigError {
+            file: file.name.clone(),
+            line,
+            col,
+            message,
+        }
     }
 
     pub fn from_toml(file: &SourceFile, e: &toml::de::Error) -> ConfigError {
@@ -46,7 +55,12 @@ impl ConfigError {
         }
         match e.span() {
             Some(span) => ConfigError::at(file, span, message),
-            None => ConfigError { file: file.name.clone(), line: 0, col: 0, message },
+            None => ConfigError {
+                file: file.name.clone(),
+                line: 0,
+                col: 0,
+                message,
+            },
         }
     }
 }
@@ -92,7 +106,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(suggest("maxretyr", ["maxretry", "findtime"].into_iter()), "; did you mean `maxretry`?");
+        assert_eq!(
+            suggest("maxretyr", ["maxretry", "findtime"].into_iter()),
+            "; did you mean `maxretry`?"
+        );
         assert_eq!(suggest("zzz", ["maxretry"].into_iter()), "");
         assert_eq!(levenshtein("kitten", "sitting"), 3);
     }

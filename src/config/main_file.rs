@@ -95,17 +95,30 @@ impl MainConfig {
     ) -> BTreeMap<String, FormatSpec> {
         let mut out = BTreeMap::new();
         for (name, f) in &self.formats {
-            let kinds = [f.nginx.is_some(), f.envoy.is_some(), f.json.is_some(), f.regex.is_some()];
-            let span = [f.nginx.as_ref().map(|s| s.span()), f.envoy.as_ref().map(|s| s.span()),
-                f.json.as_ref().map(|s| s.span()), f.regex.as_ref().map(|s| s.span())]
-                .into_iter()
-                .flatten()
-                .next()
-                .unwrap_or(0..0);
+            let kinds = [
+                f.nginx.is_some(),
+                f.envoy.is_some(),
+                f.json.is_some(),
+                f.regex.is_some(),
+            ];
+            let span = [
+                f.nginx.as_ref().map(|s| s.span()),
+                f.envoy.as_ref().map(|s| s.span()),
+                f.json.as_ref().map(|s| s.span()),
+                f.regex.as_ref().map(|s| s.span()),
+            ]
+            .into_iter()
+            .flatten()
+            .next()
+            .unwrap_or(0..0);
             if kinds.iter().filter(|k| **k).count() != 1 {
-                errors.push(ConfigError::at(file, span, format!(
-                    "format `{name}` needs exactly one of `nginx`, `envoy`, `json`, `regex`"
-                )));
+                errors.push(ConfigError::at(
+                    file,
+                    span,
+                    format!(
+                        "format `{name}` needs exactly one of `nginx`, `envoy`, `json`, `regex`"
+                    ),
+                ));
                 continue;
             }
             let escape = match f.escape {
@@ -118,21 +131,33 @@ impl MainConfig {
                 nginx::compile(s.get_ref(), escape, var)
                     .map(|(pieces, escape)| FormatSpec::Template { pieces, escape })
             } else if let Some(s) = &f.envoy {
-                let header = f.api_key.as_deref().unwrap_or("x-api-key-id").to_ascii_lowercase();
-                envoy::compile(s.get_ref(), &header)
-                    .map(|pieces| FormatSpec::Template { pieces, escape: Escape::None })
+                let header = f
+                    .api_key
+                    .as_deref()
+                    .unwrap_or("x-api-key-id")
+                    .to_ascii_lowercase();
+                envoy::compile(s.get_ref(), &header).map(|pieces| FormatSpec::Template {
+                    pieces,
+                    escape: Escape::None,
+                })
             } else if let Some(m) = &f.json {
-                Ok(FormatSpec::Json(m.get_ref().iter().map(|(k, v)| (k.clone(), v.0.clone())).collect()))
+                Ok(FormatSpec::Json(
+                    m.get_ref()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.0.clone()))
+                        .collect(),
+                ))
             } else {
                 let s = f.regex.as_ref().expect("one kind is set");
                 regex::Regex::new(s.get_ref())
                     .map_err(|e| format!("invalid regex: {e}"))
-                    .map(|re| FormatSpec::Regex { re, time_format: f.time_format.clone() })
+                    .map(|re| FormatSpec::Regex {
+                        re,
+                        time_format: f.time_format.clone(),
+                    })
             };
             // Compile once for every field, to catch what only shows then.
-            let checked = spec.and_then(|s| {
-                s.compile(&crate::parse::Wanted::all()).map(|_| s)
-            });
+            let checked = spec.and_then(|s| s.compile(&crate::parse::Wanted::all()).map(|_| s));
             match checked {
                 Ok(s) => {
                     out.insert(name.clone(), s);

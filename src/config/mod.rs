@@ -46,7 +46,9 @@ impl ConfigFiles {
         let main = read_file(&main_path)?;
         let list = |sub: &str| -> Result<Vec<SourceFile>, ConfigError> {
             let d = dir.join(sub);
-            let Ok(rd) = std::fs::read_dir(&d) else { return Ok(Vec::new()) };
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                return Ok(Vec::new());
+            };
             let mut paths: Vec<PathBuf> = rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "toml"))
@@ -54,7 +56,11 @@ impl ConfigFiles {
             paths.sort();
             paths.iter().map(|p| read_file(p)).collect()
         };
-        Ok(ConfigFiles { main, jails: list("jails.d")?, filters: list("filters.d")? })
+        Ok(ConfigFiles {
+            main,
+            jails: list("jails.d")?,
+            filters: list("filters.d")?,
+        })
     }
 }
 
@@ -65,7 +71,10 @@ fn read_file(path: &Path) -> Result<SourceFile, ConfigError> {
         col: 0,
         message: format!("cannot read: {e}"),
     })?;
-    Ok(SourceFile { name: path.display().to_string(), text })
+    Ok(SourceFile {
+        name: path.display().to_string(),
+        text,
+    })
 }
 
 /// A jail with everything needed to run it.
@@ -164,20 +173,31 @@ fn read_tables<'a, T: for<'de> Deserialize<'de>>(
             let name = key.get_ref().to_string();
             let span = key.span();
             if !value.get_ref().is_table() {
-                errors.push(ConfigError::at(file, span, format!(
-                    "`{name}` must be a table: write `[{name}]` followed by its options"
-                )));
+                errors.push(ConfigError::at(
+                    file,
+                    span,
+                    format!("`{name}` must be a table: write `[{name}]` followed by its options"),
+                ));
                 continue;
             }
             if let Some(other) = out.get(&name) {
-                errors.push(ConfigError::at(file, span, format!(
-                    "{what} `{name}` is already defined in {}", other.file.name
-                )));
+                errors.push(ConfigError::at(
+                    file,
+                    span,
+                    format!("{what} `{name}` is already defined in {}", other.file.name),
+                ));
                 continue;
             }
             match T::deserialize(ValueDeserializer::from(value)) {
                 Ok(value) => {
-                    out.insert(name, Table { file, header: span, value });
+                    out.insert(
+                        name,
+                        Table {
+                            file,
+                            header: span,
+                            value,
+                        },
+                    );
                 }
                 Err(e) => errors.push(ConfigError::from_toml(file, &e)),
             }
@@ -205,33 +225,57 @@ fn resolve_jail(
         Some(f) => Some(f.value.clone()),
         None => {
             let hint = suggest(jail.filter.get_ref(), filters.keys().map(String::as_str));
-            err(jail.filter.span(), format!("unknown filter `{}`{hint}", jail.filter.get_ref()));
+            err(
+                jail.filter.span(),
+                format!("unknown filter `{}`{hint}", jail.filter.get_ref()),
+            );
             None
         }
     };
 
     let (format_name, format_span) = match &jail.format {
         Some(f) => (f.get_ref().clone(), f.span()),
-        None => (d.format.clone().unwrap_or_else(|| "combined".into()), header.clone()),
+        None => (
+            d.format.clone().unwrap_or_else(|| "combined".into()),
+            header.clone(),
+        ),
     };
-    let format = formats.get(&format_name).cloned().or_else(|| FormatSpec::builtin(&format_name));
+    let format = formats
+        .get(&format_name)
+        .cloned()
+        .or_else(|| FormatSpec::builtin(&format_name));
     if format.is_none() {
-        let names = formats.keys().map(String::as_str).chain(crate::parse::BUILTIN_FORMATS);
+        let names = formats
+            .keys()
+            .map(String::as_str)
+            .chain(crate::parse::BUILTIN_FORMATS);
         let hint = suggest(&format_name, names);
-        err(format_span.clone(), format!("unknown format `{format_name}`{hint}"));
+        err(
+            format_span.clone(),
+            format!("unknown format `{format_name}`{hint}"),
+        );
     }
 
     let key_span = jail.key.as_ref().map_or(header.clone(), |k| k.span());
-    let key: Vec<String> = jail.key.as_ref().map_or_else(|| vec!["client".into()], |k| k.get_ref().0.clone());
+    let key: Vec<String> = jail
+        .key
+        .as_ref()
+        .map_or_else(|| vec!["client".into()], |k| k.get_ref().0.clone());
     if key.is_empty() || key.len() > 2 {
-        err(key_span.clone(), "`key` takes one or two field names".into());
+        err(
+            key_span.clone(),
+            "`key` takes one or two field names".into(),
+        );
     }
 
     // Fields the jail reads must exist in its format.
     if let (Some(fmt), Some(filter)) = (&format, &filter) {
         let have = fmt.field_names();
-        let mut reads: Vec<(&str, std::ops::Range<usize>)> =
-            filter.field_names().into_iter().map(|f| (f, jail.filter.span())).collect();
+        let mut reads: Vec<(&str, std::ops::Range<usize>)> = filter
+            .field_names()
+            .into_iter()
+            .map(|f| (f, jail.filter.span()))
+            .collect();
         reads.extend(key.iter().map(|k| (k.as_str(), key_span.clone())));
         if let Some(dist) = &jail.distinct {
             reads.push((dist.get_ref(), dist.span()));
@@ -239,10 +283,13 @@ fn resolve_jail(
         for (field, span) in reads {
             if !have.iter().any(|h| h == field) {
                 let hint = suggest(field, have.iter().map(String::as_str));
-                err(span, format!(
-                    "reads field `{field}`, which format `{format_name}` does not provide{hint} (it has: {})",
-                    have.join(", ")
-                ));
+                err(
+                    span,
+                    format!(
+                        "reads field `{field}`, which format `{format_name}` does not provide{hint} (it has: {})",
+                        have.join(", ")
+                    ),
+                );
             }
         }
     }
@@ -250,11 +297,13 @@ fn resolve_jail(
     match jail.target {
         TargetKind::Address if !key.iter().any(|k| k == "client") => err(
             key_span.clone(),
-            "`target = \"address\"` needs `client` in `key`; use `target = \"key\"` to revoke keys".into(),
+            "`target = \"address\"` needs `client` in `key`; use `target = \"key\"` to revoke keys"
+                .into(),
         ),
         TargetKind::Key if !key.iter().any(|k| k != "client") => err(
             key_span.clone(),
-            "`target = \"key\"` needs a non-address field in `key`, e.g. `key = \"api_key\"`".into(),
+            "`target = \"key\"` needs a non-address field in `key`, e.g. `key = \"api_key\"`"
+                .into(),
         ),
         _ => {}
     }
@@ -262,7 +311,10 @@ fn resolve_jail(
     let v4 = jail.ipv4_prefix.or(d.ipv4_prefix).unwrap_or(32);
     let v6 = jail.ipv6_prefix.or(d.ipv6_prefix).unwrap_or(64);
     if v4 > 32 || v6 > 128 {
-        err(header.clone(), format!("prefix lengths out of range (ipv4_prefix {v4} ≤ 32, ipv6_prefix {v6} ≤ 128)"));
+        err(
+            header.clone(),
+            format!("prefix lengths out of range (ipv4_prefix {v4} ≤ 32, ipv6_prefix {v6} ≤ 128)"),
+        );
     }
     let maxretry = jail.maxretry.or(d.maxretry).unwrap_or(5);
     if maxretry == 0 {
@@ -284,7 +336,10 @@ fn resolve_jail(
             ipv6_prefix: v6,
             maxretry,
             findtime: std::time::Duration::from_secs(findtime),
-            bantime: jail.bantime.or(d.bantime).map_or(std::time::Duration::from_secs(3600), |b| b.0),
+            bantime: jail
+                .bantime
+                .or(d.bantime)
+                .map_or(std::time::Duration::from_secs(3600), |b| b.0),
             distinct: jail.distinct.as_ref().map(|s| s.get_ref().clone()),
             target: jail.target,
             severity: jail.severity,
@@ -293,7 +348,11 @@ fn resolve_jail(
         enabled: jail.enabled,
         format: format_name,
         wrap: jail.wrap,
-        logpath: jail.logpath.as_ref().map(|l| l.0.clone()).unwrap_or_default(),
+        logpath: jail
+            .logpath
+            .as_ref()
+            .map(|l| l.0.clone())
+            .unwrap_or_default(),
     })
 }
 

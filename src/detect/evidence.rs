@@ -23,7 +23,10 @@ pub struct EvidenceRing {
 
 impl EvidenceRing {
     pub fn new(size: usize) -> EvidenceRing {
-        EvidenceRing { slots: (0..size).map(|_| Slot::default()).collect(), next: 0 }
+        EvidenceRing {
+            slots: (0..size).map(|_| Slot::default()).collect(),
+            next: 0,
+        }
     }
 
     pub fn record(&mut self, key: &[u8], origin: Origin, line: &str) {
@@ -69,11 +72,21 @@ mod tests {
     fn keeps_recent_lines_of_one_key() {
         let mut r = EvidenceRing::new(4);
         for (i, k) in ["a", "b", "a", "a", "b", "a"].iter().enumerate() {
-            r.record(k.as_bytes(), Origin { source: 0, offset: i as u64 }, &format!("{k}{i}"));
+            r.record(
+                k.as_bytes(),
+                Origin {
+                    source: 0,
+                    offset: i as u64,
+                },
+                &format!("{k}{i}"),
+            );
         }
         let ev = r.take_for(b"a", 5);
         // The ring holds the last 4 (a2 a3 b4 a5): a0 was overwritten.
-        assert_eq!(ev.iter().map(|e| e.line.as_str()).collect::<Vec<_>>(), ["a2", "a3", "a5"]);
+        assert_eq!(
+            ev.iter().map(|e| e.line.as_str()).collect::<Vec<_>>(),
+            ["a2", "a3", "a5"]
+        );
         assert!(r.take_for(b"a", 5).is_empty());
     }
 }

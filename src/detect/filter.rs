@@ -124,20 +124,27 @@ impl Filter {
         Filter {
             status: cfg.status.clone(),
             methods: cfg.method.as_ref().map(|m| m.0.clone()).unwrap_or_default(),
-            path_prefixes: cfg.path_prefix.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+            path_prefixes: cfg
+                .path_prefix
+                .as_ref()
+                .map(|p| p.0.clone())
+                .unwrap_or_default(),
             path_regex: cfg.path_regex.as_ref().map(|r| r.0.clone()),
             ua_regex: cfg.user_agent_regex.as_ref().map(|r| r.0.clone()),
             fields,
-            not: cfg.not.as_ref().map(|n| Box::new(Filter::compile(n, wanted))),
+            not: cfg
+                .not
+                .as_ref()
+                .map(|n| Box::new(Filter::compile(n, wanted))),
         }
     }
 
     /// Whether the event is one this filter counts. `scratch` formats typed fields.
     pub fn matches(&self, ev: &Event, scratch: &mut String) -> bool {
-        if let Some(s) = &self.status {
-            if !ev.status.is_some_and(|code| s.contains(code)) {
-                return false;
-            }
+        if let Some(s) = &self.status
+            && !ev.status.is_some_and(|code| s.contains(code))
+        {
+            return false;
         }
         if !self.methods.is_empty() {
             let Some(m) = ev.method() else { return false };
@@ -147,17 +154,19 @@ impl Filter {
         }
         if !self.path_prefixes.is_empty() || self.path_regex.is_some() {
             let Some(p) = ev.path() else { return false };
-            if !self.path_prefixes.is_empty() && !self.path_prefixes.iter().any(|x| p.starts_with(x.as_str())) {
+            if !self.path_prefixes.is_empty()
+                && !self.path_prefixes.iter().any(|x| p.starts_with(x.as_str()))
+            {
                 return false;
             }
             if self.path_regex.as_ref().is_some_and(|re| !re.is_match(p)) {
                 return false;
             }
         }
-        if let Some(re) = &self.ua_regex {
-            if !ev.user_agent().is_some_and(|ua| re.is_match(ua)) {
-                return false;
-            }
+        if let Some(re) = &self.ua_regex
+            && !ev.user_agent().is_some_and(|ua| re.is_match(ua))
+        {
+            return false;
         }
         for (field, tests) in &self.fields {
             let value = ev.value(field, scratch);
@@ -171,11 +180,6 @@ impl Filter {
                 return false;
             }
         }
-        if let Some(n) = &self.not {
-            if n.matches(ev, scratch) {
-                return false;
-            }
-        }
-        true
+        !self.not.as_ref().is_some_and(|n| n.matches(ev, scratch))
     }
 }

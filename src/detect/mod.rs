@@ -111,7 +111,10 @@ pub struct Decision {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_secs())
     }
 }
@@ -137,28 +140,71 @@ enum KeyPart {
     Field(FieldRef),
 }
 
-/// A client address masked to the jail's prefix: a fixed-size key, never a hash.
+/// A client address masked to the jail's prefix (IPv4 in IPv4-mapped form):
+/// a fixed-size key, never a hash. Two `u64`s, not a `u128`, so map entries
+/// are 8-byte aligned (a `u128` would pad every entry to 16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AddrKey(u128);
+pub struct AddrKey([u64; 2]);
+
+impl AddrKey {
+    fn new(masked: u128) -> AddrKey {
+        AddrKey([(masked >> 64) as u64, masked as u64])
+    }
+
+    fn bytes(&self) -> [u8; 16] {
+        ((self.0[0] as u128) << 64 | self.0[1] as u128).to_be_bytes()
+    }
+}
 
 /// Per-jail state, for one key type.
 #[derive(Debug)]
-struct Keyed<K> {
-    tracker: Tracker<K>,
+struct Keyed<K, C> {
+    tracker: Tracker<K, C>,
     /// Keys that fired, until when (event second): not fired again meanwhile.
     quiet: HashMap<K, u32, RandomState>,
 }
 
-impl<K: Hash + Eq> Keyed<K> {
-    fn new(max_tracked: usize, findtime: u32) -> Keyed<K> {
-        Keyed { tracker: Tracker::new(max_tracked, findtime), quiet: HashMap::default() }
+impl<K: Hash + Eq, C: Counter> Keyed<K, C> {
+    fn new(max_tracked: usize, findtime: u32) -> Keyed<K, C> {
+        Keyed {
+            tracker: Tracker::new(max_tracked, findtime),
+            quiet: HashMap::default(),
+        }
     }
 }
 
+/// Keys are addresses (the common, compact case) or text; counters count
+/// matches or distinct values.
 #[derive(Debug)]
 enum State {
-    Addr(Keyed<AddrKey>),
-    Text(Keyed<String>),
+    Addr(Keyed<AddrKey, SlidingWindow>),
+    AddrDistinct(Keyed<AddrKey, DistinctValues>),
+    Text(Keyed<String, SlidingWindow>),
+    TextDistinct(Keyed<String, DistinctValues>),
+}
+
+impl State {
+    fn new(by_addr: bool, distinct: bool, max_tracked: usize, findtime: u32) -> State {
+        match (by_addr, distinct) {
+            (true, false) => State::Addr(Keyed::new(max_tracked, findtime)),
+            (true, true) => State::AddrDistinct(Keyed::new(max_tracked, findtime)),
+            (false, false) => State::Text(Keyed::new(max_tracked, findtime)),
+            (false, true) => State::TextDistinct(Keyed::new(max_tracked, findtime)),
+        }
+    }
+
+    fn by_addr(&self) -> bool {
+        matches!(self, State::Addr(_) | State::AddrDistinct(_))
+    }
+
+    fn sizes(&self) -> (usize, u64) {
+        match self {
+            State::Addr(k) => (k.tracker.len(), k.tracker.evicted),
+            State::AddrDistinct(k) => (k.tracker.len(), k.tracker.evicted),
+            State::Text(k) => (k.tracker.len(), k.tracker.evicted),
+            State::TextDistinct(k) => (k.tracker.len(), k.tracker.evicted),
+        }
+    }
 }
 
 /// A compiled jail with its state.
@@ -195,11 +241,8 @@ impl Jail {
         wanted.add_std(StdField::Client);
         let distinct = spec.distinct.as_deref().map(|d| wanted.field(d));
         let findtime = spec.findtime.as_secs().clamp(1, u32::MAX as u64) as u32;
-        let state = if matches!(parts.as_slice(), [KeyPart::Client]) {
-            State::Addr(Keyed::new(spec.max_tracked, findtime))
-        } else {
-            State::Text(Keyed::new(spec.max_tracked, findtime))
-        };
+        let by_addr = matches!(parts.as_slice(), [KeyPart::Client]);
+        let state = State::new(by_addr, distinct.is_some(), spec.max_tracked, findtime);
         Jail {
             name: spec.name.as_str().into(),
             filter,
@@ -219,11 +262,12 @@ impl Jail {
     }
 
     pub fn stats(&self) -> JailStats {
-        let (tracked, evicted) = match &self.state {
-            State::Addr(k) => (k.tracker.len(), k.tracker.evicted),
-            State::Text(k) => (k.tracker.len(), k.tracker.evicted),
-        };
-        JailStats { tracked, evicted, ..self.stats.clone() }
+        let (tracked, evicted) = self.state.sizes();
+        JailStats {
+            tracked,
+            evicted,
+            ..self.stats.clone()
+        }
     }
 
     /// Writes the text key into `out`; `false` if a part is absent.
@@ -236,7 +280,11 @@ impl Jail {
             match part {
                 KeyPart::Client => match ev.client {
                     Some(ip) => {
-                        let _ = write!(out, "{}", key_to_net(masked_key(ip, self.v4, self.v6), self.v4, self.v6));
+                        let _ = write!(
+                            out,
+                            "{}",
+                            key_to_net(masked_key(ip, self.v4, self.v6), self.v4, self.v6)
+                        );
                     }
                     None => return false,
                 },
@@ -253,7 +301,11 @@ impl Jail {
         match self.target {
             TargetKind::Address => {
                 let ip = ev.client?;
-                Some(Target::Address(key_to_net(masked_key(ip, self.v4, self.v6), self.v4, self.v6)))
+                Some(Target::Address(key_to_net(
+                    masked_key(ip, self.v4, self.v6),
+                    self.v4,
+                    self.v6,
+                )))
             }
             TargetKind::Key => self.parts.iter().find_map(|p| match p {
                 KeyPart::Field(f) => ev.value(f, scratch).map(|v| Target::Key(v.to_string())),
@@ -282,8 +334,8 @@ struct Limits {
 }
 
 /// Counts one match for `key`; returns `(count, first_seen_sec)` when the jail fires.
-fn observe<K, Q>(
-    keyed: &mut Keyed<K>,
+fn observe<K, Q, C: Counter>(
+    keyed: &mut Keyed<K, C>,
     ring: &mut EvidenceRing,
     key: &Q,
     seen: &Seen,
@@ -294,28 +346,15 @@ where
     K: Hash + Eq + std::borrow::Borrow<Q>,
     Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
 {
-    if !keyed.quiet.is_empty() {
-        if let Some(&until) = keyed.quiet.get(key) {
-            if seen.sec < until {
-                stats.suppressed += 1;
-                return None;
-            }
-            keyed.quiet.remove(key);
+    if let Some(&until) = keyed.quiet.get(key) {
+        if seen.sec < until {
+            stats.suppressed += 1;
+            return None;
         }
+        keyed.quiet.remove(key);
     }
-    let distinct = seen.value.is_some();
-    let counter = keyed.tracker.counter(key, seen.sec, || {
-        if distinct {
-            Counter::Distinct(DistinctValues::default())
-        } else {
-            Counter::Window(SlidingWindow::default())
-        }
-    });
-    let count = match (&mut *counter, seen.value) {
-        (Counter::Window(w), None) => w.add(seen.sec, limits.findtime),
-        (Counter::Distinct(d), Some(v)) => d.add(v, seen.sec, limits.findtime),
-        _ => unreachable!("a jail's counters are all of one kind"),
-    };
+    let counter = keyed.tracker.counter(key, seen.sec);
+    let count = counter.add(seen.sec, seen.value, limits.findtime);
     ring.record(seen.ring_key, seen.origin, seen.line);
     if count < limits.threshold {
         return None;
@@ -326,7 +365,9 @@ where
         // Bounded: forget keys whose ban has run out.
         keyed.quiet.retain(|_, until| *until > seen.sec);
     }
-    keyed.quiet.insert(key.to_owned(), seen.sec.saturating_add(limits.bantime));
+    keyed
+        .quiet
+        .insert(key.to_owned(), seen.sec.saturating_add(limits.bantime));
     Some((count, first))
 }
 
@@ -371,9 +412,9 @@ impl Detector {
             jail.stats.matches += 1;
             let allowlisted = match jail.target {
                 TargetKind::Address => ev.client.is_some_and(|ip| self.ignore.contains(ip)),
-                TargetKind::Key => {
-                    ev.api_key().is_some_and(|k| self.ignore_keys.iter().any(|i| i == k))
-                }
+                TargetKind::Key => ev
+                    .api_key()
+                    .is_some_and(|k| self.ignore_keys.iter().any(|i| i == k)),
             };
             if allowlisted {
                 jail.stats.ignored += 1;
@@ -395,44 +436,62 @@ impl Detector {
                 bantime: jail.bantime.as_secs().min(u32::MAX as u64) as u32,
             };
             // Build the key before borrowing the state mutably.
-            let addr_key = match (&jail.state, ev.client) {
-                (State::Addr(_), Some(ip)) => Some(AddrKey(masked_key(ip, jail.v4, jail.v6))),
+            let by_addr = jail.state.by_addr();
+            let addr_key = match ev.client {
+                Some(ip) if by_addr => Some(AddrKey::new(masked_key(ip, jail.v4, jail.v6))),
                 _ => None,
             };
-            let has_key = match &jail.state {
-                State::Addr(_) => addr_key.is_some(),
-                State::Text(_) => jail.text_key(ev, &mut self.key_buf, &mut self.scratch),
+            let has_key = if by_addr {
+                addr_key.is_some()
+            } else {
+                jail.text_key(ev, &mut self.key_buf, &mut self.scratch)
             };
             if !has_key {
                 jail.stats.keyless += 1;
                 continue;
             }
-            let addr_bytes = addr_key.map(|k| k.0.to_be_bytes()).unwrap_or_default();
-            let fired = match &mut jail.state {
-                State::Addr(keyed) => {
-                    let key = addr_key.expect("checked above");
-                    let seen = Seen { sec, value, line, origin, ring_key: &addr_bytes };
-                    observe(keyed, &mut jail.ring, &key, &seen, limits, &mut jail.stats)
-                }
-                State::Text(keyed) => {
-                    let key = self.key_buf.as_str();
-                    let seen = Seen { sec, value, line, origin, ring_key: key.as_bytes() };
-                    observe(keyed, &mut jail.ring, key, &seen, limits, &mut jail.stats)
-                }
+            let addr_bytes = addr_key.map(|k| k.bytes()).unwrap_or_default();
+            let ring_key: &[u8] = if by_addr {
+                &addr_bytes
+            } else {
+                self.key_buf.as_bytes()
             };
-            let Some((count, first)) = fired else { continue };
+            let seen = Seen {
+                sec,
+                value,
+                line,
+                origin,
+                ring_key,
+            };
+            let (ring, stats) = (&mut jail.ring, &mut jail.stats);
+            let text_key = self.key_buf.as_str();
+            let fired = match &mut jail.state {
+                State::Addr(k) => {
+                    observe(k, ring, &addr_key.expect("checked"), &seen, limits, stats)
+                }
+                State::AddrDistinct(k) => {
+                    observe(k, ring, &addr_key.expect("checked"), &seen, limits, stats)
+                }
+                State::Text(k) => observe(k, ring, text_key, &seen, limits, stats),
+                State::TextDistinct(k) => observe(k, ring, text_key, &seen, limits, stats),
+            };
+            let Some((count, first)) = fired else {
+                continue;
+            };
             let Some(target) = jail.target_of(ev, &mut self.scratch) else {
                 jail.stats.keyless += 1;
                 continue;
             };
             jail.stats.decisions += 1;
-            let ring_key: &[u8] = match &jail.state {
-                State::Addr(_) => &addr_bytes,
-                State::Text(_) => self.key_buf.as_bytes(),
+            let ring_key: &[u8] = if by_addr {
+                &addr_bytes
+            } else {
+                self.key_buf.as_bytes()
             };
-            let key = match &jail.state {
-                State::Addr(_) => target.to_string(),
-                State::Text(_) => self.key_buf.clone(),
+            let key = if by_addr {
+                target.to_string()
+            } else {
+                self.key_buf.clone()
             };
             out.push(Decision {
                 jail: jail.name.clone(),

@@ -13,17 +13,22 @@ use hashbrown::HashMap;
 use std::hash::Hash;
 
 #[derive(Debug)]
-pub struct Tracker<K> {
-    map: HashMap<K, Counter, RandomState>,
+pub struct Tracker<K, C> {
+    map: HashMap<K, C, RandomState>,
     max_tracked: usize,
     findtime: u32,
     /// Keys dropped to stay under `max_tracked` while their window still held matches.
     pub evicted: u64,
 }
 
-impl<K: Hash + Eq> Tracker<K> {
-    pub fn new(max_tracked: usize, findtime: u32) -> Tracker<K> {
-        Tracker { map: HashMap::default(), max_tracked: max_tracked.max(1), findtime, evicted: 0 }
+impl<K: Hash + Eq, C: Counter> Tracker<K, C> {
+    pub fn new(max_tracked: usize, findtime: u32) -> Tracker<K, C> {
+        Tracker {
+            map: HashMap::default(),
+            max_tracked: max_tracked.max(1),
+            findtime,
+            evicted: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -40,7 +45,7 @@ impl<K: Hash + Eq> Tracker<K> {
 
     /// The counter for `key`, created with `new` if absent. `now` is the
     /// current event second, used to judge staleness when room is needed.
-    pub fn counter<Q>(&mut self, key: &Q, now: u32, new: impl FnOnce() -> Counter) -> &mut Counter
+    pub fn counter<Q>(&mut self, key: &Q, now: u32) -> &mut C
     where
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -48,7 +53,7 @@ impl<K: Hash + Eq> Tracker<K> {
         if self.map.len() >= self.max_tracked && !self.map.contains_key(key) {
             self.make_room(now);
         }
-        self.map.entry_ref(key).or_insert_with(new)
+        self.map.entry_ref(key).or_default()
     }
 
     fn make_room(&mut self, now: u32) {
@@ -59,7 +64,7 @@ impl<K: Hash + Eq> Tracker<K> {
             return;
         }
         let excess = self.map.len() - target;
-        let mut newest: Vec<u32> = self.map.values().map(Counter::newest).collect();
+        let mut newest: Vec<u32> = self.map.values().map(C::newest).collect();
         let (_, cutoff, _) = newest.select_nth_unstable(excess - 1);
         let cutoff = *cutoff;
         // Drop keys at or below the cutoff second, but no more than `excess`
@@ -83,16 +88,13 @@ mod tests {
     use super::*;
     use crate::detect::window::SlidingWindow;
 
-    fn add(t: &mut Tracker<u128>, key: u128, sec: u32) -> u32 {
-        match t.counter(&key, sec, || Counter::Window(SlidingWindow::default())) {
-            Counter::Window(w) => w.add(sec, 60),
-            Counter::Distinct(_) => unreachable!(),
-        }
+    fn add(t: &mut Tracker<u128, SlidingWindow>, key: u128, sec: u32) -> u32 {
+        t.counter(&key, sec).add(sec, None, 60)
     }
 
     #[test]
     fn stays_bounded_and_evicts_the_stalest() {
-        let mut t: Tracker<u128> = Tracker::new(100, 60);
+        let mut t: Tracker<u128, SlidingWindow> = Tracker::new(100, 60);
         for k in 0..100u128 {
             add(&mut t, k, 1000 + k as u32 / 10);
         }
@@ -109,7 +111,7 @@ mod tests {
 
     #[test]
     fn stale_keys_are_dropped_before_live_ones() {
-        let mut t: Tracker<u128> = Tracker::new(10, 60);
+        let mut t: Tracker<u128, SlidingWindow> = Tracker::new(10, 60);
         for k in 0..10u128 {
             add(&mut t, k, 0);
         }
@@ -120,9 +122,9 @@ mod tests {
 
     #[test]
     fn text_keys_borrow_for_lookup() {
-        let mut t: Tracker<String> = Tracker::new(10, 60);
-        t.counter("k1", 0, || Counter::Window(SlidingWindow::default()));
-        t.counter("k1", 0, || panic!("exists"));
+        let mut t: Tracker<String, SlidingWindow> = Tracker::new(10, 60);
+        t.counter("k1", 0).add(0, None, 60);
+        assert_eq!(t.counter("k1", 0).add(0, None, 60), 2);
         assert_eq!(t.len(), 1);
     }
 }

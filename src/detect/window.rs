@@ -14,11 +14,27 @@ struct Bucket {
     count: u32,
 }
 
+/// What a jail counts per key.
+pub trait Counter: Default {
+    /// Records one match at `sec` (with the distinct-counted value, for
+    /// distinct counters); returns the count inside the window.
+    fn add(&mut self, sec: u32, value: Option<&str>, findtime: u32) -> u32;
+    /// Second of the newest match held.
+    fn newest(&self) -> u32;
+    /// Second of the oldest match held.
+    fn oldest(&self) -> u32;
+    /// Whether nothing it holds can count toward a window ending at `now`.
+    fn is_stale(&self, now: u32, findtime: u32) -> bool {
+        expired(self.newest(), now, findtime)
+    }
+}
+
 /// Match counts per second, oldest first. Two seconds fit inline, so a key
-/// seen once (the common case under a spoofed flood) costs no heap.
+/// seen once (the common case under a spoofed flood) costs no heap. The total
+/// is summed when needed: at most `maxretry` buckets, and it keeps the
+/// counter at 24 bytes.
 #[derive(Clone, Debug, Default)]
 pub struct SlidingWindow {
-    total: u32,
     buckets: SmallVec<[Bucket; 2]>,
 }
 
@@ -28,11 +44,16 @@ fn expired(sec: u32, end: u32, findtime: u32) -> bool {
 }
 
 impl SlidingWindow {
-    /// Records one match at `sec`; returns the count inside the window.
-    pub fn add(&mut self, sec: u32, findtime: u32) -> u32 {
+    fn total(&self) -> u32 {
+        self.buckets.iter().map(|b| b.count).sum()
+    }
+}
+
+impl Counter for SlidingWindow {
+    fn add(&mut self, sec: u32, _value: Option<&str>, findtime: u32) -> u32 {
         let end = self.newest().max(sec);
         if expired(sec, end, findtime) {
-            return self.total;
+            return self.total();
         }
         match self.buckets.last_mut() {
             Some(b) if b.sec == sec => b.count += 1,
@@ -42,19 +63,22 @@ impl SlidingWindow {
             },
             _ => self.buckets.push(Bucket { sec, count: 1 }),
         }
-        self.total += 1;
-        let stale = self.buckets.iter().take_while(|b| expired(b.sec, end, findtime)).count();
+        let stale = self
+            .buckets
+            .iter()
+            .take_while(|b| expired(b.sec, end, findtime))
+            .count();
         if stale > 0 {
-            self.total -= self.buckets.drain(..stale).map(|b| b.count).sum::<u32>();
+            self.buckets.drain(..stale);
         }
-        self.total
+        self.total()
     }
 
-    pub fn newest(&self) -> u32 {
+    fn newest(&self) -> u32 {
         self.buckets.last().map_or(0, |b| b.sec)
     }
 
-    pub fn oldest(&self) -> u32 {
+    fn oldest(&self) -> u32 {
         self.buckets.first().map_or(0, |b| b.sec)
     }
 }
@@ -66,9 +90,11 @@ pub struct DistinctValues {
     values: Vec<(Box<str>, u32)>,
 }
 
-impl DistinctValues {
-    /// Records `value` at `sec`; returns the number of distinct values inside the window.
-    pub fn add(&mut self, value: &str, sec: u32, findtime: u32) -> u32 {
+impl Counter for DistinctValues {
+    fn add(&mut self, sec: u32, value: Option<&str>, findtime: u32) -> u32 {
+        let Some(value) = value else {
+            return self.values.len() as u32;
+        };
         let end = self.newest().max(sec);
         if expired(sec, end, findtime) {
             return self.values.len() as u32;
@@ -81,40 +107,12 @@ impl DistinctValues {
         self.values.len() as u32
     }
 
-    pub fn newest(&self) -> u32 {
+    fn newest(&self) -> u32 {
         self.values.iter().map(|(_, s)| *s).max().unwrap_or(0)
     }
 
-    pub fn oldest(&self) -> u32 {
+    fn oldest(&self) -> u32 {
         self.values.iter().map(|(_, s)| *s).min().unwrap_or(0)
-    }
-}
-
-/// One key's state in a jail.
-#[derive(Clone, Debug)]
-pub enum Counter {
-    Window(SlidingWindow),
-    Distinct(DistinctValues),
-}
-
-impl Counter {
-    pub fn newest(&self) -> u32 {
-        match self {
-            Counter::Window(w) => w.newest(),
-            Counter::Distinct(d) => d.newest(),
-        }
-    }
-
-    pub fn oldest(&self) -> u32 {
-        match self {
-            Counter::Window(w) => w.oldest(),
-            Counter::Distinct(d) => d.oldest(),
-        }
-    }
-
-    /// Whether nothing it holds can count toward a window ending at `now`.
-    pub fn is_stale(&self, now: u32, findtime: u32) -> bool {
-        expired(self.newest(), now, findtime)
     }
 }
 
@@ -122,39 +120,54 @@ impl Counter {
 mod tests {
     use super::*;
 
+    impl SlidingWindow {
+        fn add_at(&mut self, sec: u32, findtime: u32) -> u32 {
+            self.add(sec, None, findtime)
+        }
+    }
+
+    impl DistinctValues {
+        fn add_str(&mut self, v: &str, sec: u32, findtime: u32) -> u32 {
+            self.add(sec, Some(v), findtime)
+        }
+    }
+
     #[test]
     fn window_is_half_open_findtime() {
         let mut w = SlidingWindow::default();
-        assert_eq!(w.add(100, 60), 1);
-        assert_eq!(w.add(159, 60), 2); // 159 - 100 = 59 < 60: inside
-        assert_eq!(w.add(160, 60), 2); // 100 drops out
-        assert_eq!(w.add(160, 60), 3);
+        assert_eq!(w.add_at(100, 60), 1);
+        assert_eq!(w.add_at(159, 60), 2); // 159 - 100 = 59 < 60: inside
+        assert_eq!(w.add_at(160, 60), 2); // 100 drops out
+        assert_eq!(w.add_at(160, 60), 3);
         assert_eq!(w.oldest(), 159);
     }
 
     #[test]
     fn out_of_order_and_late_lines() {
         let mut w = SlidingWindow::default();
-        w.add(200, 60);
-        assert_eq!(w.add(190, 60), 2); // late but inside: counted in its own second
-        assert_eq!(w.add(195, 60), 3);
-        assert_eq!(w.buckets.iter().map(|b| b.sec).collect::<Vec<_>>(), vec![190, 195, 200]);
-        assert_eq!(w.add(140, 60), 3); // 200 - 140 = 60: too late, dropped
-        assert_eq!(w.add(190, 60), 4); // same second as an existing bucket
+        w.add_at(200, 60);
+        assert_eq!(w.add_at(190, 60), 2); // late but inside: counted in its own second
+        assert_eq!(w.add_at(195, 60), 3);
+        assert_eq!(
+            w.buckets.iter().map(|b| b.sec).collect::<Vec<_>>(),
+            vec![190, 195, 200]
+        );
+        assert_eq!(w.add_at(140, 60), 3); // 200 - 140 = 60: too late, dropped
+        assert_eq!(w.add_at(190, 60), 4); // same second as an existing bucket
     }
 
     #[test]
     fn distinct_counts_values_in_window() {
         let mut d = DistinctValues::default();
-        assert_eq!(d.add("a", 10, 300), 1);
-        assert_eq!(d.add("a", 11, 300), 1);
-        assert_eq!(d.add("b", 12, 300), 2);
-        assert_eq!(d.add("c", 310, 300), 3); // a@11 and b@12 are still inside (299, 298 < 300)
-        assert_eq!(d.add("d", 312, 300), 2); // a and b out
+        assert_eq!(d.add_str("a", 10, 300), 1);
+        assert_eq!(d.add_str("a", 11, 300), 1);
+        assert_eq!(d.add_str("b", 12, 300), 2);
+        assert_eq!(d.add_str("c", 310, 300), 3); // a@11 and b@12 are still inside (299, 298 < 300)
+        assert_eq!(d.add_str("d", 312, 300), 2); // a and b out
     }
 
     #[test]
     fn inline_buckets_are_small() {
-        assert!(std::mem::size_of::<Counter>() <= 32, "{}", std::mem::size_of::<Counter>());
+        assert_eq!(std::mem::size_of::<SlidingWindow>(), 24);
     }
 }

@@ -91,7 +91,11 @@ pub fn resolve_client(
     // A chain in the peer position is `$proxy_add_x_forwarded_for`: the header
     // plus the peer. Walk its hops right-to-left, else the header's.
     let hops = chain_head.or(forwarded_for).unwrap_or("");
-    for hop in hops.rsplit(',').map(str::trim).filter(|h| !h.is_empty() && *h != "-") {
+    for hop in hops
+        .rsplit(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty() && *h != "-")
+    {
         if !trusted.contains(client) {
             break;
         }
@@ -106,12 +110,20 @@ pub fn masked_key(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> u128 {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let mask = if v4_prefix == 0 { 0 } else { u32::MAX << (32 - v4_prefix.min(32)) };
+            let mask = if v4_prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - v4_prefix.min(32))
+            };
             0xffff_0000_0000u128 | (bits & mask) as u128
         }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
-            let mask = if v6_prefix == 0 { 0 } else { u128::MAX << (128 - v6_prefix.min(128)) };
+            let mask = if v6_prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - v6_prefix.min(128))
+            };
             bits & mask
         }
     }
@@ -136,9 +148,15 @@ mod tests {
     fn address_forms() {
         assert_eq!(parse_addr("1.2.3.4"), Some("1.2.3.4".parse().unwrap()));
         assert_eq!(parse_addr("1.2.3.4:8080"), Some("1.2.3.4".parse().unwrap()));
-        assert_eq!(parse_addr("[fd00::1]:443"), Some("fd00::1".parse().unwrap()));
+        assert_eq!(
+            parse_addr("[fd00::1]:443"),
+            Some("fd00::1".parse().unwrap())
+        );
         assert_eq!(parse_addr("[fd00::1]"), Some("fd00::1".parse().unwrap()));
-        assert_eq!(parse_addr("::ffff:10.1.2.3"), Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(
+            parse_addr("::ffff:10.1.2.3"),
+            Some("10.1.2.3".parse().unwrap())
+        );
         assert_eq!(parse_addr("1.2.3.4:"), None);
         assert_eq!(parse_addr("1.2.3.4:80:80"), None);
         assert_eq!(parse_addr("evil.example"), None);
@@ -167,7 +185,10 @@ mod tests {
         // All hops trusted: the leftmost one.
         let c = resolve_client("10.0.0.2", Some("10.9.9.9"), &t).unwrap();
         assert_eq!(c, "10.9.9.9".parse::<IpAddr>().unwrap());
-        assert_eq!(resolve_client("10.0.0.2", Some("junk"), &t), Err(ClientError::BadForwardedFor));
+        assert_eq!(
+            resolve_client("10.0.0.2", Some("junk"), &t),
+            Err(ClientError::BadForwardedFor)
+        );
         assert_eq!(resolve_client("junk", None, &t), Err(ClientError::BadPeer));
     }
 

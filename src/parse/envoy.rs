@@ -13,10 +13,17 @@ fn var_for(op: &str, api_key_header: &str, has_direct: bool) -> Var {
     // START_TIME(%Y...) and friends: the argument is a strftime format; the
     // default output is RFC 3339, which is what we read.
     let (name, arg) = match op.find('(') {
-        Some(i) => (&op[..i], op[i + 1..].strip_suffix(')').unwrap_or(&op[i + 1..])),
+        Some(i) => (
+            &op[..i],
+            op[i + 1..].strip_suffix(')').unwrap_or(&op[i + 1..]),
+        ),
         None => (op, ""),
     };
-    let header = arg.split(['?', ')']).next().unwrap_or("").to_ascii_lowercase();
+    let header = arg
+        .split(['?', ')'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match (name, header.as_str()) {
         ("START_TIME", _) => Var::Time(TimeShape::Iso8601),
         ("REQ", ":method") => Var::Text(StdField::Method),
@@ -39,9 +46,11 @@ fn var_for(op: &str, api_key_header: &str, has_direct: bool) -> Var {
         {
             Var::Peer
         }
-        ("REQ" | "RESP" | "TRAILER", h) => {
-            Var::Extra(format!("{}_{}", name.to_ascii_lowercase(), h.trim_start_matches(':')))
-        }
+        ("REQ" | "RESP" | "TRAILER", h) => Var::Extra(format!(
+            "{}_{}",
+            name.to_ascii_lowercase(),
+            h.trim_start_matches(':')
+        )),
         _ => Var::Extra(name.to_ascii_lowercase()),
     }
 }
@@ -58,7 +67,10 @@ pub fn compile(format: &str, api_key_header: &str) -> Result<Vec<Piece>, String>
         }
         let after = &rest[start + 1..];
         let end = after.find('%').ok_or_else(|| {
-            format!("unterminated `%` operator at `{}`", &rest[start..].chars().take(20).collect::<String>())
+            format!(
+                "unterminated `%` operator at `{}`",
+                &rest[start..].chars().take(20).collect::<String>()
+            )
         })?;
         let op = &after[..end];
         if op.is_empty() {
@@ -86,14 +98,23 @@ mod tests {
         assert_eq!(p[1], Piece::Var(Var::Time(TimeShape::Iso8601)));
         assert!(p.contains(&Piece::Var(Var::Text(StdField::ForwardedFor))));
         assert!(p.contains(&Piece::Var(Var::Extra("response_flags".into()))));
-        assert!(p.contains(&Piece::Var(Var::Extra("resp_x-envoy-upstream-service-time".into()))));
+        assert!(p.contains(&Piece::Var(Var::Extra(
+            "resp_x-envoy-upstream-service-time".into()
+        ))));
         assert!(compile("%START_TIME", "k").is_err());
     }
 
     #[test]
     fn direct_address_is_the_peer() {
-        let p = compile("%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_DIRECT_REMOTE_ADDRESS%", "k").unwrap();
-        assert_eq!(p[0], Piece::Var(Var::Extra("downstream_remote_address".into())));
+        let p = compile(
+            "%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_DIRECT_REMOTE_ADDRESS%",
+            "k",
+        )
+        .unwrap();
+        assert_eq!(
+            p[0],
+            Piece::Var(Var::Extra("downstream_remote_address".into()))
+        );
         assert_eq!(p[2], Piece::Var(Var::Peer));
     }
 }

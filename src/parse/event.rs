@@ -112,7 +112,10 @@ pub struct Wanted {
 impl Wanted {
     /// Everything: used by `replay` diagnostics and tests.
     pub fn all() -> Wanted {
-        Wanted { std: u32::MAX, extras: Vec::new() }
+        Wanted {
+            std: u32::MAX,
+            extras: Vec::new(),
+        }
     }
 
     pub fn add_std(&mut self, f: StdField) {
@@ -169,7 +172,10 @@ pub struct Event {
 
 impl Event {
     pub fn new(wanted: &Wanted) -> Event {
-        Event { extras: vec![None; wanted.extras.len()], ..Event::default() }
+        Event {
+            extras: vec![None; wanted.extras.len()],
+            ..Event::default()
+        }
     }
 
     /// Forgets the previous line; keeps the allocations.
@@ -188,7 +194,10 @@ impl Event {
     fn push_with(&mut self, push: impl FnOnce(&mut String)) -> Span {
         let start = self.buf.len() as u32;
         push(&mut self.buf);
-        Span { start, end: self.buf.len() as u32 }
+        Span {
+            start,
+            end: self.buf.len() as u32,
+        }
     }
 
     /// Stores a standard text field. Numeric and address fields have their own setters.

@@ -34,10 +34,24 @@ pub struct JsonFormat {
 pub fn builtin(name: &str) -> Option<BTreeMap<String, Vec<String>>> {
     let pairs: &[(&str, &[&str])] = match name {
         "envoy_json" => &[
-            ("client", &["downstream_direct_remote_address", "downstream_remote_address"]),
+            (
+                "client",
+                &[
+                    "downstream_direct_remote_address",
+                    "downstream_remote_address",
+                ],
+            ),
             ("time", &["start_time"]),
             ("method", &["method", ":method"]),
-            ("path", &["x-envoy-origin-path", "x-envoy-original-path", "path", ":path"]),
+            (
+                "path",
+                &[
+                    "x-envoy-origin-path",
+                    "x-envoy-original-path",
+                    "path",
+                    ":path",
+                ],
+            ),
             ("protocol", &["protocol"]),
             ("status", &["response_code"]),
             ("bytes", &["bytes_sent"]),
@@ -81,7 +95,12 @@ pub fn builtin(name: &str) -> Option<BTreeMap<String, Vec<String>>> {
         ],
         _ => return None,
     };
-    Some(pairs.iter().map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect())).collect())
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+            .collect(),
+    )
 }
 
 impl JsonFormat {
@@ -93,7 +112,10 @@ impl JsonFormat {
         names
     }
 
-    pub fn compile(map: &BTreeMap<String, Vec<String>>, wanted: &Wanted) -> Result<JsonFormat, String> {
+    pub fn compile(
+        map: &BTreeMap<String, Vec<String>>,
+        wanted: &Wanted,
+    ) -> Result<JsonFormat, String> {
         let mut fields = Vec::new();
         for (name, paths) in map {
             if paths.is_empty() || paths.iter().any(|p| p.is_empty()) {
@@ -123,7 +145,11 @@ impl JsonFormat {
         if !map.contains_key("time") {
             return Err("the JSON mapping has no `time` field".into());
         }
-        Ok(JsonFormat { fields, has_peer, has_xff })
+        Ok(JsonFormat {
+            fields,
+            has_peer,
+            has_xff,
+        })
     }
 
     pub fn parse(
@@ -141,7 +167,9 @@ impl JsonFormat {
         let mut xff: Option<String> = None;
         let mut scratch = String::new();
         for (target, paths) in &self.fields {
-            let Some(val) = paths.iter().find_map(|p| lookup(&v, p)) else { continue };
+            let Some(val) = paths.iter().find_map(|p| lookup(&v, p)) else {
+                continue;
+            };
             scratch.clear();
             if !as_text(val, &mut scratch) {
                 continue;
@@ -149,7 +177,9 @@ impl JsonFormat {
             let text = scratch.as_str();
             match target {
                 Target::Peer => peer = Some(text.to_string()),
-                Target::Time => ev.time = times.parse(text, TimeShape::Auto).ok_or(reason::BAD_TIME)?,
+                Target::Time => {
+                    ev.time = times.parse(text, TimeShape::Auto).ok_or(reason::BAD_TIME)?
+                }
                 Target::Status => ev.status = Some(super::template::parse_status(text)?),
                 Target::Bytes => ev.bytes = text.parse().ok(),
                 Target::RequestSeconds => ev.request_time = text.parse().ok(),

@@ -66,14 +66,27 @@ impl From<ClientError> for ParseError {
 /// A format as configured, before it is compiled for a set of wanted fields.
 #[derive(Debug, Clone)]
 pub enum FormatSpec {
-    Template { pieces: Vec<Piece>, escape: Escape },
+    Template {
+        pieces: Vec<Piece>,
+        escape: Escape,
+    },
     Json(BTreeMap<String, Vec<String>>),
-    Regex { re: Regex, time_format: Option<String> },
+    Regex {
+        re: Regex,
+        time_format: Option<String>,
+    },
 }
 
 /// Names of the formats that need no config.
-pub const BUILTIN_FORMATS: [&str; 7] =
-    ["combined", "api_audit", "envoy", "envoy_json", "traefik_json", "kong_json", "nginx_error"];
+pub const BUILTIN_FORMATS: [&str; 7] = [
+    "combined",
+    "api_audit",
+    "envoy",
+    "envoy_json",
+    "traefik_json",
+    "kong_json",
+    "nginx_error",
+];
 
 impl FormatSpec {
     pub fn builtin(name: &str) -> Option<FormatSpec> {
@@ -145,7 +158,12 @@ pub struct LineParser {
 
 impl LineParser {
     pub fn new(format: Format, wrap: Wrap, trusted: NetSet, max_line: usize) -> LineParser {
-        LineParser { format, unwrapper: Unwrapper::new(wrap, max_line), times: TimeCache::default(), trusted }
+        LineParser {
+            format,
+            unwrapper: Unwrapper::new(wrap, max_line),
+            times: TimeCache::default(),
+            trusted,
+        }
     }
 
     /// Parses one line (without its newline) into `ev`.

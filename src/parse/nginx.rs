@@ -103,7 +103,9 @@ pub fn compile(
             continue;
         }
         let (name, len) = if b.get(i + 1) == Some(&b'{') {
-            let end = body[i + 2..].find('}').ok_or("unterminated `${` in log_format")?;
+            let end = body[i + 2..]
+                .find('}')
+                .ok_or("unterminated `${` in log_format")?;
             (&body[i + 2..i + 2 + end], end + 3)
         } else {
             let n = b[i + 1..]
@@ -113,7 +115,9 @@ pub fn compile(
             (&body[i + 1..i + 1 + n], n + 1)
         };
         if name.is_empty() {
-            return Err(format!("`$` without a variable name at byte {i} of the log_format"));
+            return Err(format!(
+                "`$` without a variable name at byte {i} of the log_format"
+            ));
         }
         if !lit.is_empty() {
             pieces.push(Piece::Literal(std::mem::take(&mut lit)));

@@ -41,7 +41,11 @@ impl RegexFormat {
     }
 
     /// `time_format` is a chrono strftime string; without it the shape is guessed.
-    pub fn compile(re: &Regex, time_format: Option<&str>, wanted: &Wanted) -> Result<RegexFormat, String> {
+    pub fn compile(
+        re: &Regex,
+        time_format: Option<&str>,
+        wanted: &Wanted,
+    ) -> Result<RegexFormat, String> {
         let names: Vec<Option<&str>> = re.capture_names().collect();
         if !names.contains(&Some("client")) {
             return Err("the regex has no `(?P<client>...)` capture".into());
@@ -63,7 +67,11 @@ impl RegexFormat {
                 Some((name, None)) => wanted.extra_id(name).map_or(Slot::Skip, Slot::Extra),
             })
             .collect();
-        Ok(RegexFormat { re: re.clone(), slots, time_format: time_format.map(String::from) })
+        Ok(RegexFormat {
+            re: re.clone(),
+            slots,
+            time_format: time_format.map(String::from),
+        })
     }
 
     pub fn parse(
@@ -99,7 +107,11 @@ impl RegexFormat {
                 Slot::Skip => {}
             }
         }
-        ev.client = Some(resolve_client(peer.ok_or(reason::NO_CLIENT)?, None, trusted)?);
+        ev.client = Some(resolve_client(
+            peer.ok_or(reason::NO_CLIENT)?,
+            None,
+            trusted,
+        )?);
         Ok(())
     }
 

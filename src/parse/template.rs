@@ -53,7 +53,10 @@ pub enum Piece {
 
 #[derive(Debug)]
 enum Seg {
-    Lit { text: String, finder: memmem::Finder<'static> },
+    Lit {
+        text: String,
+        finder: Box<memmem::Finder<'static>>,
+    },
     Var(Slot),
 }
 
@@ -119,8 +122,11 @@ impl Template {
                 Piece::Literal(text) if text.is_empty() => continue,
                 Piece::Literal(text) => {
                     literal_quotes += memchr::memchr_iter(b'"', text.as_bytes()).count();
-                    let finder = memmem::Finder::new(text.as_bytes()).into_owned();
-                    segs.push(Seg::Lit { text: text.clone(), finder });
+                    let finder = Box::new(memmem::Finder::new(text.as_bytes()).into_owned());
+                    segs.push(Seg::Lit {
+                        text: text.clone(),
+                        finder,
+                    });
                     prev_var = false;
                     continue;
                 }
@@ -150,7 +156,9 @@ impl Template {
                         // Always read: it may carry the client address.
                         Var::Text(StdField::ForwardedFor) => {
                             has_xff = true;
-                            Slot::ForwardedFor { keep: wanted.has(StdField::ForwardedFor) }
+                            Slot::ForwardedFor {
+                                keep: wanted.has(StdField::ForwardedFor),
+                            }
                         }
                         Var::Text(f) if wanted.has(*f) => Slot::Text(*f),
                         Var::Text(_) => Slot::Skip,
@@ -164,11 +172,19 @@ impl Template {
             }
         }
         if !has_peer && !has_xff {
-            return Err("the format has no client address (nginx `$remote_addr`, Envoy \
+            return Err(
+                "the format has no client address (nginx `$remote_addr`, Envoy \
                         `%DOWNSTREAM_REMOTE_ADDRESS%` or `%REQ(X-FORWARDED-FOR)%`)"
-                .into());
+                    .into(),
+            );
         }
-        Ok(Template { segs, escape, literal_quotes, has_peer, has_time })
+        Ok(Template {
+            segs,
+            escape,
+            literal_quotes,
+            has_peer,
+            has_time,
+        })
     }
 
     /// Whether lines carry their own time (else the wrapper's time is needed).
@@ -179,7 +195,9 @@ impl Template {
     /// Finds where a value starting at `from` ends: the next occurrence of
     /// `lit`, skipping `\"` when values are JSON-escaped.
     fn find_end(&self, line: &[u8], from: usize, lit: &Seg) -> Option<usize> {
-        let Seg::Lit { text, finder } = lit else { unreachable!() };
+        let Seg::Lit { text, finder } = lit else {
+            unreachable!()
+        };
         let mut at = from;
         loop {
             let i = at + finder.find(&line[at..])?;
@@ -332,7 +350,10 @@ pub fn unescape_into(raw: &str, escape: Escape, out: &mut String) {
         }
         match (escape, b[i + 1]) {
             (Escape::Nginx, b'x') => {
-                match (b.get(i + 2).copied().and_then(hex), b.get(i + 3).copied().and_then(hex)) {
+                match (
+                    b.get(i + 2).copied().and_then(hex),
+                    b.get(i + 3).copied().and_then(hex),
+                ) {
                     (Some(h), Some(l)) => {
                         bytes.push(h << 4 | l);
                         i += 4;

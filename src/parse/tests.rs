@@ -13,7 +13,12 @@ fn ip(s: &str) -> Option<IpAddr> {
 }
 
 fn custom(spec: FormatSpec) -> LineParser {
-    LineParser::new(spec.compile(&Wanted::all()).unwrap(), Wrap::None, NetSet::default(), 65536)
+    LineParser::new(
+        spec.compile(&Wanted::all()).unwrap(),
+        Wrap::None,
+        NetSet::default(),
+        65536,
+    )
 }
 
 #[test]
@@ -41,16 +46,29 @@ fn combined_refusals_have_reasons() {
     let cases = [
         ("", reason::FORMAT_MISMATCH),
         ("hello world", reason::FORMAT_MISMATCH),
-        (r#"1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 2000 5 "-" "-""#, reason::BAD_STATUS),
-        (r#"1.2.3.4 - - [10/Oct/2000:13:55:36 -9999x] "GET / HTTP/1.1" 200 5 "-" "-""#, reason::BAD_TIME),
-        (r#"host.example - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "-""#, reason::BAD_CLIENT),
-        (r#"1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "-"junk"#, reason::FORMAT_MISMATCH),
+        (
+            r#"1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 2000 5 "-" "-""#,
+            reason::BAD_STATUS,
+        ),
+        (
+            r#"1.2.3.4 - - [10/Oct/2000:13:55:36 -9999x] "GET / HTTP/1.1" 200 5 "-" "-""#,
+            reason::BAD_TIME,
+        ),
+        (
+            r#"host.example - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "-""#,
+            reason::BAD_CLIENT,
+        ),
+        (
+            r#"1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "-"junk"#,
+            reason::FORMAT_MISMATCH,
+        ),
     ];
     for (line, want) in cases {
         assert_eq!(p.parse(line, &mut ev), Err(want), "{line}");
     }
     // Trailing fields after a space are allowed (combined + extras).
-    let line = r#"1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "-" "extra" 12ms"#;
+    let line =
+        r#"1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "-" "extra" 12ms"#;
     assert_eq!(p.parse(line, &mut ev), Ok(Outcome::Event));
 }
 
@@ -61,7 +79,12 @@ fn seed_api_audit_format_verbatim() {
     let mut wanted = Wanted::all();
     let upstream = wanted.field("upstream_response_time");
     let spec = FormatSpec::Template { pieces, escape };
-    let mut p = LineParser::new(spec.compile(&wanted).unwrap(), Wrap::None, NetSet::default(), 65536);
+    let mut p = LineParser::new(
+        spec.compile(&wanted).unwrap(),
+        Wrap::None,
+        NetSet::default(),
+        65536,
+    );
     let mut ev = Event::new(&wanted);
     let line = r#"198.51.100.4 - - [22/Nov/2026:08:00:00 +0000] "POST /v1/orders HTTP/1.1" 401 48 "-" "python-requests/2.31" 312 0.004 0.003 key_7f3a"#;
     p.parse(line, &mut ev).unwrap();

@@ -53,7 +53,9 @@ fn month(b: &[u8]) -> Option<u32> {
         b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
         b"Dec",
     ];
-    M.iter().position(|m| m.as_slice() == b).map(|i| i as u32 + 1)
+    M.iter()
+        .position(|m| m.as_slice() == b)
+        .map(|i| i as u32 + 1)
 }
 
 fn civil_millis(y: u32, mo: u32, d: u32, h: u32, mi: u32, s: u32, ms: u32) -> Option<Millis> {
@@ -155,7 +157,11 @@ fn parse_epoch(s: &str, unit_ms: bool) -> Option<Millis> {
     if !v.is_finite() || v < 0.0 {
         return None;
     }
-    Some(if unit_ms { v as i64 } else { (v * 1000.0).round() as i64 })
+    Some(if unit_ms {
+        v as i64
+    } else {
+        (v * 1000.0).round() as i64
+    })
 }
 
 /// Parses `s` as `shape`. Returns `None` if it is not a valid timestamp.
@@ -206,19 +212,43 @@ mod tests {
     fn clf_with_offsets() {
         // 2000-10-10T20:55:36Z
         let want = 971_211_336_000;
-        assert_eq!(parse_time("10/Oct/2000:13:55:36 -0700", TimeShape::Clf), Some(want));
-        assert_eq!(parse_time("10/Oct/2000:20:55:36 +0000", TimeShape::Clf), Some(want));
-        assert_eq!(parse_time("10/Oct/2000:22:55:36 +0200", TimeShape::Auto), Some(want));
-        assert_eq!(parse_time("10/Foo/2000:13:55:36 -0700", TimeShape::Clf), None);
-        assert_eq!(parse_time("10/Oct/2000:25:55:36 -0700", TimeShape::Clf), None);
+        assert_eq!(
+            parse_time("10/Oct/2000:13:55:36 -0700", TimeShape::Clf),
+            Some(want)
+        );
+        assert_eq!(
+            parse_time("10/Oct/2000:20:55:36 +0000", TimeShape::Clf),
+            Some(want)
+        );
+        assert_eq!(
+            parse_time("10/Oct/2000:22:55:36 +0200", TimeShape::Auto),
+            Some(want)
+        );
+        assert_eq!(
+            parse_time("10/Foo/2000:13:55:36 -0700", TimeShape::Clf),
+            None
+        );
+        assert_eq!(
+            parse_time("10/Oct/2000:25:55:36 -0700", TimeShape::Clf),
+            None
+        );
     }
 
     #[test]
     fn iso_variants() {
         let want = 971_211_336_000;
-        assert_eq!(parse_time("2000-10-10T20:55:36Z", TimeShape::Iso8601), Some(want));
-        assert_eq!(parse_time("2000-10-10T22:55:36+02:00", TimeShape::Iso8601), Some(want));
-        assert_eq!(parse_time("2000-10-10T20:55:36.250Z", TimeShape::Iso8601), Some(want + 250));
+        assert_eq!(
+            parse_time("2000-10-10T20:55:36Z", TimeShape::Iso8601),
+            Some(want)
+        );
+        assert_eq!(
+            parse_time("2000-10-10T22:55:36+02:00", TimeShape::Iso8601),
+            Some(want)
+        );
+        assert_eq!(
+            parse_time("2000-10-10T20:55:36.250Z", TimeShape::Iso8601),
+            Some(want + 250)
+        );
         assert_eq!(
             parse_time("2000-10-10T21:55:36.000000100+01:00", TimeShape::Auto),
             Some(want)
@@ -228,10 +258,22 @@ mod tests {
 
     #[test]
     fn epoch_and_error_log() {
-        assert_eq!(parse_time("971211336.250", TimeShape::EpochSeconds), Some(971_211_336_250));
-        assert_eq!(parse_time("971211336250", TimeShape::EpochMillis), Some(971_211_336_250));
-        assert_eq!(parse_time("1700000000000", TimeShape::Auto), Some(1_700_000_000_000));
-        assert_eq!(parse_time("2000/10/10 20:55:36", TimeShape::NginxError), Some(971_211_336_000));
+        assert_eq!(
+            parse_time("971211336.250", TimeShape::EpochSeconds),
+            Some(971_211_336_250)
+        );
+        assert_eq!(
+            parse_time("971211336250", TimeShape::EpochMillis),
+            Some(971_211_336_250)
+        );
+        assert_eq!(
+            parse_time("1700000000000", TimeShape::Auto),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_time("2000/10/10 20:55:36", TimeShape::NginxError),
+            Some(971_211_336_000)
+        );
         assert_eq!(parse_time("-5", TimeShape::EpochSeconds), None);
     }
 
@@ -241,7 +283,10 @@ mod tests {
         let a = c.parse("10/Oct/2000:13:55:36 -0700", TimeShape::Clf);
         let b = c.parse("10/Oct/2000:13:55:36 -0700", TimeShape::Clf);
         assert_eq!(a, b);
-        assert_eq!(c.parse("10/Oct/2000:13:55:37 -0700", TimeShape::Clf), a.map(|v| v + 1000));
+        assert_eq!(
+            c.parse("10/Oct/2000:13:55:37 -0700", TimeShape::Clf),
+            a.map(|v| v + 1000)
+        );
         assert_eq!(c.parse("garbage", TimeShape::Clf), None);
     }
 }

@@ -24,7 +24,10 @@ pub enum Wrap {
 
 /// The outcome of unwrapping one physical line.
 pub enum Unwrapped<'a> {
-    Line { text: &'a str, time: Option<Millis> },
+    Line {
+        text: &'a str,
+        time: Option<Millis>,
+    },
     /// A partial record was buffered; wait for the rest.
     Pending,
 }
@@ -48,7 +51,12 @@ struct DockerRecord<'a> {
 
 impl Unwrapper {
     pub fn new(wrap: Wrap, max_len: usize) -> Unwrapper {
-        Unwrapper { wrap, partial: String::new(), joined: false, max_len }
+        Unwrapper {
+            wrap,
+            partial: String::new(),
+            joined: false,
+            max_len,
+        }
     }
 
     pub fn unwrap<'a>(&'a mut self, line: &'a str) -> Result<Unwrapped<'a>, ParseError> {
@@ -57,7 +65,10 @@ impl Unwrapper {
             self.joined = false;
         }
         match self.wrap {
-            Wrap::None => Ok(Unwrapped::Line { text: line, time: None }),
+            Wrap::None => Ok(Unwrapped::Line {
+                text: line,
+                time: None,
+            }),
             Wrap::Cri => {
                 let mut it = line.splitn(4, ' ');
                 let (Some(ts), Some(_stream), Some(tag), Some(text)) =
@@ -73,13 +84,20 @@ impl Unwrapper {
                 }
             }
             Wrap::Docker => {
-                let rec: DockerRecord = serde_json::from_str(line).map_err(|_| reason::BAD_WRAPPER)?;
-                let time = rec.time.as_deref().and_then(|t| parse_time(t, TimeShape::Iso8601));
+                let rec: DockerRecord =
+                    serde_json::from_str(line).map_err(|_| reason::BAD_WRAPPER)?;
+                let time = rec
+                    .time
+                    .as_deref()
+                    .and_then(|t| parse_time(t, TimeShape::Iso8601));
                 match rec.log.strip_suffix('\n') {
                     Some(text) => {
                         let text = text.strip_suffix('\r').unwrap_or(text);
                         self.append(text)?;
-                        Ok(Unwrapped::Line { text: self.take_line(), time })
+                        Ok(Unwrapped::Line {
+                            text: self.take_line(),
+                            time,
+                        })
                     }
                     None => self.append(&rec.log).map(|_| Unwrapped::Pending),
                 }
@@ -96,12 +114,19 @@ impl Unwrapper {
         Ok(())
     }
 
-    fn finish<'a>(&'a mut self, text: &'a str, time: Option<Millis>) -> Result<Unwrapped<'a>, ParseError> {
+    fn finish<'a>(
+        &'a mut self,
+        text: &'a str,
+        time: Option<Millis>,
+    ) -> Result<Unwrapped<'a>, ParseError> {
         if self.partial.is_empty() {
             return Ok(Unwrapped::Line { text, time });
         }
         self.append(text)?;
-        Ok(Unwrapped::Line { text: self.take_line(), time })
+        Ok(Unwrapped::Line {
+            text: self.take_line(),
+            time,
+        })
     }
 
     /// The joined line, cleared at the next `unwrap`.
@@ -129,18 +154,35 @@ mod tests {
         assert_eq!(t, "hello world");
         assert_eq!(time, Some(1_735_689_600_500));
         assert!(text(&mut u, "2025-01-01T00:00:00Z stdout P hel").is_none());
-        assert_eq!(text(&mut u, "2025-01-01T00:00:00Z stdout F lo").unwrap().0, "hello");
-        assert_eq!(text(&mut u, "2025-01-01T00:00:00Z stdout F next").unwrap().0, "next");
+        assert_eq!(
+            text(&mut u, "2025-01-01T00:00:00Z stdout F lo").unwrap().0,
+            "hello"
+        );
+        assert_eq!(
+            text(&mut u, "2025-01-01T00:00:00Z stdout F next")
+                .unwrap()
+                .0,
+            "next"
+        );
         assert!(u.unwrap("garbage").is_err());
     }
 
     #[test]
     fn docker_json_file() {
         let mut u = Unwrapper::new(Wrap::Docker, 1000);
-        let (t, _) = text(&mut u, r#"{"log":"a \"q\"\n","stream":"stdout","time":"2025-01-01T00:00:00Z"}"#).unwrap();
+        let (t, _) = text(
+            &mut u,
+            r#"{"log":"a \"q\"\n","stream":"stdout","time":"2025-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
         assert_eq!(t, "a \"q\"");
         assert!(text(&mut u, r#"{"log":"part1 ","stream":"stdout"}"#).is_none());
-        assert_eq!(text(&mut u, r#"{"log":"part2\n","stream":"stdout"}"#).unwrap().0, "part1 part2");
+        assert_eq!(
+            text(&mut u, r#"{"log":"part2\n","stream":"stdout"}"#)
+                .unwrap()
+                .0,
+            "part1 part2"
+        );
         assert!(u.unwrap("not json").is_err());
     }
 
@@ -149,6 +191,9 @@ mod tests {
         let mut u = Unwrapper::new(Wrap::Cri, 8);
         assert!(text(&mut u, "2025-01-01T00:00:00Z stdout P 12345").is_none());
         assert!(u.unwrap("2025-01-01T00:00:00Z stdout P 67890").is_err());
-        assert_eq!(text(&mut u, "2025-01-01T00:00:00Z stdout F ok").unwrap().0, "ok");
+        assert_eq!(
+            text(&mut u, "2025-01-01T00:00:00Z stdout F ok").unwrap().0,
+            "ok"
+        );
     }
 }

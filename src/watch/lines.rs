@@ -32,13 +32,23 @@ fn trim_cr(b: &[u8]) -> &[u8] {
 
 impl LineSplitter {
     pub fn new(max_len: usize, offset: u64) -> LineSplitter {
-        LineSplitter { partial: Vec::new(), max_len, skipping: false, offset, line_start: offset }
+        LineSplitter {
+            partial: Vec::new(),
+            max_len,
+            skipping: false,
+            offset,
+            line_start: offset,
+        }
     }
 
     /// Stream offset up to which every line has been handed out: where a
     /// restart must resume so that the partial line is read again.
     pub fn committed_offset(&self) -> u64 {
-        if self.partial.is_empty() && !self.skipping { self.offset } else { self.line_start }
+        if self.partial.is_empty() && !self.skipping {
+            self.offset
+        } else {
+            self.line_start
+        }
     }
 
     /// Bytes of a partial line waiting for its newline.
@@ -64,7 +74,9 @@ impl LineSplitter {
                 continue;
             }
             if self.partial.len() + chunk_len > self.max_len {
-                f(Line::TooLong { offset: self.line_start });
+                f(Line::TooLong {
+                    offset: self.line_start,
+                });
                 self.partial.clear();
                 self.skipping = true;
                 continue;
@@ -73,10 +85,16 @@ impl LineSplitter {
                 Some(i) => {
                     let start = self.line_start;
                     if self.partial.is_empty() {
-                        f(Line::Complete { bytes: trim_cr(&data[..i]), offset: start });
+                        f(Line::Complete {
+                            bytes: trim_cr(&data[..i]),
+                            offset: start,
+                        });
                     } else {
                         self.partial.extend_from_slice(&data[..i]);
-                        f(Line::Complete { bytes: trim_cr(&self.partial), offset: start });
+                        f(Line::Complete {
+                            bytes: trim_cr(&self.partial),
+                            offset: start,
+                        });
                         self.partial.clear();
                     }
                     self.advance(i + 1);
@@ -105,7 +123,9 @@ mod tests {
         let mut out = Vec::new();
         s.push(data, |l| {
             out.push(match l {
-                Line::Complete { bytes, offset } => format!("{offset}:{}", String::from_utf8_lossy(bytes)),
+                Line::Complete { bytes, offset } => {
+                    format!("{offset}:{}", String::from_utf8_lossy(bytes))
+                }
                 Line::TooLong { offset } => format!("{offset}:TOO LONG"),
             })
         });

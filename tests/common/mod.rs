@@ -20,7 +20,10 @@ impl TempDir {
         let p = std::env::temp_dir().join(format!(
             "portcullis-test-{tag}-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
         ));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -54,7 +57,12 @@ pub fn stderr(o: &Output) -> String {
 
 /// Runs `portcullis replay --json` and returns (decisions, summary).
 pub fn replay_json(args: &[&str]) -> (Vec<serde_json::Value>, serde_json::Value) {
-    let out = bin().arg("replay").arg("--json").args(args).output().unwrap();
+    let out = bin()
+        .arg("replay")
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "replay failed: {}", stderr(&out));
     let mut decisions = Vec::new();
     let mut summary = serde_json::Value::Null;
