@@ -28,7 +28,7 @@ fn bundled_config_is_valid() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("6 jails (6 enabled), 6 filters"),
+        stdout(&out).contains("7 jails (6 enabled), 7 filters"),
         "{}",
         stdout(&out)
     );

@@ -147,3 +147,64 @@ fn log_injection_bans_only_the_real_client() {
             .all(|d| !d["target"].as_str().unwrap().contains("198.51.100.1"))
     );
 }
+
+#[test]
+fn every_format_fixture_gives_its_exact_decisions() {
+    let formats = [
+        "api_audit",
+        "combined",
+        "docker_combined",
+        "envoy_cri",
+        "envoy_json_cri",
+        "traefik_json",
+        "kong_json",
+    ];
+    for dir in formats {
+        let (want, want_keys) = expected(&format!("fixtures/{dir}/expected.json"));
+        let log = repo().join(format!("fixtures/{dir}/sample.log"));
+        let (fmt, wrap) = (
+            want["format"].as_str().unwrap(),
+            want["wrap"].as_str().unwrap(),
+        );
+        let args = [
+            "--config",
+            repo().to_str().unwrap(),
+            "--format",
+            fmt,
+            "--wrap",
+            wrap,
+            log.to_str().unwrap(),
+        ];
+        let (decisions, summary) = replay_json(&args);
+        assert_eq!(decision_keys(&decisions), want_keys, "fixture {dir}");
+        let stats = summary["formats"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap();
+        assert_eq!(stats["lines"], want["lines"], "fixture {dir}");
+        assert_eq!(
+            stats["unparsed"], want["unparsed"],
+            "fixture {dir}: {stats}"
+        );
+    }
+}
+
+#[test]
+fn nginx_error_log_fixture() {
+    let (want, want_keys) = expected("fixtures/nginx_error/expected.json");
+    let log = repo().join("fixtures/nginx_error/error.log");
+    let args = [
+        "--config",
+        repo().to_str().unwrap(),
+        "--jail",
+        "nginx-limit-req",
+        log.to_str().unwrap(),
+    ];
+    let (decisions, summary) = replay_json(&args);
+    assert_eq!(decision_keys(&decisions), want_keys);
+    assert_eq!(summary["formats"]["nginx_error"]["parsed"], want["lines"]);
+    // The "user not found" lines parse but do not match the filter.
+    assert_eq!(summary["jails"]["nginx-limit-req"]["matches"], 40);
+}

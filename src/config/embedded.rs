@@ -25,6 +25,10 @@ pub const FILTERS: &[(&str, &str)] = &[
         include_str!("../../filters.d/bad-user-agent.toml"),
     ),
     (
+        "filters.d/limit-req.toml",
+        include_str!("../../filters.d/limit-req.toml"),
+    ),
+    (
         "filters.d/rate-limited.toml",
         include_str!("../../filters.d/rate-limited.toml"),
     ),
@@ -50,5 +54,24 @@ pub fn files() -> ConfigFiles {
         main: file(&("portcullis.toml", MAIN)),
         jails: JAILS.iter().map(file).collect(),
         filters: FILTERS.iter().map(file).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every file in jails.d/ and filters.d/ is embedded: none forgotten.
+    #[test]
+    fn embeds_every_default_file() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (dir, list) in [("jails.d", super::JAILS), ("filters.d", super::FILTERS)] {
+            let mut on_disk: Vec<String> = std::fs::read_dir(root.join(dir))
+                .unwrap()
+                .map(|e| format!("{dir}/{}", e.unwrap().file_name().to_string_lossy()))
+                .filter(|n| n.ends_with(".toml"))
+                .collect();
+            on_disk.sort();
+            let embedded: Vec<String> = list.iter().map(|(n, _)| n.to_string()).collect();
+            assert_eq!(embedded, on_disk);
+        }
     }
 }
