@@ -107,7 +107,7 @@ fn tracked_memory() {
     };
     let config = Config::load(&files).unwrap();
     let mut replay = Replay::new(&config, &Selection::default()).unwrap();
-    replay.sources.push("bench".into());
+    let source = replay.add_source("bench").unwrap();
     let mut line = String::new();
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
@@ -120,7 +120,7 @@ fn tracked_memory() {
             "{ip} - - [22/Nov/2026:08:00:00 +0000] \"POST /v1/login HTTP/1.1\" 401 0 \"-\" \"x\""
         )
         .unwrap();
-        replay.line(0, 0, line.as_bytes());
+        replay.line(source, 0, line.as_bytes());
     }
     let s = replay.summary();
     let tracked = s.jails["auth"].tracked;

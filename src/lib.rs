@@ -8,5 +8,6 @@
 pub mod config;
 pub mod detect;
 pub mod parse;
+pub mod pipeline;
 pub mod replay;
 pub mod watch;

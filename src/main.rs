@@ -178,7 +178,7 @@ fn run_replay(
             let file = std::fs::File::open(path).map_err(|e| format!("cannot open {name}: {e}"))?;
             replay.read(&name, file, emit)
         };
-        result.map_err(|e| format!("reading {name}: {e}"))?;
+        result?;
     }
     let summary = replay.summary();
     let written = if json {
@@ -248,7 +248,7 @@ fn print_decision(out: &mut impl Write, r: &Replay, d: &Decision) -> std::io::Re
         human_duration(d.bantime),
     )?;
     for e in &d.evidence {
-        let src = r.sources.get(e.source as usize).map_or("?", String::as_str);
+        let src = r.source_name(e.source);
         writeln!(out, "    {src}:{}: {}", e.offset, printable(&e.line, 300))?;
     }
     Ok(())

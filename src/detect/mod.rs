@@ -261,6 +261,34 @@ impl Jail {
         }
     }
 
+    /// Takes over another jail's counting state (reload of an unchanged jail).
+    pub fn take_state_from(&mut self, old: &mut Jail) {
+        std::mem::swap(&mut self.state, &mut old.state);
+        std::mem::swap(&mut self.ring, &mut old.ring);
+        std::mem::swap(&mut self.stats, &mut old.stats);
+    }
+
+    /// Forgets that `target` fired, so it can fire again (after a manual unban).
+    pub fn forget(&mut self, target: &Target) {
+        let text = match target {
+            Target::Address(net) => {
+                let key = AddrKey::new(masked_key(net.addr(), self.v4, self.v6));
+                match &mut self.state {
+                    State::Addr(k) => k.quiet.remove(&key),
+                    State::AddrDistinct(k) => k.quiet.remove(&key),
+                    _ => None,
+                };
+                return;
+            }
+            Target::Key(k) => k.as_str(),
+        };
+        match &mut self.state {
+            State::Text(k) => k.quiet.remove(text),
+            State::TextDistinct(k) => k.quiet.remove(text),
+            _ => None,
+        };
+    }
+
     pub fn stats(&self) -> JailStats {
         let (tracked, evicted) = self.state.sizes();
         JailStats {

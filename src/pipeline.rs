@@ -1,0 +1,304 @@
+//! Parse and detect, wired together over named sources.
+//!
+//! A source is one stream of lines (a replayed file, a tailed path). Jails that
+//! read a source and share a format and wrapping share one parser, so a line
+//! is parsed once per distinct format, however many jails read it. `replay`
+//! and the daemon both drive a [`Pipeline`], so they decide identically.
+
+use crate::config::{Config, JailEntry};
+use crate::detect::{Decision, Detector, Jail, Origin};
+use crate::parse::wrap::Wrap;
+use crate::parse::{Event, FormatSpec, LineParser, Outcome, ParseError, Wanted, reason};
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Per-format parse counters of a source.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ParseStats {
+    pub lines: u64,
+    pub parsed: u64,
+    /// Partial container-runtime records joined into later lines.
+    pub partial: u64,
+    pub unparsed: u64,
+    /// Count and first example (`source:offset: line`) per reason.
+    pub reasons: BTreeMap<&'static str, ReasonStat>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReasonStat {
+    pub count: u64,
+    pub example: String,
+}
+
+impl ParseStats {
+    fn refuse(&mut self, why: ParseError, source: &str, offset: u64, line: &str) {
+        self.unparsed += 1;
+        let r = self.reasons.entry(why.0).or_default();
+        if r.count == 0 {
+            let short: String = line.chars().take(200).collect();
+            r.example = format!("{source}:{offset}: {short}");
+        }
+        r.count += 1;
+    }
+
+    fn merge(&mut self, other: &ParseStats) {
+        self.lines += other.lines;
+        self.parsed += other.parsed;
+        self.partial += other.partial;
+        self.unparsed += other.unparsed;
+        for (k, v) in &other.reasons {
+            let r = self.reasons.entry(k).or_default();
+            if r.count == 0 {
+                r.example = v.example.clone();
+            }
+            r.count += v.count;
+        }
+    }
+}
+
+/// Jails of one source sharing a format and wrapping.
+struct Group {
+    format: String,
+    wrap: Wrap,
+    parser: LineParser,
+    jails: Vec<usize>,
+    event: Event,
+    stats: ParseStats,
+}
+
+/// One stream of lines and the jails reading it.
+pub struct Source {
+    pub name: String,
+    groups: Vec<Group>,
+    /// First offset of each second seen, oldest first, covering the longest
+    /// `findtime` of the source's jails: where to re-read from after a restart
+    /// so windows are rebuilt (see [`Source::warm_from`]).
+    checkpoints: VecDeque<(u32, u64)>,
+    max_findtime: u32,
+}
+
+impl Source {
+    /// Offset of the first line still inside the longest window of this
+    /// source's jails: re-reading from here rebuilds every window exactly.
+    pub fn warm_from(&self, current: u64) -> u64 {
+        self.checkpoints.front().map_or(current, |c| c.1)
+    }
+
+    fn checkpoint(&mut self, time_ms: i64, offset: u64) {
+        let sec = (time_ms / 1000).clamp(0, u32::MAX as i64) as u32;
+        match self.checkpoints.back() {
+            Some(&(last, _)) if sec <= last => {}
+            _ => self.checkpoints.push_back((sec, offset)),
+        }
+        let newest = self.checkpoints.back().map_or(0, |c| c.0);
+        while let Some(&(s, _)) = self.checkpoints.front() {
+            if newest - s.min(newest) >= self.max_findtime {
+                self.checkpoints.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Forgets checkpoints (the file was replaced; its offsets mean nothing now).
+    pub fn reset_checkpoints(&mut self) {
+        self.checkpoints.clear();
+    }
+
+    /// Parse counters summed over the source's formats, and per format.
+    pub fn stats(&self) -> BTreeMap<String, ParseStats> {
+        self.groups
+            .iter()
+            .map(|g| {
+                let name = match g.wrap {
+                    Wrap::None => g.format.clone(),
+                    w => format!("{} ({w:?} wrapped)", g.format).to_lowercase(),
+                };
+                (name, g.stats.clone())
+            })
+            .collect()
+    }
+}
+
+/// Parsers and jails over any number of sources.
+pub struct Pipeline {
+    pub detector: Detector,
+    pub sources: Vec<Source>,
+    /// Jail names in detector order, with their config.
+    pub entries: Vec<JailEntry>,
+    wanted: Wanted,
+    formats: BTreeMap<String, FormatSpec>,
+    trusted: crate::parse::addr::NetSet,
+    max_line: usize,
+    decisions: Vec<Decision>,
+}
+
+impl Pipeline {
+    /// Compiles `jails` (a subset of `config.jails`).
+    pub fn new(config: &Config, jails: Vec<JailEntry>) -> Pipeline {
+        let mut wanted = Wanted::default();
+        let compiled: Vec<Jail> = jails.iter().map(|j| Jail::compile(&j.spec, &mut wanted)).collect();
+        Pipeline {
+            detector: Detector::new(compiled, config.ignore.clone(), config.main.ignore_keys.clone()),
+            sources: Vec::new(),
+            entries: jails,
+            wanted,
+            formats: config.formats.clone(),
+            trusted: config.trusted_proxies.clone(),
+            max_line: config.max_line_bytes(),
+            decisions: Vec::new(),
+        }
+    }
+
+    pub fn max_line(&self) -> usize {
+        self.max_line
+    }
+
+    pub fn jail_index(&self, name: &str) -> Option<usize> {
+        self.entries.iter().position(|j| j.spec.name == name)
+    }
+
+    /// Adds a source read by `jails` (indices), each with its own format and
+    /// wrapping unless `format`/`wrap` override them. Returns the source id.
+    pub fn add_source(
+        &mut self,
+        name: &str,
+        jails: &[usize],
+        format: Option<&str>,
+        wrap: Option<Wrap>,
+    ) -> Result<u32, String> {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut max_findtime = 1;
+        for &i in jails {
+            let entry = &self.entries[i];
+            max_findtime = max_findtime.max(entry.spec.findtime.as_secs().min(u32::MAX as u64) as u32);
+            let format = format.map_or_else(|| entry.format.clone(), String::from);
+            let wrap = wrap.unwrap_or(entry.wrap);
+            if let Some(g) = groups.iter_mut().find(|g| g.format == format && g.wrap == wrap) {
+                g.jails.push(i);
+                continue;
+            }
+            let spec = self
+                .formats
+                .get(&format)
+                .cloned()
+                .or_else(|| FormatSpec::builtin(&format))
+                .ok_or_else(|| format!("unknown format `{format}`"))?;
+            let compiled = spec.compile(&self.wanted).map_err(|e| format!("format `{format}`: {e}"))?;
+            groups.push(Group {
+                parser: LineParser::new(compiled, wrap, self.trusted.clone(), self.max_line),
+                format,
+                wrap,
+                jails: vec![i],
+                event: Event::new(&self.wanted),
+                stats: ParseStats::default(),
+            });
+        }
+        self.sources.push(Source {
+            name: name.to_string(),
+            groups,
+            checkpoints: VecDeque::new(),
+            max_findtime,
+        });
+        Ok((self.sources.len() - 1) as u32)
+    }
+
+    /// Feeds one line (without its newline). With `warm`, the line only
+    /// rebuilds window state (after a restart): its decisions are dropped,
+    /// because the ledger already holds them.
+    pub fn line(&mut self, source: u32, offset: u64, bytes: &[u8], warm: bool) {
+        let lossy;
+        let (text, bad_utf8) = match std::str::from_utf8(bytes) {
+            Ok(s) => (s, false),
+            Err(_) => {
+                lossy = String::from_utf8_lossy(bytes);
+                (&*lossy, true)
+            }
+        };
+        let src = &mut self.sources[source as usize];
+        let mut first_time = None;
+        for g in &mut src.groups {
+            g.stats.lines += 1;
+            if bad_utf8 {
+                // Counted, then parsed anyway: nginx escapes non-ASCII, so
+                // invalid UTF-8 means another writer, not a lost event.
+                g.stats.reasons.entry(reason::INVALID_UTF8.0).or_default().count += 1;
+            }
+            match g.parser.parse(text, &mut g.event) {
+                Ok(Outcome::Event) => {
+                    g.stats.parsed += 1;
+                    first_time.get_or_insert(g.event.time);
+                    let origin = Origin { source, offset };
+                    self.detector.process(&g.jails, &g.event, text, origin, &mut self.decisions);
+                }
+                Ok(Outcome::Pending) => g.stats.partial += 1,
+                Err(why) => g.stats.refuse(why, &src.name, offset, text),
+            }
+        }
+        if let Some(t) = first_time {
+            src.checkpoint(t, offset);
+        }
+        if warm {
+            self.decisions.clear();
+        }
+    }
+
+    /// Counts a line that was longer than the cap.
+    pub fn too_long(&mut self, source: u32, offset: u64) {
+        let src = &mut self.sources[source as usize];
+        for g in &mut src.groups {
+            g.stats.lines += 1;
+            g.stats.refuse(reason::TOO_LONG, &src.name, offset, "(line not kept)");
+        }
+    }
+
+    /// Decisions made since the last call.
+    pub fn take_decisions(&mut self) -> Vec<Decision> {
+        std::mem::take(&mut self.decisions)
+    }
+
+    /// Parse counters per format, summed over sources.
+    pub fn format_stats(&self) -> BTreeMap<String, ParseStats> {
+        let mut out: BTreeMap<String, ParseStats> = BTreeMap::new();
+        for s in &self.sources {
+            for (name, st) in s.stats() {
+                out.entry(name).or_default().merge(&st);
+            }
+        }
+        out
+    }
+
+    /// Moves the counting state of jails whose config did not change from
+    /// `old` into this pipeline (used by reload).
+    pub fn adopt_unchanged(&mut self, old: &mut Pipeline) -> Vec<String> {
+        let mut kept = Vec::new();
+        for (i, entry) in self.entries.iter().enumerate() {
+            let Some(j) = old.jail_index(&entry.spec.name) else { continue };
+            if format!("{:?}", old.entries[j]) == format!("{entry:?}") {
+                self.detector.jails[i].take_state_from(&mut old.detector.jails[j]);
+                kept.push(entry.spec.name.clone());
+            }
+        }
+        kept
+    }
+}
+
+/// Chooses jails for a run: named ones (disabled included), or all enabled.
+pub fn select_jails(config: &Config, names: &[String]) -> Result<Vec<JailEntry>, String> {
+    for name in names {
+        if !config.jails.iter().any(|j| &j.spec.name == name) {
+            let all: Vec<&str> = config.jails.iter().map(|j| j.spec.name.as_str()).collect();
+            return Err(format!("no jail named `{name}` (jails: {})", all.join(", ")));
+        }
+    }
+    let chosen: Vec<JailEntry> = config
+        .jails
+        .iter()
+        .filter(|j| if names.is_empty() { j.enabled } else { names.contains(&j.spec.name) })
+        .cloned()
+        .collect();
+    if chosen.is_empty() {
+        return Err("no enabled jails to run".into());
+    }
+    Ok(chosen)
+}
