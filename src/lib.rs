@@ -11,3 +11,6 @@ pub mod parse;
 pub mod pipeline;
 pub mod replay;
 pub mod watch;
+pub mod act;
+pub mod decide;
+pub mod state;

@@ -187,6 +187,29 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
+/// A ban length: a duration, or `"permanent"` (also `-1`, as in fail2ban).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for BanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(i64),
+            Text(String),
+        }
+        let permanent = BanDuration(Duration::from_secs(crate::decide::PERMANENT));
+        match Raw::deserialize(d).map_err(|_| de::Error::custom("expected a duration such as \"1h\", or \"permanent\""))? {
+            Raw::Secs(-1) => Ok(permanent),
+            Raw::Secs(n) if n > 0 => Ok(BanDuration(Duration::from_secs(n as u64))),
+            Raw::Secs(n) => Err(de::Error::custom(format!("invalid ban time {n}: use a duration or \"permanent\""))),
+            Raw::Text(s) if s == "permanent" => Ok(permanent),
+            Raw::Text(s) => parse_duration(&s).map(BanDuration).map_err(de::Error::custom),
+        }
+    }
+}
+
 /// An address or network: `"203.0.113.7"`, `"10.0.0.0/8"`, `"2001:db8::/32"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr(pub ipnet::IpNet);

@@ -13,7 +13,7 @@
 //! nginx = '$remote_addr - $remote_user [$time_local] "$request" ...'
 //! ```
 
-use super::de::{Cidr, ConfigDuration, OneOrMany};
+use super::de::{BanDuration, Cidr, ConfigDuration, OneOrMany};
 use super::{ConfigError, SourceFile};
 use crate::parse::template::Escape;
 use crate::parse::{FormatSpec, envoy, nginx};
@@ -38,6 +38,20 @@ pub struct MainConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// Longer lines are counted and skipped. Default 65536.
     pub max_line_bytes: Option<usize>,
+    /// Every jail logs "would ban" and acts on nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Bans applied per minute at most, over all jails; decisions past it are
+    /// held (and an alert logged) until the rate allows. Default 300.
+    pub max_bans_per_minute: Option<usize>,
+    /// The control socket. Default `/run/portcullis/control.sock`.
+    pub control_socket: Option<PathBuf>,
+    /// A group (name or gid) whose members may use the control socket (mode 0660).
+    /// Default: root only (mode 0600).
+    pub control_group: Option<String>,
+    /// Named actions usable in a jail's `action`.
+    #[serde(default)]
+    pub actions: BTreeMap<String, ActionConfig>,
     #[serde(default)]
     pub defaults: Defaults,
     /// Custom formats by name, usable as a jail's `format`.
@@ -52,10 +66,21 @@ pub struct Defaults {
     pub format: Option<String>,
     pub maxretry: Option<u32>,
     pub findtime: Option<ConfigDuration>,
-    pub bantime: Option<ConfigDuration>,
+    pub bantime: Option<BanDuration>,
+    pub bantime_factor: Option<f64>,
+    pub bantime_max: Option<ConfigDuration>,
+    pub action: Option<OneOrMany<String>>,
     pub ipv4_prefix: Option<u8>,
     pub ipv6_prefix: Option<u8>,
     pub max_tracked: Option<usize>,
+}
+
+/// An action under `[actions.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ActionConfig {
+    /// Runs a command from an argv template (see `act::exec`).
+    Exec(crate::act::ExecConfig),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -12,8 +12,10 @@ mod error;
 mod main_file;
 
 pub use error::ConfigError;
-pub use main_file::{Defaults, FormatConfig, MainConfig};
+pub use main_file::{ActionConfig, Defaults, FormatConfig, MainConfig};
 
+use crate::decide::Policy;
+use crate::detect::jail::ReadFrom;
 use crate::detect::{FilterConfig, JailConfig, JailSpec, TargetKind};
 use crate::parse::FormatSpec;
 use crate::parse::addr::NetSet;
@@ -85,6 +87,9 @@ pub struct JailEntry {
     pub format: String,
     pub wrap: Wrap,
     pub logpath: Vec<String>,
+    pub policy: Policy,
+    pub actions: Vec<String>,
+    pub read_from: ReadFrom,
 }
 
 /// A validated config.
@@ -99,6 +104,14 @@ pub struct Config {
 }
 
 impl Config {
+    pub fn control_socket(&self) -> PathBuf {
+        self.main.control_socket.clone().unwrap_or_else(|| PathBuf::from("/run/portcullis/control.sock"))
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.main.state_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/portcullis"))
+    }
+
     pub fn max_line_bytes(&self) -> usize {
         self.main.max_line_bytes.unwrap_or(64 * 1024)
     }
@@ -324,6 +337,24 @@ fn resolve_jail(
     if findtime == 0 {
         err(header.clone(), "`findtime` must be at least 1s".into());
     }
+    let factor = jail.bantime_factor.or(d.bantime_factor).unwrap_or(1.0);
+    if !(1.0..=1000.0).contains(&factor) {
+        err(header.clone(), format!("`bantime_factor` {factor} must be between 1 and 1000"));
+    }
+    let actions: Vec<String> = match &jail.action {
+        Some(list) => {
+            for a in &list.0 {
+                if a.get_ref() != "log" && !main.actions.contains_key(a.get_ref()) {
+                    let names = main.actions.keys().map(String::as_str).chain(["log"]);
+                    let hint = suggest(a.get_ref(), names);
+                    err(a.span(), format!("unknown action `{}`{hint}", a.get_ref()));
+                }
+            }
+            list.0.iter().map(|a| a.get_ref().clone()).collect()
+        }
+        None => d.action.as_ref().map_or_else(|| vec!["log".to_string()], |a| a.0.clone()),
+    };
+    let bantime = jail.bantime.or(d.bantime).map_or(std::time::Duration::from_secs(3600), |b| b.0);
     if errors.len() > n0 {
         return None;
     }
@@ -336,10 +367,7 @@ fn resolve_jail(
             ipv6_prefix: v6,
             maxretry,
             findtime: std::time::Duration::from_secs(findtime),
-            bantime: jail
-                .bantime
-                .or(d.bantime)
-                .map_or(std::time::Duration::from_secs(3600), |b| b.0),
+            bantime,
             distinct: jail.distinct.as_ref().map(|s| s.get_ref().clone()),
             target: jail.target,
             severity: jail.severity,
@@ -348,11 +376,15 @@ fn resolve_jail(
         enabled: jail.enabled,
         format: format_name,
         wrap: jail.wrap,
-        logpath: jail
-            .logpath
-            .as_ref()
-            .map(|l| l.0.clone())
-            .unwrap_or_default(),
+        logpath: jail.logpath.as_ref().map(|l| l.0.clone()).unwrap_or_default(),
+        policy: Policy {
+            bantime,
+            factor,
+            max: jail.bantime_max.or(d.bantime_max).map(|m| m.0),
+            dry_run: main.dry_run || jail.dry_run.unwrap_or(false),
+        },
+        actions,
+        read_from: jail.read_from.unwrap_or_default(),
     })
 }
 

@@ -12,7 +12,7 @@
 //! bantime = "1h"
 //! ```
 
-use crate::config::de::{ConfigDuration, OneOrMany};
+use crate::config::de::{BanDuration, ConfigDuration, OneOrMany};
 use crate::parse::wrap::Wrap;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -50,6 +50,16 @@ impl std::fmt::Display for Severity {
     }
 }
 
+/// Where to start reading a file with no saved position.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    #[default]
+    End,
+    Findtime,
+    Start,
+}
+
 fn yes() -> bool {
     true
 }
@@ -78,7 +88,20 @@ pub struct JailConfig {
     /// Matches (or distinct values) within `findtime` that fire the jail.
     pub maxretry: Option<u32>,
     pub findtime: Option<ConfigDuration>,
-    pub bantime: Option<ConfigDuration>,
+    /// How long a ban lasts: a duration or `"permanent"`.
+    pub bantime: Option<BanDuration>,
+    /// Each repeat ban of a target lasts this many times longer (fail2ban's
+    /// `bantime.increment` with `bantime.factor`). Default 1: no escalation.
+    pub bantime_factor: Option<f64>,
+    /// Upper bound for escalated bans (fail2ban's `bantime.maxtime`).
+    pub bantime_max: Option<ConfigDuration>,
+    /// Log "would ban" and act on nothing.
+    pub dry_run: Option<bool>,
+    /// Actions run on ban and unban: `log` and names under `[actions]`.
+    pub action: Option<OneOrMany<Spanned<String>>>,
+    /// Where the daemon starts reading a file it has no saved position for:
+    /// `end` (default), `start`, or `findtime` (only lines from the last `findtime`).
+    pub read_from: Option<ReadFrom>,
     /// Count distinct values of this field per key instead of matches.
     pub distinct: Option<Spanned<String>>,
     #[serde(default)]

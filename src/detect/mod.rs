@@ -54,13 +54,40 @@ pub struct JailSpec {
 }
 
 /// Who or what a decision acts on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "lowercase")]
 pub enum Target {
     /// An address (/32, /128) or a prefix.
     Address(IpNet),
     /// An API key id.
     Key(String),
+}
+
+impl Target {
+    /// Parses what an operator types: an address, a CIDR, or `key:ID`.
+    pub fn parse(s: &str) -> Result<Target, String> {
+        if let Some(k) = s.strip_prefix("key:") {
+            if k.is_empty() {
+                return Err("empty key id".into());
+            }
+            return Ok(Target::Key(k.to_string()));
+        }
+        if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+            return Ok(Target::Address(IpNet::from(ip.to_canonical())));
+        }
+        match s.parse::<IpNet>() {
+            Ok(net) => Ok(Target::Address(net.trunc())),
+            Err(_) => Err(format!("`{s}` is not an address, a CIDR, or `key:ID`")),
+        }
+    }
+
+    /// Whether this target lies inside `other` (an address inside a CIDR, or equal).
+    pub fn within(&self, other: &Target) -> bool {
+        match (self, other) {
+            (Target::Address(a), Target::Address(b)) => b.contains(a),
+            (a, b) => a == b,
+        }
+    }
 }
 
 impl std::fmt::Display for Target {

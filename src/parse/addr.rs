@@ -57,6 +57,11 @@ impl NetSet {
         self.nets.is_empty()
     }
 
+    /// Whether any network of the set and `net` share an address.
+    pub fn overlaps(&self, net: &IpNet) -> bool {
+        self.nets.iter().any(|n| n.contains(&net.network()) || net.contains(&n.network()))
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.nets.iter().any(|n| n.contains(&ip))

@@ -1,0 +1,138 @@
+//! State beside the pipeline: bans, read positions and offence counts,
+//! persisted in an embedded store.
+//!
+//! redb (pure Rust, copy-on-write B-trees, each commit atomic and durable): a
+//! `kill -9` at any moment leaves the last committed state, and it needs no C
+//! toolchain, unlike SQLite. Values are JSON, so a store can be inspected and
+//! its records evolve by adding fields.
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Serialize, de::DeserializeOwned};
+use std::path::Path;
+
+const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
+const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions");
+const OFFENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("offences");
+
+/// Which table a write goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Table {
+    Bans,
+    Positions,
+    Offences,
+}
+
+impl Table {
+    fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            Table::Bans => BANS,
+            Table::Positions => POSITIONS,
+            Table::Offences => OFFENCES,
+        }
+    }
+}
+
+/// One pending write.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Put(Table, String, Vec<u8>),
+    Delete(Table, String),
+}
+
+impl Write {
+    pub fn put<T: Serialize>(table: Table, key: String, value: &T) -> Write {
+        Write::Put(table, key, serde_json::to_vec(value).expect("state records serialise"))
+    }
+}
+
+pub struct Store {
+    db: Database,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl Store {
+    /// Opens (or creates) `DIR/state.redb`.
+    pub fn open(dir: &Path) -> Result<Store, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create state dir {}: {e}", dir.display()))?;
+        let path = dir.join("state.redb");
+        let db = Database::create(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let store = Store { db };
+        // Create the tables so reads never meet a missing one.
+        store.apply(&[])?;
+        Ok(store)
+    }
+
+    /// Applies writes in one atomic, durable transaction.
+    pub fn apply(&self, writes: &[Write]) -> Result<(), String> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut bans = tx.open_table(BANS).map_err(err)?;
+            let mut positions = tx.open_table(POSITIONS).map_err(err)?;
+            let mut offences = tx.open_table(OFFENCES).map_err(err)?;
+            for w in writes {
+                let (table, key) = match w {
+                    Write::Put(t, k, _) | Write::Delete(t, k) => (t, k.as_str()),
+                };
+                let t = match table {
+                    Table::Bans => &mut bans,
+                    Table::Positions => &mut positions,
+                    Table::Offences => &mut offences,
+                };
+                match w {
+                    Write::Put(_, _, v) => {
+                        t.insert(key, v.as_slice()).map_err(err)?;
+                    }
+                    Write::Delete(..) => {
+                        t.remove(key).map_err(err)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Every record of a table. Records that no longer decode are skipped
+    /// with a warning rather than stopping the daemon.
+    pub fn load<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, String> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(table.def()).map_err(err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            match serde_json::from_slice(v.value()) {
+                Ok(rec) => out.push((k.value().to_string(), rec)),
+                Err(e) => tracing::warn!(key = k.value(), "skipping unreadable state record: {e}"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_survive_reopen() {
+        let dir = std::env::temp_dir().join(format!("portcullis-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let s = Store::open(&dir).unwrap();
+            s.apply(&[
+                Write::put(Table::Bans, "a".into(), &1u32),
+                Write::put(Table::Bans, "b".into(), &2u32),
+                Write::Delete(Table::Bans, "a".into()),
+                Write::put(Table::Positions, "p".into(), &"x"),
+            ])
+            .unwrap();
+        }
+        let s = Store::open(&dir).unwrap();
+        let bans: Vec<(String, u32)> = s.load(Table::Bans).unwrap();
+        assert_eq!(bans, vec![("b".to_string(), 2)]);
+        assert_eq!(s.load::<String>(Table::Positions).unwrap().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
