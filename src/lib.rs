@@ -14,3 +14,5 @@ pub mod watch;
 pub mod act;
 pub mod decide;
 pub mod state;
+pub mod control;
+pub mod daemon;

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use portcullis::config::{Config, ConfigError, ConfigFiles, embedded};
+use portcullis::control::{Request, cli as render, client};
 use portcullis::detect::{Decision, TargetKind};
 use portcullis::parse::wrap::Wrap;
 use portcullis::replay::{Replay, Selection, Summary};
@@ -30,8 +31,74 @@ struct ConfigArg {
     config: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct SocketArg {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Control socket. Default: the config's `control_socket`.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print the daemon's JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon in the foreground (logs to stderr, or the journal under systemd).
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show every jail (sources, lines, matches, tracked keys, bans, last decision), or one.
+    Status {
+        jail: Option<String>,
+        #[command(flatten)]
+        sock: SocketArg,
+    },
+    /// List active bans and revocations.
+    Bans {
+        #[arg(long, short = 'j', value_name = "NAME")]
+        jail: Option<String>,
+        #[command(flatten)]
+        sock: SocketArg,
+    },
+    /// Remove bans of an address, a CIDR (every ban inside it), or `key:ID`.
+    Unban {
+        #[arg(required_unless_present = "all")]
+        target: Option<String>,
+        #[arg(long, short = 'j', value_name = "NAME")]
+        jail: Option<String>,
+        /// Every ban (of `--jail`, or of all jails).
+        #[arg(long, conflicts_with = "target")]
+        all: bool,
+        #[command(flatten)]
+        sock: SocketArg,
+    },
+    /// Ban by hand: an address, a CIDR, or `key:ID`.
+    Ban {
+        target: String,
+        #[arg(long, short = 'j', value_name = "NAME")]
+        jail: String,
+        /// How long, e.g. `1h`; default: the jail's bantime.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        #[command(flatten)]
+        sock: SocketArg,
+    },
+    /// Re-read the config; an invalid one is refused and the running one kept.
+    Reload {
+        #[command(flatten)]
+        sock: SocketArg,
+    },
+    /// Remove every ban.
+    Flush {
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        sock: SocketArg,
+    },
     /// Validate the config; print every error with file, line and column.
     Check {
         #[command(flatten)]
@@ -75,13 +142,20 @@ fn default_config_dir() -> PathBuf {
         .map_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR), PathBuf::from)
 }
 
+/// The config directory in use, or `None` for the built-in config.
+fn config_dir(arg: &ConfigArg) -> Option<PathBuf> {
+    let default_dir = default_config_dir();
+    match &arg.config {
+        Some(dir) => Some(dir.clone()),
+        None if default_dir.join("portcullis.toml").exists() => Some(default_dir),
+        None => None,
+    }
+}
+
 fn load_config(arg: &ConfigArg) -> Result<Config, Vec<ConfigError>> {
     let default_dir = default_config_dir();
-    let files = match &arg.config {
-        Some(dir) => ConfigFiles::read_dir(dir).map_err(|e| vec![e])?,
-        None if default_dir.join("portcullis.toml").exists() => {
-            ConfigFiles::read_dir(&default_dir).map_err(|e| vec![e])?
-        }
+    let files = match config_dir(arg) {
+        Some(dir) => ConfigFiles::read_dir(&dir).map_err(|e| vec![e])?,
         None => {
             eprintln!(
                 "portcullis: no {}/portcullis.toml; using the built-in default config",
@@ -104,9 +178,110 @@ fn print_errors(errors: &[ConfigError]) {
     );
 }
 
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
+    // The journal stamps its own time.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Sends a request and prints the answer; non-zero exit on any failure.
+fn ctl(sock: &SocketArg, req: Request, show: impl Fn(&serde_json::Value) -> String) -> ExitCode {
+    let socket = match &sock.socket {
+        Some(p) => p.clone(),
+        None => match load_config(&sock.config) {
+            Ok(c) => c.control_socket(),
+            Err(errors) => {
+                print_errors(&errors);
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match client::call(&socket, &req) {
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            ExitCode::from(2)
+        }
+        Ok(resp) if !resp.ok => {
+            if sock.json {
+                println!("{}", serde_json::to_string(&resp).unwrap_or_default());
+            }
+            eprintln!("portcullis: {}", resp.error.unwrap_or_default());
+            ExitCode::FAILURE
+        }
+        Ok(resp) => {
+            if sock.json {
+                println!("{}", serde_json::to_string_pretty(&resp.data).unwrap_or_default());
+            } else {
+                println!("{}", show(&resp.data));
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn list_bans(data: &serde_json::Value, verb: &str) -> String {
+    let n = data.as_array().map_or(0, Vec::len);
+    let mut out = format!("{verb} {n}:");
+    for b in data.as_array().into_iter().flatten() {
+        let shown = render::target(&b["target"]);
+        out.push_str(&format!("\n  {shown} ({})", b["jail"].as_str().unwrap_or("?")));
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config: arg } => {
+            init_logging();
+            let config = match load_config(&arg) {
+                Ok(c) => c,
+                Err(errors) => {
+                    print_errors(&errors);
+                    return ExitCode::FAILURE;
+                }
+            };
+            match portcullis::daemon::run(config_dir(&arg), config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("portcullis: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status { jail, sock } => {
+            let one = jail.is_some();
+            ctl(&sock, Request::Status { jail }, |d| render::status(d, one))
+        }
+        Command::Bans { jail, sock } => ctl(&sock, Request::Bans { jail }, render::bans),
+        Command::Unban { target, jail, all, sock } => {
+            ctl(&sock, Request::Unban { target, jail, all }, |d| list_bans(d, "unbanned"))
+        }
+        Command::Ban { target, jail, duration, sock } => ctl(&sock, Request::Ban { target, jail, duration }, |d| {
+            list_bans(&serde_json::json!([d]), "banned")
+        }),
+        Command::Reload { sock } => ctl(&sock, Request::Reload, |d| {
+            format!("reloaded: {} jails; counters kept for {}", d["jails"], d["kept_counters"])
+        }),
+        Command::Flush { yes, sock } => {
+            if !yes {
+                eprintln!("portcullis: flush removes every ban; run it again with --yes to confirm");
+                return ExitCode::FAILURE;
+            }
+            ctl(&sock, Request::Flush, |d| format!("removed {} bans", d["removed"]))
+        }
         Command::Check { config } => match load_config(&config) {
             Ok(c) => {
                 let enabled = c.jails.iter().filter(|j| j.enabled).count();

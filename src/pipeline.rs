@@ -75,6 +75,8 @@ pub struct Source {
     /// so windows are rebuilt (see [`Source::warm_from`]).
     checkpoints: VecDeque<(u32, u64)>,
     max_findtime: u32,
+    /// Events older than this (ms) are parsed but not counted (`read_from = "findtime"`).
+    pub skip_before: Option<i64>,
 }
 
 impl Source {
@@ -98,6 +100,30 @@ impl Source {
                 break;
             }
         }
+    }
+
+    /// The longest `findtime` of this source's jails, in seconds.
+    pub fn max_findtime(&self) -> u32 {
+        self.max_findtime
+    }
+
+    /// Takes over the checkpoints of the same file's previous source (reload).
+    pub fn adopt_checkpoints(&mut self, old: &Source) {
+        self.checkpoints = old.checkpoints.clone();
+    }
+
+    /// Whether jail `j` reads this source.
+    pub fn has_jail(&self, j: usize) -> bool {
+        self.groups.iter().any(|g| g.jails.contains(&j))
+    }
+
+    /// Parse counters of the formats that jail `j` reads here.
+    pub fn jail_stats(&self, j: usize) -> ParseStats {
+        let mut out = ParseStats::default();
+        for g in self.groups.iter().filter(|g| g.jails.contains(&j)) {
+            out.merge(&g.stats);
+        }
+        out
     }
 
     /// Forgets checkpoints (the file was replaced; its offsets mean nothing now).
@@ -199,6 +225,7 @@ impl Pipeline {
             groups,
             checkpoints: VecDeque::new(),
             max_findtime,
+            skip_before: None,
         });
         Ok((self.sources.len() - 1) as u32)
     }
@@ -228,6 +255,9 @@ impl Pipeline {
                 Ok(Outcome::Event) => {
                     g.stats.parsed += 1;
                     first_time.get_or_insert(g.event.time);
+                    if src.skip_before.is_some_and(|t| g.event.time < t) {
+                        continue;
+                    }
                     let origin = Origin { source, offset };
                     self.detector.process(&g.jails, &g.event, text, origin, &mut self.decisions);
                 }

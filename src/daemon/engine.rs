@@ -1,0 +1,519 @@
+//! The engine: one thread that owns every piece of state (tails, pipeline,
+//! ledger, store) and runs the loop. Nothing on the hot path takes a lock;
+//! the control socket, inotify and actions reach it through one channel.
+
+use crate::act::{Action, Change, Dispatcher, ExecAction, LogAction, Outcome};
+use crate::config::{ActionConfig, Config, ConfigFiles, JailEntry};
+use crate::control::server::Envelope;
+use crate::control::{Request, Response};
+use crate::decide::{Ban, Ledger, Policy, Verdict};
+use crate::detect::{Decision, Target};
+use crate::detect::jail::ReadFrom;
+use crate::pipeline::{Pipeline, select_jails};
+use crate::state::{Store, Table, Write};
+use crate::watch::lines::Line;
+use crate::watch::tail::{Position, Tail, TailEvent};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+/// Everything that wakes the engine.
+pub enum Msg {
+    /// A watched directory changed.
+    Wake,
+    Control(Envelope),
+    /// SIGHUP.
+    Reload,
+    /// SIGTERM / SIGINT.
+    Shutdown,
+    ActionDone(Outcome),
+}
+
+const TICK: Duration = Duration::from_millis(250);
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+const RESCAN_EVERY: Duration = Duration::from_secs(2);
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+struct Followed {
+    tail: Tail,
+    source: u32,
+}
+
+#[derive(Default, Clone, serde::Serialize)]
+struct ActionStats {
+    batches_ok: u64,
+    batches_failed: u64,
+    last_error: Option<String>,
+}
+
+pub struct Engine {
+    config_dir: Option<PathBuf>,
+    config: Config,
+    pipeline: Pipeline,
+    followed: Vec<Followed>,
+    ledger: Ledger,
+    store: Store,
+    dispatcher: Dispatcher,
+    tx: Sender<Msg>,
+    last_decision: HashMap<String, (i64, String)>,
+    action_stats: BTreeMap<String, ActionStats>,
+    started: Instant,
+    last_held_alert: Option<Instant>,
+}
+
+fn build_actions(config: &Config, tx: &Sender<Msg>) -> Result<Dispatcher, String> {
+    let mut actions: BTreeMap<String, Arc<dyn Action>> = BTreeMap::new();
+    actions.insert("log".into(), Arc::new(LogAction));
+    for (name, a) in &config.main.actions {
+        let action: Arc<dyn Action> = match a {
+            ActionConfig::Exec(c) => Arc::new(ExecAction::new(name, c.clone())?),
+        };
+        actions.insert(name.clone(), action);
+    }
+    let tx = std::sync::Mutex::new(tx.clone());
+    let report = Arc::new(move |o: Outcome| {
+        let _ = tx.lock().map(|t| t.send(Msg::ActionDone(o)));
+    });
+    Ok(Dispatcher::new(actions, report))
+}
+
+/// Paths to follow, each with the indices of the jails reading it.
+fn sources_of(jails: &[JailEntry]) -> BTreeMap<PathBuf, Vec<usize>> {
+    let mut out: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
+    for (i, j) in jails.iter().enumerate() {
+        for p in crate::watch::expand(&j.logpath) {
+            out.entry(p).or_default().push(i);
+        }
+    }
+    out
+}
+
+fn position_key(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Feeds tail events into the pipeline.
+fn feed(pipeline: &mut Pipeline, source: u32) -> impl FnMut(TailEvent) + '_ {
+    move |ev| match ev {
+        TailEvent::Line(Line::Complete { bytes, offset }) => pipeline.line(source, offset, bytes, false),
+        TailEvent::WarmLine(Line::Complete { bytes, offset }) => pipeline.line(source, offset, bytes, true),
+        TailEvent::Line(Line::TooLong { offset }) | TailEvent::WarmLine(Line::TooLong { offset }) => {
+            pipeline.too_long(source, offset)
+        }
+        TailEvent::Reopened => pipeline.sources[source as usize].reset_checkpoints(),
+    }
+}
+
+impl Engine {
+    /// Loads state, re-applies active bans in one batch, opens every source.
+    pub fn start(config_dir: Option<PathBuf>, config: Config, tx: Sender<Msg>) -> Result<Engine, String> {
+        let store = Store::open(&config.state_dir())?;
+        let mut ledger = Ledger::new(
+            config.ignore.clone(),
+            config.main.ignore_keys.clone(),
+            config.main.max_bans_per_minute.unwrap_or(300),
+        );
+        let t = Instant::now();
+        let bans: Vec<Ban> = store.load(Table::Bans)?.into_iter().map(|(_, b)| b).collect();
+        let offences: Vec<(String, u32)> = store.load(Table::Offences)?;
+        let active = ledger.restore(bans, offences, now_secs());
+        store.apply(&ledger.take_writes())?;
+        let dispatcher = build_actions(&config, &tx)?;
+        let jails = select_jails(&config, &[])?;
+        let mut engine = Engine {
+            config_dir,
+            pipeline: Pipeline::new(&config, jails),
+            config,
+            followed: Vec::new(),
+            ledger,
+            store,
+            dispatcher,
+            tx,
+            last_decision: HashMap::new(),
+            action_stats: BTreeMap::new(),
+            started: Instant::now(),
+            last_held_alert: None,
+        };
+        if !active.is_empty() {
+            let changes: Vec<Change> = active.into_iter().map(Change::Add).collect();
+            engine.dispatch(&changes);
+            tracing::info!(bans = changes.len(), elapsed_ms = t.elapsed().as_millis() as u64, "restored active bans");
+        }
+        let saved: HashMap<String, Position> = engine.store.load(Table::Positions)?.into_iter().collect();
+        engine.open_sources(&saved, &mut HashMap::new())?;
+        Ok(engine)
+    }
+
+    /// Creates pipeline sources and tails for every path; reuses `kept` tails (reload).
+    fn open_sources(
+        &mut self,
+        saved: &HashMap<String, Position>,
+        kept: &mut HashMap<PathBuf, (Tail, crate::pipeline::Source)>,
+    ) -> Result<(), String> {
+        let now_ms = now_secs() * 1000;
+        for (path, jails) in sources_of(&self.pipeline.entries) {
+            let source = self.pipeline.add_source(&path.display().to_string(), &jails, None, None)?;
+            if let Some((tail, old_source)) = kept.remove(&path) {
+                self.pipeline.sources[source as usize].adopt_checkpoints(&old_source);
+                self.followed.push(Followed { tail, source });
+                continue;
+            }
+            let read_from = jails.iter().map(|&j| self.pipeline.entries[j].read_from).max().unwrap_or_default();
+            let mut tail = Tail::new(path.clone(), self.pipeline.max_line());
+            let pos = saved.get(&position_key(&path));
+            if pos.is_none() && read_from == ReadFrom::Findtime {
+                let ft = self.pipeline.sources[source as usize].max_findtime() as i64;
+                self.pipeline.sources[source as usize].skip_before = Some(now_ms - ft * 1000);
+            }
+            tail.start(pos, read_from != ReadFrom::End, &mut feed(&mut self.pipeline, source));
+            tail.poll(&mut feed(&mut self.pipeline, source));
+            self.pipeline.sources[source as usize].skip_before = None;
+            self.followed.push(Followed { tail, source });
+        }
+        // Decisions from a first read (`read_from = start/findtime`) are real.
+        self.handle_decisions();
+        Ok(())
+    }
+
+    /// Directory patterns to watch with inotify.
+    pub fn patterns(&self) -> Vec<String> {
+        self.pipeline.entries.iter().flat_map(|j| j.logpath.clone()).collect()
+    }
+
+    fn policy(&self, jail: &str) -> Option<&Policy> {
+        self.pipeline.entries.iter().find(|j| j.spec.name == jail).map(|j| &j.policy)
+    }
+
+    fn dispatch(&mut self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        let entries = &self.pipeline.entries;
+        let default = vec!["log".to_string()];
+        self.dispatcher.dispatch(changes, |jail| {
+            entries.iter().find(|j| j.spec.name == jail).map_or(&default[..], |j| &j.actions[..])
+        });
+    }
+
+    fn persist(&mut self, extra: Vec<Write>) {
+        let mut writes = self.ledger.take_writes();
+        writes.extend(extra);
+        if writes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.apply(&writes) {
+            tracing::error!("cannot write state: {e}");
+        }
+    }
+
+    fn handle_decisions(&mut self) {
+        let decisions = self.pipeline.take_decisions();
+        if decisions.is_empty() {
+            return;
+        }
+        let now = now_secs();
+        let mut changes = Vec::new();
+        for d in decisions {
+            self.decide(d, now, &mut changes);
+        }
+        self.persist(Vec::new());
+        self.dispatch(&changes);
+    }
+
+    fn decide(&mut self, d: Decision, now: i64, changes: &mut Vec<Change>) {
+        let Some(policy) = self.policy(&d.jail).cloned() else { return };
+        let (jail, target, count) = (d.jail.to_string(), d.target.to_string(), d.count);
+        match self.ledger.decide(d, &policy, now) {
+            Verdict::Banned(ban) => {
+                self.last_decision.insert(jail, (now, target));
+                changes.push(Change::Add(ban));
+            }
+            Verdict::DryRun => tracing::warn!(jail, target, count, "dry run: would ban"),
+            Verdict::Held => {
+                if self.last_held_alert.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    self.last_held_alert = Some(Instant::now());
+                    tracing::error!(
+                        jail, target, held = self.ledger.stats().held,
+                        "ALERT: ban rate over max_bans_per_minute; holding decisions (is a log format broken?)"
+                    );
+                }
+            }
+            Verdict::Allowlisted => tracing::info!(jail, target, "not banned: allowlisted"),
+            Verdict::AlreadyBanned => {}
+        }
+    }
+
+    fn poll_files(&mut self) {
+        for f in &mut self.followed {
+            f.tail.poll(&mut feed(&mut self.pipeline, f.source));
+        }
+        self.handle_decisions();
+    }
+
+    fn positions(&self) -> Vec<Write> {
+        self.followed
+            .iter()
+            .filter_map(|f| {
+                let src = &self.pipeline.sources[f.source as usize];
+                let pos = f.tail.position(|cur| src.warm_from(cur))?;
+                Some(Write::put(Table::Positions, position_key(&f.tail.path), &pos))
+            })
+            .collect()
+    }
+
+    fn tick(&mut self) {
+        let now = now_secs();
+        let expired = self.ledger.expire(now);
+        let mut changes: Vec<Change> =
+            expired.into_iter().map(|ban| Change::Remove { ban, reason: "expired" }).collect();
+        for d in self.ledger.release_held(now) {
+            self.decide(d, now, &mut changes);
+        }
+        self.persist(Vec::new());
+        self.dispatch(&changes);
+    }
+
+    fn rescan(&mut self) {
+        let known: Vec<PathBuf> = self.followed.iter().map(|f| f.tail.path.clone()).collect();
+        let new: Vec<(PathBuf, Vec<usize>)> =
+            sources_of(&self.pipeline.entries).into_iter().filter(|(p, _)| !known.contains(p)).collect();
+        for (path, jails) in new {
+            tracing::info!(path = %path.display(), "new log file matches a logpath; following it from its start");
+            match self.pipeline.add_source(&path.display().to_string(), &jails, None, None) {
+                Ok(source) => {
+                    let mut tail = Tail::new(path, self.pipeline.max_line());
+                    tail.start(None, true, &mut feed(&mut self.pipeline, source));
+                    self.followed.push(Followed { tail, source });
+                }
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+    }
+
+    /// Runs until shutdown. `wake_pending` is cleared before each poll so
+    /// inotify bursts collapse into one wake-up.
+    pub fn run(mut self, rx: Receiver<Msg>, wake_pending: Arc<std::sync::atomic::AtomicBool>) {
+        let (mut last_tick, mut last_persist, mut last_rescan) = (Instant::now(), Instant::now(), Instant::now());
+        loop {
+            let timeout = TICK.saturating_sub(last_tick.elapsed());
+            match rx.recv_timeout(timeout) {
+                Ok(Msg::Wake) => {
+                    wake_pending.store(false, std::sync::atomic::Ordering::SeqCst);
+                    self.poll_files();
+                }
+                Ok(Msg::Control((req, reply))) => {
+                    self.poll_files();
+                    let resp = self.control(req);
+                    let _ = reply.send(resp);
+                }
+                Ok(Msg::Reload) => {
+                    if let Err(e) = self.reload() {
+                        tracing::error!("reload refused, keeping the running config:\n{e}");
+                    }
+                }
+                Ok(Msg::ActionDone(o)) => self.action_done(o),
+                Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                self.poll_files();
+                self.tick();
+            }
+            if last_persist.elapsed() >= PERSIST_EVERY {
+                last_persist = Instant::now();
+                let p = self.positions();
+                self.persist(p);
+            }
+            if last_rescan.elapsed() >= RESCAN_EVERY {
+                last_rescan = Instant::now();
+                self.rescan();
+            }
+        }
+        self.poll_files();
+        let p = self.positions();
+        self.persist(p);
+        tracing::info!("stopped; bans stay in place and are re-applied at the next start");
+    }
+
+    fn action_done(&mut self, o: Outcome) {
+        let s = self.action_stats.entry(o.action.clone()).or_default();
+        match o.result {
+            Ok(()) => s.batches_ok += 1,
+            Err(e) => {
+                s.batches_failed += 1;
+                tracing::error!(action = o.action, changes = o.changes, "action failed: {e}");
+                s.last_error = Some(e);
+            }
+        }
+    }
+
+    /// Re-reads the config. An invalid one is refused whole; unchanged jails
+    /// keep their counters; bans are kept.
+    fn reload(&mut self) -> Result<serde_json::Value, String> {
+        let files = match &self.config_dir {
+            Some(dir) => ConfigFiles::read_dir(dir).map_err(|e| e.to_string())?,
+            None => crate::config::embedded::files(),
+        };
+        let config = Config::load(&files).map_err(|errs| {
+            errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+        })?;
+        let jails = select_jails(&config, &[])?;
+        let dispatcher = build_actions(&config, &self.tx)?;
+        let mut pipeline = Pipeline::new(&config, jails);
+        let kept_jails = pipeline.adopt_unchanged(&mut self.pipeline);
+        // Keep open tails (and their positions) for paths still followed.
+        let mut old = std::mem::replace(&mut self.pipeline, pipeline);
+        let mut kept: HashMap<PathBuf, (Tail, crate::pipeline::Source)> = HashMap::new();
+        let mut sources: Vec<Option<crate::pipeline::Source>> = old.sources.drain(..).map(Some).collect();
+        for f in self.followed.drain(..) {
+            if let Some(src) = sources[f.source as usize].take() {
+                kept.insert(f.tail.path.clone(), (f.tail, src));
+            }
+        }
+        self.ledger.reconfigure(
+            config.ignore.clone(),
+            config.main.ignore_keys.clone(),
+            config.main.max_bans_per_minute.unwrap_or(300),
+        );
+        self.dispatcher = dispatcher;
+        self.config = config;
+        self.open_sources(&HashMap::new(), &mut kept)?;
+        tracing::info!(kept = ?kept_jails, "config reloaded");
+        Ok(json!({ "jails": self.pipeline.entries.len(), "kept_counters": kept_jails }))
+    }
+
+    fn unban(&mut self, target: Option<&Target>, jail: Option<&str>, reason: &'static str) -> Vec<Ban> {
+        let removed = self.ledger.unban(target, jail);
+        for b in &removed {
+            if let Some(i) = self.pipeline.jail_index(&b.jail) {
+                self.pipeline.detector.jails[i].forget(&b.target);
+            }
+        }
+        self.persist(Vec::new());
+        let changes: Vec<Change> = removed.iter().cloned().map(|ban| Change::Remove { ban, reason }).collect();
+        self.dispatch(&changes);
+        removed
+    }
+
+    fn control(&mut self, req: Request) -> Response {
+        match req {
+            Request::Status { jail } => self.status(jail.as_deref()),
+            Request::Bans { jail } => {
+                if let Some(j) = &jail
+                    && self.pipeline.jail_index(j).is_none()
+                {
+                    return Response::err(format!("no jail named `{j}`"));
+                }
+                let bans: Vec<&Ban> = self.ledger.bans().filter(|b| jail.as_ref().is_none_or(|j| &b.jail == j)).collect();
+                Response::ok(json!(bans))
+            }
+            Request::Unban { target, jail, all } => {
+                let target = match (&target, all) {
+                    (Some(t), false) => match Target::parse(t) {
+                        Ok(t) => Some(t),
+                        Err(e) => return Response::err(e),
+                    },
+                    (None, true) => None,
+                    _ => return Response::err("name a target, or use --all"),
+                };
+                let removed = self.unban(target.as_ref(), jail.as_deref(), "unbanned by hand");
+                if removed.is_empty() {
+                    return Response::err("no matching ban");
+                }
+                Response::ok(json!(removed))
+            }
+            Request::Ban { target, jail, duration } => {
+                let Some(policy) = self.policy(&jail).cloned() else {
+                    return Response::err(format!("no jail named `{jail}`"));
+                };
+                let target = match Target::parse(&target) {
+                    Ok(t) => t,
+                    Err(e) => return Response::err(e),
+                };
+                let dur = match duration {
+                    Some(d) => match crate::config::de::parse_duration(&d) {
+                        Ok(d) => Some(d),
+                        Err(e) => return Response::err(e),
+                    },
+                    None if policy.bantime.as_secs() == crate::decide::PERMANENT => None,
+                    None => Some(policy.bantime),
+                };
+                match self.ledger.manual_ban(target, &jail, dur, now_secs()) {
+                    Ok(ban) => {
+                        self.persist(Vec::new());
+                        self.dispatch(&[Change::Add(ban.clone())]);
+                        Response::ok(json!(ban))
+                    }
+                    Err(e) => Response::err(e),
+                }
+            }
+            Request::Reload => match self.reload() {
+                Ok(v) => Response::ok(v),
+                Err(e) => Response::err(format!("reload refused, the running config is kept:\n{e}")),
+            },
+            Request::Flush => {
+                let removed = self.unban(None, None, "flushed");
+                Response::ok(json!({ "removed": removed.len() }))
+            }
+        }
+    }
+
+    fn status(&self, only: Option<&str>) -> Response {
+        if let Some(j) = only
+            && self.pipeline.jail_index(j).is_none()
+        {
+            return Response::err(format!("no jail named `{j}`"));
+        }
+        let mut jails = Vec::new();
+        for (i, entry) in self.pipeline.entries.iter().enumerate() {
+            if only.is_some_and(|j| j != entry.spec.name) {
+                continue;
+            }
+            let stats = self.pipeline.detector.jails[i].stats();
+            let mut sources = Vec::new();
+            let (mut lines, mut parsed, mut unparsed) = (0, 0, 0);
+            for f in &self.followed {
+                let src = &self.pipeline.sources[f.source as usize];
+                if src.has_jail(i) {
+                    let st = src.jail_stats(i);
+                    lines += st.lines;
+                    parsed += st.parsed;
+                    unparsed += st.unparsed;
+                    sources.push(json!({ "path": src.name, "lag_bytes": f.tail.lag(), "parse": st }));
+                }
+            }
+            let bans = self.ledger.bans().filter(|b| b.jail == entry.spec.name).count();
+            let last = self.last_decision.get(&entry.spec.name).map(|(t, target)| json!({ "time": t, "target": target }));
+            jails.push(json!({
+                "name": entry.spec.name,
+                "enabled": entry.enabled,
+                "dry_run": entry.policy.dry_run,
+                "sources": sources,
+                "lines": lines,
+                "parsed": parsed,
+                "unparsed": unparsed,
+                "matches": stats.matches,
+                "ignored": stats.ignored,
+                "tracked": stats.tracked,
+                "evicted": stats.evicted,
+                "decisions": stats.decisions,
+                "active_bans": bans,
+                "last_decision": last,
+            }));
+        }
+        Response::ok(json!({
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "jails": jails,
+            "ledger": self.ledger.stats(),
+            "actions": self.action_stats,
+            "action_names": self.dispatcher.names().collect::<Vec<_>>(),
+        }))
+    }
+}
