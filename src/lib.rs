@@ -5,14 +5,14 @@
 //! This build has the offline half: `config`, `parse`, `detect`, and the
 //! `replay` driver that runs them over files.
 
+pub mod act;
 pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod decide;
 pub mod detect;
 pub mod parse;
 pub mod pipeline;
 pub mod replay;
-pub mod watch;
-pub mod act;
-pub mod decide;
 pub mod state;
-pub mod control;
-pub mod daemon;
+pub mod watch;

@@ -180,7 +180,8 @@ fn print_errors(errors: &[ConfigError]) {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -195,18 +196,35 @@ fn init_logging() {
     }
 }
 
+/// The control socket named by the config's main file. Only that file is
+/// read: a broken jail must not stop `portcullis reload` from reaching the
+/// daemon to be told about it.
+fn socket_from_config(arg: &ConfigArg) -> PathBuf {
+    let default = PathBuf::from("/run/portcullis/control.sock");
+    let Some(dir) = config_dir(arg) else {
+        return default;
+    };
+    let text = std::fs::read_to_string(dir.join("portcullis.toml")).unwrap_or_default();
+    match toml::from_str::<portcullis::config::MainConfig>(&text) {
+        Ok(main) => main.control_socket.unwrap_or(default),
+        Err(e) => {
+            eprintln!(
+                "portcullis: warning: {}: {}; using {}",
+                dir.display(),
+                e.message(),
+                default.display()
+            );
+            default
+        }
+    }
+}
+
 /// Sends a request and prints the answer; non-zero exit on any failure.
 fn ctl(sock: &SocketArg, req: Request, show: impl Fn(&serde_json::Value) -> String) -> ExitCode {
-    let socket = match &sock.socket {
-        Some(p) => p.clone(),
-        None => match load_config(&sock.config) {
-            Ok(c) => c.control_socket(),
-            Err(errors) => {
-                print_errors(&errors);
-                return ExitCode::FAILURE;
-            }
-        },
-    };
+    let socket = sock
+        .socket
+        .clone()
+        .unwrap_or_else(|| socket_from_config(&sock.config));
     match client::call(&socket, &req) {
         Err(e) => {
             eprintln!("portcullis: {e}");
@@ -221,7 +239,10 @@ fn ctl(sock: &SocketArg, req: Request, show: impl Fn(&serde_json::Value) -> Stri
         }
         Ok(resp) => {
             if sock.json {
-                println!("{}", serde_json::to_string_pretty(&resp.data).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&resp.data).unwrap_or_default()
+                );
             } else {
                 println!("{}", show(&resp.data));
             }
@@ -235,7 +256,10 @@ fn list_bans(data: &serde_json::Value, verb: &str) -> String {
     let mut out = format!("{verb} {n}:");
     for b in data.as_array().into_iter().flatten() {
         let shown = render::target(&b["target"]);
-        out.push_str(&format!("\n  {shown} ({})", b["jail"].as_str().unwrap_or("?")));
+        out.push_str(&format!(
+            "\n  {shown} ({})",
+            b["jail"].as_str().unwrap_or("?")
+        ));
     }
     out
 }
@@ -266,21 +290,44 @@ fn main() -> ExitCode {
             ctl(&sock, Request::Status { jail }, |d| render::status(d, one))
         }
         Command::Bans { jail, sock } => ctl(&sock, Request::Bans { jail }, render::bans),
-        Command::Unban { target, jail, all, sock } => {
-            ctl(&sock, Request::Unban { target, jail, all }, |d| list_bans(d, "unbanned"))
-        }
-        Command::Ban { target, jail, duration, sock } => ctl(&sock, Request::Ban { target, jail, duration }, |d| {
-            list_bans(&serde_json::json!([d]), "banned")
+        Command::Unban {
+            target,
+            jail,
+            all,
+            sock,
+        } => ctl(&sock, Request::Unban { target, jail, all }, |d| {
+            list_bans(d, "unbanned")
         }),
+        Command::Ban {
+            target,
+            jail,
+            duration,
+            sock,
+        } => ctl(
+            &sock,
+            Request::Ban {
+                target,
+                jail,
+                duration,
+            },
+            |d| list_bans(&serde_json::json!([d]), "banned"),
+        ),
         Command::Reload { sock } => ctl(&sock, Request::Reload, |d| {
-            format!("reloaded: {} jails; counters kept for {}", d["jails"], d["kept_counters"])
+            format!(
+                "reloaded: {} jails; counters kept for {}",
+                d["jails"], d["kept_counters"]
+            )
         }),
         Command::Flush { yes, sock } => {
             if !yes {
-                eprintln!("portcullis: flush removes every ban; run it again with --yes to confirm");
+                eprintln!(
+                    "portcullis: flush removes every ban; run it again with --yes to confirm"
+                );
                 return ExitCode::FAILURE;
             }
-            ctl(&sock, Request::Flush, |d| format!("removed {} bans", d["removed"]))
+            ctl(&sock, Request::Flush, |d| {
+                format!("removed {} bans", d["removed"])
+            })
         }
         Command::Check { config } => match load_config(&config) {
             Ok(c) => {

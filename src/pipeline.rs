@@ -163,9 +163,16 @@ impl Pipeline {
     /// Compiles `jails` (a subset of `config.jails`).
     pub fn new(config: &Config, jails: Vec<JailEntry>) -> Pipeline {
         let mut wanted = Wanted::default();
-        let compiled: Vec<Jail> = jails.iter().map(|j| Jail::compile(&j.spec, &mut wanted)).collect();
+        let compiled: Vec<Jail> = jails
+            .iter()
+            .map(|j| Jail::compile(&j.spec, &mut wanted))
+            .collect();
         Pipeline {
-            detector: Detector::new(compiled, config.ignore.clone(), config.main.ignore_keys.clone()),
+            detector: Detector::new(
+                compiled,
+                config.ignore.clone(),
+                config.main.ignore_keys.clone(),
+            ),
             sources: Vec::new(),
             entries: jails,
             wanted,
@@ -197,10 +204,14 @@ impl Pipeline {
         let mut max_findtime = 1;
         for &i in jails {
             let entry = &self.entries[i];
-            max_findtime = max_findtime.max(entry.spec.findtime.as_secs().min(u32::MAX as u64) as u32);
+            max_findtime =
+                max_findtime.max(entry.spec.findtime.as_secs().min(u32::MAX as u64) as u32);
             let format = format.map_or_else(|| entry.format.clone(), String::from);
             let wrap = wrap.unwrap_or(entry.wrap);
-            if let Some(g) = groups.iter_mut().find(|g| g.format == format && g.wrap == wrap) {
+            if let Some(g) = groups
+                .iter_mut()
+                .find(|g| g.format == format && g.wrap == wrap)
+            {
                 g.jails.push(i);
                 continue;
             }
@@ -210,7 +221,9 @@ impl Pipeline {
                 .cloned()
                 .or_else(|| FormatSpec::builtin(&format))
                 .ok_or_else(|| format!("unknown format `{format}`"))?;
-            let compiled = spec.compile(&self.wanted).map_err(|e| format!("format `{format}`: {e}"))?;
+            let compiled = spec
+                .compile(&self.wanted)
+                .map_err(|e| format!("format `{format}`: {e}"))?;
             groups.push(Group {
                 parser: LineParser::new(compiled, wrap, self.trusted.clone(), self.max_line),
                 format,
@@ -249,7 +262,11 @@ impl Pipeline {
             if bad_utf8 {
                 // Counted, then parsed anyway: nginx escapes non-ASCII, so
                 // invalid UTF-8 means another writer, not a lost event.
-                g.stats.reasons.entry(reason::INVALID_UTF8.0).or_default().count += 1;
+                g.stats
+                    .reasons
+                    .entry(reason::INVALID_UTF8.0)
+                    .or_default()
+                    .count += 1;
             }
             match g.parser.parse(text, &mut g.event) {
                 Ok(Outcome::Event) => {
@@ -259,7 +276,8 @@ impl Pipeline {
                         continue;
                     }
                     let origin = Origin { source, offset };
-                    self.detector.process(&g.jails, &g.event, text, origin, &mut self.decisions);
+                    self.detector
+                        .process(&g.jails, &g.event, text, origin, &mut self.decisions);
                 }
                 Ok(Outcome::Pending) => g.stats.partial += 1,
                 Err(why) => g.stats.refuse(why, &src.name, offset, text),
@@ -278,7 +296,8 @@ impl Pipeline {
         let src = &mut self.sources[source as usize];
         for g in &mut src.groups {
             g.stats.lines += 1;
-            g.stats.refuse(reason::TOO_LONG, &src.name, offset, "(line not kept)");
+            g.stats
+                .refuse(reason::TOO_LONG, &src.name, offset, "(line not kept)");
         }
     }
 
@@ -303,7 +322,9 @@ impl Pipeline {
     pub fn adopt_unchanged(&mut self, old: &mut Pipeline) -> Vec<String> {
         let mut kept = Vec::new();
         for (i, entry) in self.entries.iter().enumerate() {
-            let Some(j) = old.jail_index(&entry.spec.name) else { continue };
+            let Some(j) = old.jail_index(&entry.spec.name) else {
+                continue;
+            };
             if format!("{:?}", old.entries[j]) == format!("{entry:?}") {
                 self.detector.jails[i].take_state_from(&mut old.detector.jails[j]);
                 kept.push(entry.spec.name.clone());
@@ -318,13 +339,22 @@ pub fn select_jails(config: &Config, names: &[String]) -> Result<Vec<JailEntry>,
     for name in names {
         if !config.jails.iter().any(|j| &j.spec.name == name) {
             let all: Vec<&str> = config.jails.iter().map(|j| j.spec.name.as_str()).collect();
-            return Err(format!("no jail named `{name}` (jails: {})", all.join(", ")));
+            return Err(format!(
+                "no jail named `{name}` (jails: {})",
+                all.join(", ")
+            ));
         }
     }
     let chosen: Vec<JailEntry> = config
         .jails
         .iter()
-        .filter(|j| if names.is_empty() { j.enabled } else { names.contains(&j.spec.name) })
+        .filter(|j| {
+            if names.is_empty() {
+                j.enabled
+            } else {
+                names.contains(&j.spec.name)
+            }
+        })
         .cloned()
         .collect();
     if chosen.is_empty() {

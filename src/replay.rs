@@ -40,19 +40,28 @@ impl Replay {
     pub fn new(config: &Config, sel: &Selection) -> Result<Replay, String> {
         let jails = select_jails(config, &sel.jails)?;
         let pipeline = Pipeline::new(config, jails);
-        Ok(Replay { pipeline, selection: sel.clone(), bytes: 0, decision_count: 0 })
+        Ok(Replay {
+            pipeline,
+            selection: sel.clone(),
+            bytes: 0,
+            decision_count: 0,
+        })
     }
 
     /// The name of source `id` (a file name, or `(stdin)`).
     pub fn source_name(&self, id: u32) -> &str {
-        self.pipeline.sources.get(id as usize).map_or("?", |s| s.name.as_str())
+        self.pipeline
+            .sources
+            .get(id as usize)
+            .map_or("?", |s| s.name.as_str())
     }
 
     /// Adds a source for lines fed with [`Replay::line`].
     pub fn add_source(&mut self, name: &str) -> Result<u32, String> {
         let all: Vec<usize> = (0..self.pipeline.entries.len()).collect();
         let sel = &self.selection;
-        self.pipeline.add_source(name, &all, sel.format.as_deref(), sel.wrap)
+        self.pipeline
+            .add_source(name, &all, sel.format.as_deref(), sel.wrap)
     }
 
     /// Feeds one line of source `source`.
@@ -101,7 +110,13 @@ impl Replay {
     }
 
     pub fn summary(&self) -> Summary {
-        let jails = self.pipeline.detector.jails.iter().map(|j| (j.name.to_string(), j.stats())).collect();
+        let jails = self
+            .pipeline
+            .detector
+            .jails
+            .iter()
+            .map(|j| (j.name.to_string(), j.stats()))
+            .collect();
         Summary {
             bytes: self.bytes,
             formats: self.pipeline.format_stats(),

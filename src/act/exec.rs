@@ -40,7 +40,8 @@ fn safe(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 256
         && !v.starts_with('-')
-        && v.bytes().all(|c| c.is_ascii_alphanumeric() || b"._:/@+=-".contains(&c))
+        && v.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._:/@+=-".contains(&c))
 }
 
 impl ExecAction {
@@ -48,7 +49,10 @@ impl ExecAction {
         if config.ban.is_empty() {
             return Err(format!("action `{name}`: `ban` needs at least the program"));
         }
-        Ok(ExecAction { name: name.to_string(), config })
+        Ok(ExecAction {
+            name: name.to_string(),
+            config,
+        })
     }
 
     /// The argv for one change, or why it cannot be built safely.
@@ -65,10 +69,20 @@ impl ExecAction {
             Target::Key(k) => k.clone(),
         };
         if !safe(&target) || !safe(&ban.jail) {
-            return Err(format!("refusing to pass {:?} (jail {:?}) to a command: unsafe characters", target, ban.jail));
+            return Err(format!(
+                "refusing to pass {:?} (jail {:?}) to a command: unsafe characters",
+                target, ban.jail
+            ));
         }
-        let kind = if matches!(ban.target, Target::Address(_)) { "address" } else { "key" };
-        let bantime = ban.expires.map_or(0, |e| (e - ban.since).max(0)).to_string();
+        let kind = if matches!(ban.target, Target::Address(_)) {
+            "address"
+        } else {
+            "key"
+        };
+        let bantime = ban
+            .expires
+            .map_or(0, |e| (e - ban.since).max(0))
+            .to_string();
         let argv = template
             .iter()
             .map(|a| {
@@ -126,7 +140,11 @@ impl Action for ExecAction {
                 Err(e) => errors.push(e),
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 }
 
@@ -136,20 +154,47 @@ mod tests {
     use crate::decide::Ban;
 
     fn ban(target: Target) -> Ban {
-        Ban { jail: "auth".into(), target, since: 100, expires: Some(160), count: 5, offence: 1, manual: false }
+        Ban {
+            jail: "auth".into(),
+            target,
+            since: 100,
+            expires: Some(160),
+            count: 5,
+            offence: 1,
+            manual: false,
+        }
     }
 
     fn action(ban: &[&str]) -> ExecAction {
-        let config = ExecConfig { ban: ban.iter().map(|s| s.to_string()).collect(), unban: None, timeout: None };
+        let config = ExecConfig {
+            ban: ban.iter().map(|s| s.to_string()).collect(),
+            unban: None,
+            timeout: None,
+        };
         ExecAction::new("t", config).unwrap()
     }
 
     #[test]
     fn fills_placeholders() {
-        let a = action(&["/bin/echo", "{kind}:{target}", "{jail}", "{bantime}", "{count}"]);
-        let argv = a.argv(&Change::Add(ban(Target::parse("2001:db8::/64").unwrap()))).unwrap().unwrap();
-        assert_eq!(argv, ["/bin/echo", "address:2001:db8::/64", "auth", "60", "5"]);
-        let remove = Change::Remove { ban: ban(Target::parse("192.0.2.1").unwrap()), reason: "expired" };
+        let a = action(&[
+            "/bin/echo",
+            "{kind}:{target}",
+            "{jail}",
+            "{bantime}",
+            "{count}",
+        ]);
+        let argv = a
+            .argv(&Change::Add(ban(Target::parse("2001:db8::/64").unwrap())))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            argv,
+            ["/bin/echo", "address:2001:db8::/64", "auth", "60", "5"]
+        );
+        let remove = Change::Remove {
+            ban: ban(Target::parse("192.0.2.1").unwrap()),
+            reason: "expired",
+        };
         assert_eq!(a.argv(&remove).unwrap(), None, "no unban template");
     }
 
@@ -160,18 +205,28 @@ mod tests {
             let c = Change::Add(ban(Target::Key(k.into())));
             assert!(a.argv(&c).is_err(), "{k:?} must be refused");
         }
-        assert!(a.argv(&Change::Add(ban(Target::Key("key_7f3a.prod".into())))).is_ok());
+        assert!(
+            a.argv(&Change::Add(ban(Target::Key("key_7f3a.prod".into()))))
+                .is_ok()
+        );
     }
 
     #[test]
     fn runs_and_times_out() {
-        assert!(action(&["/bin/true"]).apply(&[Change::Add(ban(Target::parse("192.0.2.1").unwrap()))]).is_ok());
-        let err = action(&["/bin/false"]).apply(&[Change::Add(ban(Target::parse("192.0.2.1").unwrap()))]);
+        assert!(
+            action(&["/bin/true"])
+                .apply(&[Change::Add(ban(Target::parse("192.0.2.1").unwrap()))])
+                .is_ok()
+        );
+        let err =
+            action(&["/bin/false"]).apply(&[Change::Add(ban(Target::parse("192.0.2.1").unwrap()))]);
         assert!(err.unwrap_err().contains("exited with"));
         let mut slow = action(&["/bin/sleep", "5"]);
         slow.config.timeout = Some(ConfigDuration(Duration::from_millis(100)));
         let t = Instant::now();
-        let err = slow.apply(&[Change::Add(ban(Target::parse("192.0.2.1").unwrap()))]).unwrap_err();
+        let err = slow
+            .apply(&[Change::Add(ban(Target::parse("192.0.2.1").unwrap()))])
+            .unwrap_err();
         assert!(err.contains("timed out"), "{err}");
         assert!(t.elapsed() < Duration::from_secs(2));
     }

@@ -46,7 +46,11 @@ impl Action for LogAction {
     fn apply(&self, batch: &[Change]) -> Result<(), String> {
         if batch.len() > 20 {
             let adds = batch.iter().filter(|c| matches!(c, Change::Add(_))).count();
-            tracing::info!(adds, removes = batch.len() - adds, "applied a batch of ban changes");
+            tracing::info!(
+                adds,
+                removes = batch.len() - adds,
+                "applied a batch of ban changes"
+            );
             return Ok(());
         }
         for c in batch {
@@ -80,7 +84,10 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(actions: BTreeMap<String, Arc<dyn Action>>, report: Arc<dyn Fn(Outcome) + Send + Sync>) -> Dispatcher {
+    pub fn new(
+        actions: BTreeMap<String, Arc<dyn Action>>,
+        report: Arc<dyn Fn(Outcome) + Send + Sync>,
+    ) -> Dispatcher {
         Dispatcher { actions, report }
     }
 
@@ -102,10 +109,16 @@ impl Dispatcher {
                 continue;
             };
             let report = self.report.clone();
-            let spawned = std::thread::Builder::new().name(format!("action-{name}")).spawn(move || {
-                let result = action.apply(&batch);
-                report(Outcome { action: action.name().to_string(), changes: batch.len(), result });
-            });
+            let spawned = std::thread::Builder::new()
+                .name(format!("action-{name}"))
+                .spawn(move || {
+                    let result = action.apply(&batch);
+                    report(Outcome {
+                        action: action.name().to_string(),
+                        changes: batch.len(),
+                        result,
+                    });
+                });
             if let Err(e) = spawned {
                 tracing::error!(action = name, "cannot start action thread: {e}");
             }

@@ -200,12 +200,18 @@ impl<'de> Deserialize<'de> for BanDuration {
             Text(String),
         }
         let permanent = BanDuration(Duration::from_secs(crate::decide::PERMANENT));
-        match Raw::deserialize(d).map_err(|_| de::Error::custom("expected a duration such as \"1h\", or \"permanent\""))? {
+        match Raw::deserialize(d).map_err(|_| {
+            de::Error::custom("expected a duration such as \"1h\", or \"permanent\"")
+        })? {
             Raw::Secs(-1) => Ok(permanent),
             Raw::Secs(n) if n > 0 => Ok(BanDuration(Duration::from_secs(n as u64))),
-            Raw::Secs(n) => Err(de::Error::custom(format!("invalid ban time {n}: use a duration or \"permanent\""))),
+            Raw::Secs(n) => Err(de::Error::custom(format!(
+                "invalid ban time {n}: use a duration or \"permanent\""
+            ))),
             Raw::Text(s) if s == "permanent" => Ok(permanent),
-            Raw::Text(s) => parse_duration(&s).map(BanDuration).map_err(de::Error::custom),
+            Raw::Text(s) => parse_duration(&s)
+                .map(BanDuration)
+                .map_err(de::Error::custom),
         }
     }
 }

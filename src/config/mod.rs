@@ -105,11 +105,17 @@ pub struct Config {
 
 impl Config {
     pub fn control_socket(&self) -> PathBuf {
-        self.main.control_socket.clone().unwrap_or_else(|| PathBuf::from("/run/portcullis/control.sock"))
+        self.main
+            .control_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/run/portcullis/control.sock"))
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.main.state_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/portcullis"))
+        self.main
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/portcullis"))
     }
 
     pub fn max_line_bytes(&self) -> usize {
@@ -339,7 +345,10 @@ fn resolve_jail(
     }
     let factor = jail.bantime_factor.or(d.bantime_factor).unwrap_or(1.0);
     if !(1.0..=1000.0).contains(&factor) {
-        err(header.clone(), format!("`bantime_factor` {factor} must be between 1 and 1000"));
+        err(
+            header.clone(),
+            format!("`bantime_factor` {factor} must be between 1 and 1000"),
+        );
     }
     let actions: Vec<String> = match &jail.action {
         Some(list) => {
@@ -352,9 +361,15 @@ fn resolve_jail(
             }
             list.0.iter().map(|a| a.get_ref().clone()).collect()
         }
-        None => d.action.as_ref().map_or_else(|| vec!["log".to_string()], |a| a.0.clone()),
+        None => d
+            .action
+            .as_ref()
+            .map_or_else(|| vec!["log".to_string()], |a| a.0.clone()),
     };
-    let bantime = jail.bantime.or(d.bantime).map_or(std::time::Duration::from_secs(3600), |b| b.0);
+    let bantime = jail
+        .bantime
+        .or(d.bantime)
+        .map_or(std::time::Duration::from_secs(3600), |b| b.0);
     if errors.len() > n0 {
         return None;
     }
@@ -376,7 +391,11 @@ fn resolve_jail(
         enabled: jail.enabled,
         format: format_name,
         wrap: jail.wrap,
-        logpath: jail.logpath.as_ref().map(|l| l.0.clone()).unwrap_or_default(),
+        logpath: jail
+            .logpath
+            .as_ref()
+            .map(|l| l.0.clone())
+            .unwrap_or_default(),
         policy: Policy {
             bantime,
             factor,

@@ -10,7 +10,10 @@ use std::time::Duration;
 pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {
     let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            format!("portcullis is not running (nothing listens on {})", socket.display())
+            format!(
+                "portcullis is not running (nothing listens on {})",
+                socket.display()
+            )
         }
         std::io::ErrorKind::PermissionDenied => format!(
             "permission denied on {}: run as root, or as a member of `control_group`",
@@ -21,7 +24,8 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {
     stream.set_read_timeout(Some(Duration::from_secs(60))).ok();
     let mut w = &stream;
     let line = serde_json::to_string(req).expect("requests serialise");
-    w.write_all(format!("{line}\n").as_bytes()).map_err(|e| format!("sending to the daemon: {e}"))?;
+    w.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| format!("sending to the daemon: {e}"))?;
     let mut answer = String::new();
     BufReader::new(&stream)
         .read_line(&mut answer)

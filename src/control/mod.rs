@@ -26,9 +26,17 @@ pub enum Request {
     Bans { jail: Option<String> },
     /// Removes bans of `target` (an address, a CIDR covering addresses, or
     /// `key:ID`), or every ban with `all`; in one jail or all.
-    Unban { target: Option<String>, jail: Option<String>, all: bool },
+    Unban {
+        target: Option<String>,
+        jail: Option<String>,
+        all: bool,
+    },
     /// Bans by hand; `duration` like `"1h"`, none for the jail's `bantime`.
-    Ban { target: String, jail: String, duration: Option<String> },
+    Ban {
+        target: String,
+        jail: String,
+        duration: Option<String>,
+    },
     /// Re-reads the config; an invalid one is refused and the running one kept.
     Reload,
     /// Removes every ban.
@@ -46,10 +54,18 @@ pub struct Response {
 
 impl Response {
     pub fn ok(data: serde_json::Value) -> Response {
-        Response { ok: true, error: None, data }
+        Response {
+            ok: true,
+            error: None,
+            data,
+        }
     }
 
     pub fn err(msg: impl Into<String>) -> Response {
-        Response { ok: false, error: Some(msg.into()), data: serde_json::Value::Null }
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            data: serde_json::Value::Null,
+        }
     }
 }

@@ -29,7 +29,8 @@ pub fn group_id(group: &str) -> Result<u32, String> {
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
     }
-    let name = std::ffi::CString::new(group).map_err(|_| format!("invalid group name {group:?}"))?;
+    let name =
+        std::ffi::CString::new(group).map_err(|_| format!("invalid group name {group:?}"))?;
     // SAFETY: getgrnam returns null or a pointer to a static struct valid until the next call;
     // we read gr_gid immediately, on the one thread that binds the socket.
     let gr = unsafe { libc::getgrnam(name.as_ptr()) };
@@ -42,15 +43,21 @@ pub fn group_id(group: &str) -> Result<u32, String> {
 /// Binds the socket: refuses to steal one a live daemon listens on, removes a stale one.
 pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, String> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!("another portcullis is already listening on {}", path.display()));
+            return Err(format!(
+                "another portcullis is already listening on {}",
+                path.display()
+            ));
         }
-        std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
     let mode = if group.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("cannot set mode of {}: {e}", path.display()))?;
@@ -62,7 +69,12 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, String> {
 }
 
 /// Serves connections until the process exits.
-pub async fn serve(listener: UnixListener, access: Access, engine: std::sync::mpsc::Sender<Envelope>, path: PathBuf) {
+pub async fn serve(
+    listener: UnixListener,
+    access: Access,
+    engine: std::sync::mpsc::Sender<Envelope>,
+    path: PathBuf,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -76,28 +88,38 @@ pub async fn serve(listener: UnixListener, access: Access, engine: std::sync::mp
             let (read, mut write) = stream.into_split();
             let cred = write.as_ref().peer_cred();
             let allowed = cred.as_ref().is_ok_and(|c| access.allows(c.uid(), c.gid()));
-            if !allowed {
-                let uid = cred.map(|c| c.uid().to_string()).unwrap_or_else(|_| "?".into());
-                tracing::warn!(uid, "refused a control connection");
-                let resp = Response::err(format!("permission denied: uid {uid} may not use the control socket"));
-                let _ = write.write_all(format!("{}\n", serde_json::to_string(&resp).unwrap()).as_bytes()).await;
-                return;
-            }
             let mut lines = BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let resp = match serde_json::from_str::<Request>(&line) {
-                    Err(e) => Response::err(format!("bad request: {e}")),
-                    Ok(req) => {
-                        let (tx, rx) = oneshot::channel();
-                        if engine.send((req, tx)).is_err() {
-                            Response::err("the daemon is shutting down")
-                        } else {
-                            rx.await.unwrap_or_else(|_| Response::err("the daemon dropped the request"))
+                let resp = if !allowed {
+                    // Answered (not just closed) so the client can say why.
+                    let uid = cred
+                        .as_ref()
+                        .map(|c| c.uid().to_string())
+                        .unwrap_or_else(|_| "?".into());
+                    tracing::warn!(uid, "refused a control request");
+                    Response::err(format!(
+                        "permission denied: uid {uid} may not use the control socket"
+                    ))
+                } else {
+                    match serde_json::from_str::<Request>(&line) {
+                        Err(e) => Response::err(format!("bad request: {e}")),
+                        Ok(req) => {
+                            let (tx, rx) = oneshot::channel();
+                            if engine.send((req, tx)).is_err() {
+                                Response::err("the daemon is shutting down")
+                            } else {
+                                rx.await.unwrap_or_else(|_| {
+                                    Response::err("the daemon dropped the request")
+                                })
+                            }
                         }
                     }
                 };
-                let text = format!("{}\n", serde_json::to_string(&resp).expect("responses serialise"));
-                if write.write_all(text.as_bytes()).await.is_err() {
+                let text = format!(
+                    "{}\n",
+                    serde_json::to_string(&resp).expect("responses serialise")
+                );
+                if write.write_all(text.as_bytes()).await.is_err() || !allowed {
                     break;
                 }
             }

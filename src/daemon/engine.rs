@@ -7,8 +7,8 @@ use crate::config::{ActionConfig, Config, ConfigFiles, JailEntry};
 use crate::control::server::Envelope;
 use crate::control::{Request, Response};
 use crate::decide::{Ban, Ledger, Policy, Verdict};
-use crate::detect::{Decision, Target};
 use crate::detect::jail::ReadFrom;
+use crate::detect::{Decision, Target};
 use crate::pipeline::{Pipeline, select_jails};
 use crate::state::{Store, Table, Write};
 use crate::watch::lines::Line;
@@ -37,7 +37,9 @@ const PERSIST_EVERY: Duration = Duration::from_secs(1);
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 struct Followed {
@@ -101,18 +103,25 @@ fn position_key(p: &Path) -> String {
 /// Feeds tail events into the pipeline.
 fn feed(pipeline: &mut Pipeline, source: u32) -> impl FnMut(TailEvent) + '_ {
     move |ev| match ev {
-        TailEvent::Line(Line::Complete { bytes, offset }) => pipeline.line(source, offset, bytes, false),
-        TailEvent::WarmLine(Line::Complete { bytes, offset }) => pipeline.line(source, offset, bytes, true),
-        TailEvent::Line(Line::TooLong { offset }) | TailEvent::WarmLine(Line::TooLong { offset }) => {
-            pipeline.too_long(source, offset)
+        TailEvent::Line(Line::Complete { bytes, offset }) => {
+            pipeline.line(source, offset, bytes, false)
         }
+        TailEvent::WarmLine(Line::Complete { bytes, offset }) => {
+            pipeline.line(source, offset, bytes, true)
+        }
+        TailEvent::Line(Line::TooLong { offset })
+        | TailEvent::WarmLine(Line::TooLong { offset }) => pipeline.too_long(source, offset),
         TailEvent::Reopened => pipeline.sources[source as usize].reset_checkpoints(),
     }
 }
 
 impl Engine {
     /// Loads state, re-applies active bans in one batch, opens every source.
-    pub fn start(config_dir: Option<PathBuf>, config: Config, tx: Sender<Msg>) -> Result<Engine, String> {
+    pub fn start(
+        config_dir: Option<PathBuf>,
+        config: Config,
+        tx: Sender<Msg>,
+    ) -> Result<Engine, String> {
         let store = Store::open(&config.state_dir())?;
         let mut ledger = Ledger::new(
             config.ignore.clone(),
@@ -120,7 +129,11 @@ impl Engine {
             config.main.max_bans_per_minute.unwrap_or(300),
         );
         let t = Instant::now();
-        let bans: Vec<Ban> = store.load(Table::Bans)?.into_iter().map(|(_, b)| b).collect();
+        let bans: Vec<Ban> = store
+            .load(Table::Bans)?
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
         let offences: Vec<(String, u32)> = store.load(Table::Offences)?;
         let active = ledger.restore(bans, offences, now_secs());
         store.apply(&ledger.take_writes())?;
@@ -143,9 +156,14 @@ impl Engine {
         if !active.is_empty() {
             let changes: Vec<Change> = active.into_iter().map(Change::Add).collect();
             engine.dispatch(&changes);
-            tracing::info!(bans = changes.len(), elapsed_ms = t.elapsed().as_millis() as u64, "restored active bans");
+            tracing::info!(
+                bans = changes.len(),
+                elapsed_ms = t.elapsed().as_millis() as u64,
+                "restored active bans"
+            );
         }
-        let saved: HashMap<String, Position> = engine.store.load(Table::Positions)?.into_iter().collect();
+        let saved: HashMap<String, Position> =
+            engine.store.load(Table::Positions)?.into_iter().collect();
         engine.open_sources(&saved, &mut HashMap::new())?;
         Ok(engine)
     }
@@ -158,20 +176,30 @@ impl Engine {
     ) -> Result<(), String> {
         let now_ms = now_secs() * 1000;
         for (path, jails) in sources_of(&self.pipeline.entries) {
-            let source = self.pipeline.add_source(&path.display().to_string(), &jails, None, None)?;
+            let source =
+                self.pipeline
+                    .add_source(&path.display().to_string(), &jails, None, None)?;
             if let Some((tail, old_source)) = kept.remove(&path) {
                 self.pipeline.sources[source as usize].adopt_checkpoints(&old_source);
                 self.followed.push(Followed { tail, source });
                 continue;
             }
-            let read_from = jails.iter().map(|&j| self.pipeline.entries[j].read_from).max().unwrap_or_default();
+            let read_from = jails
+                .iter()
+                .map(|&j| self.pipeline.entries[j].read_from)
+                .max()
+                .unwrap_or_default();
             let mut tail = Tail::new(path.clone(), self.pipeline.max_line());
             let pos = saved.get(&position_key(&path));
             if pos.is_none() && read_from == ReadFrom::Findtime {
                 let ft = self.pipeline.sources[source as usize].max_findtime() as i64;
                 self.pipeline.sources[source as usize].skip_before = Some(now_ms - ft * 1000);
             }
-            tail.start(pos, read_from != ReadFrom::End, &mut feed(&mut self.pipeline, source));
+            tail.start(
+                pos,
+                read_from != ReadFrom::End,
+                &mut feed(&mut self.pipeline, source),
+            );
             tail.poll(&mut feed(&mut self.pipeline, source));
             self.pipeline.sources[source as usize].skip_before = None;
             self.followed.push(Followed { tail, source });
@@ -183,11 +211,19 @@ impl Engine {
 
     /// Directory patterns to watch with inotify.
     pub fn patterns(&self) -> Vec<String> {
-        self.pipeline.entries.iter().flat_map(|j| j.logpath.clone()).collect()
+        self.pipeline
+            .entries
+            .iter()
+            .flat_map(|j| j.logpath.clone())
+            .collect()
     }
 
     fn policy(&self, jail: &str) -> Option<&Policy> {
-        self.pipeline.entries.iter().find(|j| j.spec.name == jail).map(|j| &j.policy)
+        self.pipeline
+            .entries
+            .iter()
+            .find(|j| j.spec.name == jail)
+            .map(|j| &j.policy)
     }
 
     fn dispatch(&mut self, changes: &[Change]) {
@@ -195,9 +231,12 @@ impl Engine {
             return;
         }
         let entries = &self.pipeline.entries;
-        let default = vec!["log".to_string()];
+        let default = ["log".to_string()];
         self.dispatcher.dispatch(changes, |jail| {
-            entries.iter().find(|j| j.spec.name == jail).map_or(&default[..], |j| &j.actions[..])
+            entries
+                .iter()
+                .find(|j| j.spec.name == jail)
+                .map_or(&default[..], |j| &j.actions[..])
         });
     }
 
@@ -227,7 +266,9 @@ impl Engine {
     }
 
     fn decide(&mut self, d: Decision, now: i64, changes: &mut Vec<Change>) {
-        let Some(policy) = self.policy(&d.jail).cloned() else { return };
+        let Some(policy) = self.policy(&d.jail).cloned() else {
+            return;
+        };
         let (jail, target, count) = (d.jail.to_string(), d.target.to_string(), d.count);
         match self.ledger.decide(d, &policy, now) {
             Verdict::Banned(ban) => {
@@ -236,10 +277,15 @@ impl Engine {
             }
             Verdict::DryRun => tracing::warn!(jail, target, count, "dry run: would ban"),
             Verdict::Held => {
-                if self.last_held_alert.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                if self
+                    .last_held_alert
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+                {
                     self.last_held_alert = Some(Instant::now());
                     tracing::error!(
-                        jail, target, held = self.ledger.stats().held,
+                        jail,
+                        target,
+                        held = self.ledger.stats().held,
                         "ALERT: ban rate over max_bans_per_minute; holding decisions (is a log format broken?)"
                     );
                 }
@@ -262,7 +308,11 @@ impl Engine {
             .filter_map(|f| {
                 let src = &self.pipeline.sources[f.source as usize];
                 let pos = f.tail.position(|cur| src.warm_from(cur))?;
-                Some(Write::put(Table::Positions, position_key(&f.tail.path), &pos))
+                Some(Write::put(
+                    Table::Positions,
+                    position_key(&f.tail.path),
+                    &pos,
+                ))
             })
             .collect()
     }
@@ -270,8 +320,13 @@ impl Engine {
     fn tick(&mut self) {
         let now = now_secs();
         let expired = self.ledger.expire(now);
-        let mut changes: Vec<Change> =
-            expired.into_iter().map(|ban| Change::Remove { ban, reason: "expired" }).collect();
+        let mut changes: Vec<Change> = expired
+            .into_iter()
+            .map(|ban| Change::Remove {
+                ban,
+                reason: "expired",
+            })
+            .collect();
         for d in self.ledger.release_held(now) {
             self.decide(d, now, &mut changes);
         }
@@ -281,11 +336,16 @@ impl Engine {
 
     fn rescan(&mut self) {
         let known: Vec<PathBuf> = self.followed.iter().map(|f| f.tail.path.clone()).collect();
-        let new: Vec<(PathBuf, Vec<usize>)> =
-            sources_of(&self.pipeline.entries).into_iter().filter(|(p, _)| !known.contains(p)).collect();
+        let new: Vec<(PathBuf, Vec<usize>)> = sources_of(&self.pipeline.entries)
+            .into_iter()
+            .filter(|(p, _)| !known.contains(p))
+            .collect();
         for (path, jails) in new {
             tracing::info!(path = %path.display(), "new log file matches a logpath; following it from its start");
-            match self.pipeline.add_source(&path.display().to_string(), &jails, None, None) {
+            match self
+                .pipeline
+                .add_source(&path.display().to_string(), &jails, None, None)
+            {
                 Ok(source) => {
                     let mut tail = Tail::new(path, self.pipeline.max_line());
                     tail.start(None, true, &mut feed(&mut self.pipeline, source));
@@ -299,7 +359,8 @@ impl Engine {
     /// Runs until shutdown. `wake_pending` is cleared before each poll so
     /// inotify bursts collapse into one wake-up.
     pub fn run(mut self, rx: Receiver<Msg>, wake_pending: Arc<std::sync::atomic::AtomicBool>) {
-        let (mut last_tick, mut last_persist, mut last_rescan) = (Instant::now(), Instant::now(), Instant::now());
+        let (mut last_tick, mut last_persist, mut last_rescan) =
+            (Instant::now(), Instant::now(), Instant::now());
         loop {
             let timeout = TICK.saturating_sub(last_tick.elapsed());
             match rx.recv_timeout(timeout) {
@@ -362,7 +423,10 @@ impl Engine {
             None => crate::config::embedded::files(),
         };
         let config = Config::load(&files).map_err(|errs| {
-            errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+            errs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
         })?;
         let jails = select_jails(&config, &[])?;
         let dispatcher = build_actions(&config, &self.tx)?;
@@ -371,7 +435,8 @@ impl Engine {
         // Keep open tails (and their positions) for paths still followed.
         let mut old = std::mem::replace(&mut self.pipeline, pipeline);
         let mut kept: HashMap<PathBuf, (Tail, crate::pipeline::Source)> = HashMap::new();
-        let mut sources: Vec<Option<crate::pipeline::Source>> = old.sources.drain(..).map(Some).collect();
+        let mut sources: Vec<Option<crate::pipeline::Source>> =
+            old.sources.drain(..).map(Some).collect();
         for f in self.followed.drain(..) {
             if let Some(src) = sources[f.source as usize].take() {
                 kept.insert(f.tail.path.clone(), (f.tail, src));
@@ -389,7 +454,12 @@ impl Engine {
         Ok(json!({ "jails": self.pipeline.entries.len(), "kept_counters": kept_jails }))
     }
 
-    fn unban(&mut self, target: Option<&Target>, jail: Option<&str>, reason: &'static str) -> Vec<Ban> {
+    fn unban(
+        &mut self,
+        target: Option<&Target>,
+        jail: Option<&str>,
+        reason: &'static str,
+    ) -> Vec<Ban> {
         let removed = self.ledger.unban(target, jail);
         for b in &removed {
             if let Some(i) = self.pipeline.jail_index(&b.jail) {
@@ -397,7 +467,11 @@ impl Engine {
             }
         }
         self.persist(Vec::new());
-        let changes: Vec<Change> = removed.iter().cloned().map(|ban| Change::Remove { ban, reason }).collect();
+        let changes: Vec<Change> = removed
+            .iter()
+            .cloned()
+            .map(|ban| Change::Remove { ban, reason })
+            .collect();
         self.dispatch(&changes);
         removed
     }
@@ -411,7 +485,11 @@ impl Engine {
                 {
                     return Response::err(format!("no jail named `{j}`"));
                 }
-                let bans: Vec<&Ban> = self.ledger.bans().filter(|b| jail.as_ref().is_none_or(|j| &b.jail == j)).collect();
+                let bans: Vec<&Ban> = self
+                    .ledger
+                    .bans()
+                    .filter(|b| jail.as_ref().is_none_or(|j| &b.jail == j))
+                    .collect();
                 Response::ok(json!(bans))
             }
             Request::Unban { target, jail, all } => {
@@ -429,7 +507,11 @@ impl Engine {
                 }
                 Response::ok(json!(removed))
             }
-            Request::Ban { target, jail, duration } => {
+            Request::Ban {
+                target,
+                jail,
+                duration,
+            } => {
                 let Some(policy) = self.policy(&jail).cloned() else {
                     return Response::err(format!("no jail named `{jail}`"));
                 };
@@ -456,7 +538,9 @@ impl Engine {
             }
             Request::Reload => match self.reload() {
                 Ok(v) => Response::ok(v),
-                Err(e) => Response::err(format!("reload refused, the running config is kept:\n{e}")),
+                Err(e) => {
+                    Response::err(format!("reload refused, the running config is kept:\n{e}"))
+                }
             },
             Request::Flush => {
                 let removed = self.unban(None, None, "flushed");
@@ -486,11 +570,19 @@ impl Engine {
                     lines += st.lines;
                     parsed += st.parsed;
                     unparsed += st.unparsed;
-                    sources.push(json!({ "path": src.name, "lag_bytes": f.tail.lag(), "parse": st }));
+                    sources
+                        .push(json!({ "path": src.name, "lag_bytes": f.tail.lag(), "parse": st }));
                 }
             }
-            let bans = self.ledger.bans().filter(|b| b.jail == entry.spec.name).count();
-            let last = self.last_decision.get(&entry.spec.name).map(|(t, target)| json!({ "time": t, "target": target }));
+            let bans = self
+                .ledger
+                .bans()
+                .filter(|b| b.jail == entry.spec.name)
+                .count();
+            let last = self
+                .last_decision
+                .get(&entry.spec.name)
+                .map(|(t, target)| json!({ "time": t, "target": target }));
             jails.push(json!({
                 "name": entry.spec.name,
                 "enabled": entry.enabled,

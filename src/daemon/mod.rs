@@ -17,7 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub fn run(config_dir: Option<PathBuf>, config: Config) -> Result<(), String> {
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let socket = config.control_socket();
-    let group = config.main.control_group.as_deref().map(server::group_id).transpose()?;
+    let group = config
+        .main
+        .control_group
+        .as_deref()
+        .map(server::group_id)
+        .transpose()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -64,7 +69,10 @@ pub fn run(config_dir: Option<PathBuf>, config: Config) -> Result<(), String> {
         let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        let access = Access { daemon_uid: unsafe { libc::geteuid() }, group };
+        let access = Access {
+            daemon_uid: unsafe { libc::geteuid() },
+            group,
+        };
         let serving = tokio::spawn(server::serve(listener, access, ctl_tx, socket.clone()));
         loop {
             tokio::select! {
@@ -78,6 +86,8 @@ pub fn run(config_dir: Option<PathBuf>, config: Config) -> Result<(), String> {
         let _ = std::fs::remove_file(&socket);
     });
     drop(watcher);
-    engine_thread.join().map_err(|_| "the engine thread panicked".to_string())?;
+    engine_thread
+        .join()
+        .map_err(|_| "the engine thread panicked".to_string())?;
     Ok(())
 }

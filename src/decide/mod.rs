@@ -59,7 +59,8 @@ impl Policy {
         if self.bantime.as_secs() == PERMANENT {
             return None;
         }
-        let secs = self.bantime.as_secs_f64() * self.factor.powi(offence.saturating_sub(1).min(64) as i32);
+        let secs =
+            self.bantime.as_secs_f64() * self.factor.powi(offence.saturating_sub(1).min(64) as i32);
         let mut d = Duration::from_secs_f64(secs.min(1e12));
         if let Some(max) = self.max {
             d = d.min(max);
@@ -150,7 +151,11 @@ impl Ledger {
     }
 
     pub fn stats(&self) -> LedgerStats {
-        LedgerStats { active: self.bans.len(), held: self.held.len(), ..self.stats.clone() }
+        LedgerStats {
+            active: self.bans.len(),
+            held: self.held.len(),
+            ..self.stats.clone()
+        }
     }
 
     pub fn bans(&self) -> impl Iterator<Item = &Ban> {
@@ -196,12 +201,15 @@ impl Ledger {
         let okey = ban_key(&d.jail, &d.target);
         let offence = self.offences.get(&okey).copied().unwrap_or(0) + 1;
         self.offences.insert(okey.clone(), offence);
-        self.writes.push(Write::put(Table::Offences, okey, &offence));
+        self.writes
+            .push(Write::put(Table::Offences, okey, &offence));
         let ban = Ban {
             jail: d.jail.to_string(),
             target: d.target,
             since: now,
-            expires: policy.duration(offence).map(|dur| now.saturating_add(dur.as_secs() as i64)),
+            expires: policy
+                .duration(offence)
+                .map(|dur| now.saturating_add(dur.as_secs() as i64)),
             count: d.count,
             offence,
             manual: false,
@@ -215,7 +223,10 @@ impl Ledger {
         while self.recent.front().is_some_and(|t| *t <= now - 60) {
             self.recent.pop_front();
         }
-        let room = self.cap_per_minute.saturating_sub(self.recent.len()).min(self.held.len());
+        let room = self
+            .cap_per_minute
+            .saturating_sub(self.recent.len())
+            .min(self.held.len());
         self.held.drain(..room).collect()
     }
 
@@ -225,9 +236,17 @@ impl Ledger {
     }
 
     /// A ban by hand. Refused for allowlisted targets.
-    pub fn manual_ban(&mut self, target: Target, jail: &str, dur: Option<Duration>, now: i64) -> Result<Ban, String> {
+    pub fn manual_ban(
+        &mut self,
+        target: Target,
+        jail: &str,
+        dur: Option<Duration>,
+        now: i64,
+    ) -> Result<Ban, String> {
         if self.allowlisted(&target) {
-            return Err(format!("{target} is allowlisted (`ignore`/`ignore_keys`); remove it there first"));
+            return Err(format!(
+                "{target} is allowlisted (`ignore`/`ignore_keys`); remove it there first"
+            ));
         }
         let ban = Ban {
             jail: jail.to_string(),
@@ -248,7 +267,9 @@ impl Ledger {
         let keys: Vec<String> = self
             .bans
             .iter()
-            .filter(|(_, b)| jail.is_none_or(|j| b.jail == j) && target.is_none_or(|t| b.target.within(t)))
+            .filter(|(_, b)| {
+                jail.is_none_or(|j| b.jail == j) && target.is_none_or(|t| b.target.within(t))
+            })
             .map(|(k, _)| k.clone())
             .collect();
         self.remove_keys(keys)

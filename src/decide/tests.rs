@@ -17,7 +17,12 @@ fn decision(target: &str) -> Decision {
 }
 
 fn policy() -> Policy {
-    Policy { bantime: Duration::from_secs(60), factor: 2.0, max: Some(Duration::from_secs(200)), dry_run: false }
+    Policy {
+        bantime: Duration::from_secs(60),
+        factor: 2.0,
+        max: Some(Duration::from_secs(200)),
+        dry_run: false,
+    }
 }
 
 fn ledger() -> Ledger {
@@ -28,34 +33,64 @@ fn ledger() -> Ledger {
 #[test]
 fn bans_escalate_and_cap() {
     let mut l = ledger();
-    let Verdict::Banned(b) = l.decide(decision("192.0.2.1"), &policy(), 1000) else { panic!() };
+    let Verdict::Banned(b) = l.decide(decision("192.0.2.1"), &policy(), 1000) else {
+        panic!()
+    };
     assert_eq!(b.expires, Some(1060));
-    assert_eq!(l.decide(decision("192.0.2.1"), &policy(), 1001), Verdict::AlreadyBanned);
+    assert_eq!(
+        l.decide(decision("192.0.2.1"), &policy(), 1001),
+        Verdict::AlreadyBanned
+    );
     assert_eq!(l.expire(1060).len(), 1);
-    let Verdict::Banned(b) = l.decide(decision("192.0.2.1"), &policy(), 2000) else { panic!() };
+    let Verdict::Banned(b) = l.decide(decision("192.0.2.1"), &policy(), 2000) else {
+        panic!()
+    };
     assert_eq!((b.offence, b.expires), (2, Some(2120)));
     l.expire(3000);
-    let Verdict::Banned(b) = l.decide(decision("192.0.2.1"), &policy(), 3000) else { panic!() };
+    let Verdict::Banned(b) = l.decide(decision("192.0.2.1"), &policy(), 3000) else {
+        panic!()
+    };
     assert_eq!(b.expires, Some(3200), "capped at bantime_max");
 }
 
 #[test]
 fn allowlist_is_checked_again_including_covering_prefixes() {
     let mut l = ledger();
-    assert_eq!(l.decide(decision("10.0.0.7"), &policy(), 0), Verdict::Allowlisted);
-    assert_eq!(l.decide(decision("10.0.0.0/24"), &policy(), 0), Verdict::Allowlisted);
-    assert_eq!(l.decide(decision("key:key-ops"), &policy(), 0), Verdict::Allowlisted);
-    assert!(l.manual_ban(Target::parse("10.0.0.7").unwrap(), "j", None, 0).is_err());
-    assert!(matches!(l.decide(decision("10.0.1.0/24"), &policy(), 0), Verdict::Banned(_)));
+    assert_eq!(
+        l.decide(decision("10.0.0.7"), &policy(), 0),
+        Verdict::Allowlisted
+    );
+    assert_eq!(
+        l.decide(decision("10.0.0.0/24"), &policy(), 0),
+        Verdict::Allowlisted
+    );
+    assert_eq!(
+        l.decide(decision("key:key-ops"), &policy(), 0),
+        Verdict::Allowlisted
+    );
+    assert!(
+        l.manual_ban(Target::parse("10.0.0.7").unwrap(), "j", None, 0)
+            .is_err()
+    );
+    assert!(matches!(
+        l.decide(decision("10.0.1.0/24"), &policy(), 0),
+        Verdict::Banned(_)
+    ));
 }
 
 #[test]
 fn rate_cap_holds_then_releases() {
     let mut l = ledger();
     for i in 0..3 {
-        assert!(matches!(l.decide(decision(&format!("192.0.2.{i}")), &policy(), 100), Verdict::Banned(_)));
+        assert!(matches!(
+            l.decide(decision(&format!("192.0.2.{i}")), &policy(), 100),
+            Verdict::Banned(_)
+        ));
     }
-    assert_eq!(l.decide(decision("192.0.2.9"), &policy(), 100), Verdict::Held);
+    assert_eq!(
+        l.decide(decision("192.0.2.9"), &policy(), 100),
+        Verdict::Held
+    );
     assert_eq!(l.stats().held, 1);
     assert!(l.release_held(120).is_empty());
     let released = l.release_held(161);
@@ -66,7 +101,10 @@ fn rate_cap_holds_then_releases() {
 #[test]
 fn dry_run_acts_on_nothing() {
     let mut l = ledger();
-    let p = Policy { dry_run: true, ..policy() };
+    let p = Policy {
+        dry_run: true,
+        ..policy()
+    };
     assert_eq!(l.decide(decision("192.0.2.1"), &p, 0), Verdict::DryRun);
     assert_eq!(l.stats().active, 0);
     assert!(l.take_writes().is_empty());
@@ -77,9 +115,18 @@ fn unban_by_cidr_and_jail_and_restore() {
     let mut l = ledger();
     l.decide(decision("192.0.2.1"), &policy(), 0);
     l.decide(decision("192.0.2.2"), &policy(), 0);
-    l.manual_ban(Target::parse("198.51.100.0/24").unwrap(), "other", None, 0).unwrap();
-    assert_eq!(l.unban(Some(&Target::parse("192.0.2.0/24").unwrap()), Some("other")).len(), 0);
-    assert_eq!(l.unban(Some(&Target::parse("192.0.2.0/24").unwrap()), None).len(), 2);
+    l.manual_ban(Target::parse("198.51.100.0/24").unwrap(), "other", None, 0)
+        .unwrap();
+    assert_eq!(
+        l.unban(Some(&Target::parse("192.0.2.0/24").unwrap()), Some("other"))
+            .len(),
+        0
+    );
+    assert_eq!(
+        l.unban(Some(&Target::parse("192.0.2.0/24").unwrap()), None)
+            .len(),
+        2
+    );
     let remaining: Vec<Ban> = l.bans().cloned().collect();
     // Restore: permanent manual ban survives, an expired one is dropped.
     let mut expired = remaining[0].clone();
@@ -88,5 +135,9 @@ fn unban_by_cidr_and_jail_and_restore() {
     let mut r = ledger();
     let active = r.restore(vec![remaining[0].clone(), expired], vec![], 10);
     assert_eq!(active, remaining);
-    assert_eq!(r.take_writes().len(), 1, "the expired ban is deleted from the store");
+    assert_eq!(
+        r.take_writes().len(),
+        1,
+        "the expired ban is deleted from the store"
+    );
 }

@@ -59,7 +59,9 @@ impl NetSet {
 
     /// Whether any network of the set and `net` share an address.
     pub fn overlaps(&self, net: &IpNet) -> bool {
-        self.nets.iter().any(|n| n.contains(&net.network()) || net.contains(&n.network()))
+        self.nets
+            .iter()
+            .any(|n| n.contains(&net.network()) || net.contains(&n.network()))
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {

@@ -41,7 +41,11 @@ pub enum Write {
 
 impl Write {
     pub fn put<T: Serialize>(table: Table, key: String, value: &T) -> Write {
-        Write::Put(table, key, serde_json::to_vec(value).expect("state records serialise"))
+        Write::Put(
+            table,
+            key,
+            serde_json::to_vec(value).expect("state records serialise"),
+        )
     }
 }
 
@@ -56,9 +60,11 @@ fn err(e: impl std::fmt::Display) -> String {
 impl Store {
     /// Opens (or creates) `DIR/state.redb`.
     pub fn open(dir: &Path) -> Result<Store, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create state dir {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create state dir {}: {e}", dir.display()))?;
         let path = dir.join("state.redb");
-        let db = Database::create(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let db =
+            Database::create(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let store = Store { db };
         // Create the tables so reads never meet a missing one.
         store.apply(&[])?;

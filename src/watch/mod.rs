@@ -41,7 +41,10 @@ impl Watcher {
     pub fn new(wake: impl Fn() + Send + 'static) -> Result<Watcher, String> {
         let inner = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| wake())
             .map_err(|e| format!("cannot start inotify: {e}"))?;
-        Ok(Watcher { inner, dirs: Vec::new() })
+        Ok(Watcher {
+            inner,
+            dirs: Vec::new(),
+        })
     }
 
     /// Watches the directories of `patterns` (for globs, the part before the
@@ -49,15 +52,26 @@ impl Watcher {
     /// periodic poll still finds files that appear there).
     pub fn watch(&mut self, patterns: &[String]) {
         for p in patterns {
-            let head: PathBuf = Path::new(p).components().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).collect();
-            let dir = if head.as_os_str() == p.as_str() { head.parent().map(Path::to_path_buf) } else { Some(head) };
-            let Some(dir) = dir.filter(|d| d.is_dir()) else { continue };
+            let head: PathBuf = Path::new(p)
+                .components()
+                .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+                .collect();
+            let dir = if head.as_os_str() == p.as_str() {
+                head.parent().map(Path::to_path_buf)
+            } else {
+                Some(head)
+            };
+            let Some(dir) = dir.filter(|d| d.is_dir()) else {
+                continue;
+            };
             if self.dirs.contains(&dir) {
                 continue;
             }
             match self.inner.watch(&dir, RecursiveMode::NonRecursive) {
                 Ok(()) => self.dirs.push(dir),
-                Err(e) => tracing::warn!(dir = %dir.display(), "cannot watch directory (polling instead): {e}"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "cannot watch directory (polling instead): {e}")
+                }
             }
         }
     }

@@ -54,7 +54,9 @@ pub enum TailEvent<'a> {
 }
 
 fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| (h ^ c as u64).wrapping_mul(0x100_0000_01b3))
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| {
+        (h ^ c as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 struct OpenFile {
@@ -117,7 +119,12 @@ impl OpenFile {
     }
 
     /// Reads to the end of the file, handing out complete lines. Returns bytes read.
-    fn drain(&mut self, buf: &mut [u8], sink: &mut dyn FnMut(TailEvent), warm_until: u64) -> io::Result<u64> {
+    fn drain(
+        &mut self,
+        buf: &mut [u8],
+        sink: &mut dyn FnMut(TailEvent),
+        warm_until: u64,
+    ) -> io::Result<u64> {
         let mut total = 0;
         loop {
             let n = self.file.read_at(buf, self.read_at)?;
@@ -169,7 +176,14 @@ pub struct Tail {
 
 impl Tail {
     pub fn new(path: PathBuf, max_line: usize) -> Tail {
-        Tail { path, cur: None, old: None, max_line, buf: vec![0; 256 * 1024], warm_until: 0 }
+        Tail {
+            path,
+            cur: None,
+            old: None,
+            max_line,
+            buf: vec![0; 256 * 1024],
+            warm_until: 0,
+        }
     }
 
     fn rotated_copy(&self) -> PathBuf {
@@ -179,7 +193,12 @@ impl Tail {
     /// Opens the path for the first time. With a saved position the file is
     /// resumed where it stopped (re-reading from `warm_from` to rebuild
     /// windows); without one, `from_start` chooses its start or its end.
-    pub fn start(&mut self, saved: Option<&Position>, from_start: bool, sink: &mut dyn FnMut(TailEvent)) {
+    pub fn start(
+        &mut self,
+        saved: Option<&Position>,
+        from_start: bool,
+        sink: &mut dyn FnMut(TailEvent),
+    ) {
         let cur = match OpenFile::open(&self.path, 0, self.max_line) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -194,26 +213,38 @@ impl Tail {
         let size = cur.file.metadata().map(|m| m.len()).unwrap_or(0);
         let Some(pos) = saved else {
             let at = if from_start { 0 } else { size };
-            self.cur = Some(OpenFile { read_at: at, splitter: LineSplitter::new(self.max_line, at), ..cur });
+            self.cur = Some(OpenFile {
+                read_at: at,
+                splitter: LineSplitter::new(self.max_line, at),
+                ..cur
+            });
             return;
         };
         if cur.matches(pos) && size >= pos.offset && self.head_matches(&cur, pos) {
             // Resume; re-read the tail of the windows first.
             let from = pos.warm_from.min(pos.offset);
             self.warm_until = pos.offset;
-            self.cur = Some(OpenFile { read_at: from, splitter: LineSplitter::new(self.max_line, from), ..cur });
+            self.cur = Some(OpenFile {
+                read_at: from,
+                splitter: LineSplitter::new(self.max_line, from),
+                ..cur
+            });
             return;
         }
         // Rotated while we were down: finish the old file if it is still there.
         if !cur.matches(pos) {
-            if let Ok(old) = OpenFile::open(&self.rotated_copy(), 0, self.max_line) {
-                if old.matches(pos) {
-                    let from = pos.warm_from.min(pos.offset);
-                    let mut old = OpenFile { read_at: from, splitter: LineSplitter::new(self.max_line, from), ..old };
-                    let _ = old.drain(&mut self.buf, sink, pos.offset);
-                    Self::finish(&mut old, sink);
-                    tracing::info!(path = %self.path.display(), "finished the file rotated while stopped");
-                }
+            if let Ok(old) = OpenFile::open(&self.rotated_copy(), 0, self.max_line)
+                && old.matches(pos)
+            {
+                let from = pos.warm_from.min(pos.offset);
+                let mut old = OpenFile {
+                    read_at: from,
+                    splitter: LineSplitter::new(self.max_line, from),
+                    ..old
+                };
+                let _ = old.drain(&mut self.buf, sink, pos.offset);
+                Self::finish(&mut old, sink);
+                tracing::info!(path = %self.path.display(), "finished the file rotated while stopped");
             }
         } else {
             tracing::info!(path = %self.path.display(), "log file was truncated while stopped; reading from its start");
@@ -271,9 +302,15 @@ impl Tail {
         if size < cur.read_at || !cur.same_head()? {
             if let Ok(c) = OpenFile::open(&rotated_copy(&self.path), 0, self.max_line) {
                 // The copy holds what was written between our last read and the truncation.
-                let ours = c.head(cur.fp_len as usize).is_ok_and(|h| fnv1a(&h) == cur.fingerprint);
+                let ours = c
+                    .head(cur.fp_len as usize)
+                    .is_ok_and(|h| fnv1a(&h) == cur.fingerprint);
                 if ours && c.ino != cur.ino {
-                    let mut c = OpenFile { read_at: cur.read_at, splitter: std::mem::replace(&mut cur.splitter, LineSplitter::new(0, 0)), ..c };
+                    let mut c = OpenFile {
+                        read_at: cur.read_at,
+                        splitter: std::mem::replace(&mut cur.splitter, LineSplitter::new(0, 0)),
+                        ..c
+                    };
                     c.drain(&mut self.buf, sink, 0)?;
                     Self::finish(&mut c, sink);
                 }
@@ -297,7 +334,10 @@ impl Tail {
                     Self::finish(&mut prev, sink);
                 }
                 sink(TailEvent::Reopened);
-                self.cur.as_mut().expect("just set").drain(&mut self.buf, sink, 0)?;
+                self.cur
+                    .as_mut()
+                    .expect("just set")
+                    .drain(&mut self.buf, sink, 0)?;
             }
             _ => {}
         }

@@ -93,3 +93,167 @@ pub fn decision_keys(ds: &[serde_json::Value]) -> Vec<(String, String, u64, Stri
     v.sort();
     v
 }
+
+/// A daemon under test: its own config, state, socket and log files in a temp dir.
+pub struct Daemon {
+    pub dir: TempDir,
+    pub child: Option<std::process::Child>,
+}
+
+/// A `combined` line from `ip` with status 401. Each line is distinct (a
+/// sequence number in the query), as real lines are by time and content.
+pub fn attack_line(ip: &str) -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{ip} - - [22/Nov/2026:08:00:00 +0000] \"POST /v1/login?n={n} HTTP/1.1\" 401 0 \"-\" \"curl/8\"\n"
+    )
+}
+
+impl Daemon {
+    /// Writes a config whose jail `auth` reads `DIR/logs/access.log` (401s, `maxretry`).
+    pub fn config(tag: &str, maxretry: u32, extra_jail: &str) -> TempDir {
+        let dir = TempDir::new(tag);
+        let d = dir.path().display().to_string();
+        dir.write(
+            "conf/portcullis.toml",
+            &format!(
+                "state_dir = \"{d}/state\"\ncontrol_socket = \"{d}/ctl.sock\"\nignore = [\"127.0.0.1\"]\n[defaults]\nformat = \"combined\"\n"
+            ),
+        );
+        dir.write("conf/filters.d/auth.toml", "[auth]\nstatus = 401\n");
+        dir.write(
+            "conf/jails.d/auth.toml",
+            &format!(
+                "[auth]\nfilter = \"auth\"\nlogpath = \"{d}/logs/access.log\"\nmaxretry = {maxretry}\nfindtime = \"1h\"\nbantime = \"1h\"\n{extra_jail}"
+            ),
+        );
+        dir.write("logs/access.log", "");
+        dir
+    }
+
+    pub fn start(dir: TempDir) -> Daemon {
+        let mut d = Daemon { dir, child: None };
+        d.spawn();
+        d
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(
+            self.dir
+                .path()
+                .join(format!("daemon-{}.log", std::process::id())),
+        )
+        .unwrap();
+        let child = bin()
+            .args(["run", "--config"])
+            .arg(self.dir.path().join("conf"))
+            .env("PORTCULLIS_LOG", "debug")
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for(
+            || self.cli(&["status"]).status.success(),
+            "the daemon to answer",
+        );
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("logs/access.log")
+    }
+
+    pub fn append(&self, text: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.log_path())
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = bin();
+        cmd.args(args)
+            .arg("--config")
+            .arg(self.dir.path().join("conf"));
+        cmd.output().unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.cli(&a);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn jail(&self, name: &str) -> serde_json::Value {
+        self.json(&["status", name])["jails"][0].clone()
+    }
+
+    pub fn bans(&self) -> Vec<String> {
+        let v = self.json(&["bans"]);
+        let mut out: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} {} {}",
+                    b["jail"].as_str().unwrap(),
+                    b["target"]["value"].as_str().unwrap(),
+                    b["count"]
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Waits until jail `name` has counted `n` matches (and fails if it passes `n`).
+    pub fn wait_matches(&self, name: &str, n: u64) {
+        wait_for(
+            || self.jail(name)["matches"].as_u64().unwrap() >= n,
+            &format!("{n} matches in {name}"),
+        );
+        assert_eq!(
+            self.jail(name)["matches"].as_u64().unwrap(),
+            n,
+            "matches in {name}"
+        );
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `cond` every 20 ms for up to 10 s.
+pub fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}

@@ -1,0 +1,309 @@
+//! The live daemon, as a real process against real files, driven by the real CLI.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn attacks(ip: &str, n: usize) -> String {
+    (0..n).map(|_| attack_line(ip)).collect()
+}
+
+#[test]
+fn appended_attack_lines_are_banned_and_manual_ban_unban_work() {
+    let d = Daemon::start(Daemon::config("append", 5, ""));
+    d.append(&attacks("203.0.113.5", 4));
+    d.wait_matches("auth", 4);
+    assert!(d.bans().is_empty(), "no ban below the threshold");
+    d.append(&attacks("203.0.113.5", 1));
+    wait_for(|| !d.bans().is_empty(), "the ban");
+    assert_eq!(d.bans(), ["auth 203.0.113.5/32 5"]);
+    // Allowlisted address: counted as ignored, never banned.
+    d.append(&attacks("127.0.0.1", 6));
+    wait_for(|| d.jail("auth")["ignored"] == 6, "ignored matches");
+    assert_eq!(d.bans().len(), 1);
+
+    // By hand.
+    let out = d.cli(&["ban", "198.51.100.0/24", "--jail", "auth", "--for", "10m"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(d.bans().len(), 2);
+    let out = d.cli(&["ban", "127.0.0.1", "--jail", "auth"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("allowlisted"), "{}", stderr(&out));
+    let out = d.cli(&["unban", "203.0.113.5"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(d.bans(), ["auth 198.51.100.0/24 0"]);
+    let out = d.cli(&["unban", "203.0.113.5"]);
+    assert!(!out.status.success(), "nothing left to unban");
+    // After a manual unban the address can be banned again by new attacks.
+    d.append(&attacks("203.0.113.5", 5));
+    wait_for(|| d.bans().len() == 2, "the second ban");
+    assert!(!d.cli(&["flush"]).status.success(), "flush asks for --yes");
+    assert!(d.cli(&["flush", "--yes"]).status.success());
+    assert!(d.bans().is_empty());
+}
+
+#[derive(Clone, Copy)]
+enum Rotation {
+    RenameCreate,
+    CopyTruncate,
+    DeleteRecreate,
+}
+
+fn rotate(d: &Daemon, how: Rotation) {
+    let log = d.log_path();
+    let rotated = d.dir.path().join("logs/access.log.1");
+    match how {
+        Rotation::RenameCreate => {
+            std::fs::rename(&log, &rotated).unwrap();
+            std::fs::write(&log, "").unwrap();
+        }
+        Rotation::CopyTruncate => {
+            std::fs::copy(&log, &rotated).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&log)
+                .unwrap();
+        }
+        Rotation::DeleteRecreate => {
+            std::fs::remove_file(&log).unwrap();
+            std::fs::write(&log, "").unwrap();
+        }
+    }
+}
+
+/// 4 matches, rotation, 5 more (9: no ban), then the 10th fires, exactly.
+fn rotation_keeps_exact_count(how: Rotation, tag: &str) {
+    let d = Daemon::start(Daemon::config(tag, 10, ""));
+    d.append(&attacks("203.0.113.7", 4));
+    d.wait_matches("auth", 4);
+    rotate(&d, how);
+    d.append(&attacks("203.0.113.7", 5));
+    d.wait_matches("auth", 9);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.bans().is_empty(), "9 matches must not ban");
+    d.append(&attacks("203.0.113.7", 1));
+    wait_for(|| !d.bans().is_empty(), "the ban at the 10th match");
+    assert_eq!(d.bans(), ["auth 203.0.113.7/32 10"]);
+    assert_eq!(d.jail("auth")["matches"], 10, "no line lost or doubled");
+}
+
+#[test]
+fn rotation_rename_and_create() {
+    rotation_keeps_exact_count(Rotation::RenameCreate, "rot-rename");
+}
+
+#[test]
+fn rotation_copytruncate() {
+    rotation_keeps_exact_count(Rotation::CopyTruncate, "rot-copytrunc");
+}
+
+#[test]
+fn rotation_delete_and_recreate() {
+    rotation_keeps_exact_count(Rotation::DeleteRecreate, "rot-delete");
+}
+
+/// The copytruncate race: right after the truncation the writer appends more
+/// bytes than the old read offset, before the daemon looks. A size check
+/// alone would read from the middle of the new content.
+#[test]
+fn copytruncate_race_loses_and_doubles_nothing() {
+    for round in 0..3 {
+        let d = Daemon::start(Daemon::config(&format!("race{round}"), 30, ""));
+        let other = |n| attacks("198.51.100.9", n);
+        d.append(&attacks("203.0.113.8", 3));
+        d.wait_matches("auth", 3);
+        // Unread lines, then copy + truncate + a burst longer than the old offset,
+        // all without giving the daemon a chance to look in between.
+        let log = d.log_path();
+        let mut text = std::fs::read_to_string(&log).unwrap();
+        text.push_str(&attacks("203.0.113.8", 2));
+        std::fs::write(d.dir.path().join("logs/access.log.1"), &text).unwrap();
+        std::fs::write(&log, other(8)).unwrap();
+        d.wait_matches("auth", 13);
+        let st = d.jail("auth");
+        assert_eq!(st["unparsed"], 0, "round {round}: no half line read: {st}");
+    }
+}
+
+#[test]
+fn kill9_keeps_bans_offsets_and_pending_matches() {
+    let mut d = Daemon::start(Daemon::config("kill9", 5, ""));
+    d.append(&attacks("203.0.113.9", 3));
+    d.wait_matches("auth", 3);
+    assert!(
+        d.cli(&["ban", "192.0.2.200", "--jail", "auth"])
+            .status
+            .success()
+    );
+    // Let the position of those 3 lines be saved (once a second).
+    std::thread::sleep(Duration::from_millis(1300));
+    // A 4th line, then kill -9 before its offset is likely saved.
+    d.append(&attacks("203.0.113.9", 1));
+    d.wait_matches("auth", 4);
+    d.kill9();
+
+    d.spawn();
+    // The restart re-reads the window (3 lines) and the unsaved 4th line once:
+    // 4 matches, not 5, so no ban yet.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        d.bans(),
+        ["auth 192.0.2.200/32 0"],
+        "the manual ban survived; no early ban"
+    );
+    // The 5th line after the restart reaches maxretry.
+    d.append(&attacks("203.0.113.9", 1));
+    wait_for(|| d.bans().len() == 2, "the ban at the 5th match");
+    assert_eq!(d.bans(), ["auth 192.0.2.200/32 0", "auth 203.0.113.9/32 5"]);
+
+    // And after another kill -9, both bans are still there, nothing re-fires.
+    d.kill9();
+    d.spawn();
+    assert_eq!(d.bans(), ["auth 192.0.2.200/32 0", "auth 203.0.113.9/32 5"]);
+}
+
+#[test]
+fn clean_restart_resumes_where_it_stopped() {
+    let mut d = Daemon::start(Daemon::config("restart", 5, ""));
+    d.append(&attacks("203.0.113.10", 2));
+    d.wait_matches("auth", 2);
+    d.stop();
+    // Written while the daemon is down: read at the next start, not skipped.
+    d.append(&attacks("203.0.113.10", 2));
+    d.spawn();
+    wait_for(
+        || d.jail("auth")["matches"].as_u64() == Some(4),
+        "4 matches after restart",
+    );
+    assert!(d.bans().is_empty());
+    d.append(&attacks("203.0.113.10", 1));
+    wait_for(|| d.bans().len() == 1, "the ban");
+    assert_eq!(d.bans(), ["auth 203.0.113.10/32 5"]);
+}
+
+#[test]
+fn reload_with_a_broken_config_keeps_the_running_one() {
+    let d = Daemon::start(Daemon::config("reload", 3, ""));
+    d.append(&attacks("203.0.113.11", 2));
+    d.wait_matches("auth", 2);
+    let broken = d
+        .dir
+        .write("conf/jails.d/broken.toml", "[oops]\nfilter = \"atuh\"\n");
+    let out = d.cli(&["reload"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown filter `atuh`; did you mean `auth`?"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("running config is kept"),
+        "{}",
+        stderr(&out)
+    );
+    // Still running the old config, counters intact.
+    d.append(&attacks("203.0.113.11", 1));
+    wait_for(|| d.bans().len() == 1, "a ban by the old config");
+
+    // A good reload keeps the counters of unchanged jails.
+    std::fs::remove_file(broken).unwrap();
+    d.dir.write(
+        "conf/jails.d/second.toml",
+        &format!(
+            "[second]\nfilter = \"auth\"\nlogpath = \"{}\"\nmaxretry = 100\n",
+            d.log_path().display()
+        ),
+    );
+    d.append(&attacks("203.0.113.12", 2));
+    d.wait_matches("auth", 5);
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("counters kept for [\"auth\"]"),
+        "{}",
+        stdout(&out)
+    );
+    d.append(&attacks("203.0.113.12", 1));
+    wait_for(
+        || d.bans().len() == 2,
+        "2 before the reload + 1 after = maxretry 3",
+    );
+    assert_eq!(d.jail("second")["matches"], 1);
+    assert_eq!(d.bans().len(), 2, "bans are kept across reloads");
+}
+
+#[test]
+fn sighup_reloads() {
+    let d = Daemon::start(Daemon::config("sighup", 3, ""));
+    d.dir.write(
+        "conf/jails.d/second.toml",
+        &format!(
+            "[second]\nfilter = \"auth\"\nlogpath = \"{}\"\nmaxretry = 2\n",
+            d.log_path().display()
+        ),
+    );
+    unsafe { libc::kill(d.child.as_ref().unwrap().id() as i32, libc::SIGHUP) };
+    wait_for(
+        || d.cli(&["status", "second"]).status.success(),
+        "the new jail after SIGHUP",
+    );
+}
+
+#[test]
+fn not_running_is_said_plainly() {
+    let dir = TempDir::new("norun");
+    let out = bin()
+        .args(["status", "--socket"])
+        .arg(dir.path().join("none.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("portcullis is not running"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn socket_refuses_non_root_peers() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot run a peer as another user here (CI runs as root)");
+        return;
+    }
+    let d = Daemon::start(Daemon::config("peer", 5, ""));
+    let sock = d.dir.path().join("ctl.sock");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let as_nobody = || {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["status", "--socket"])
+            .arg(&sock)
+            .output()
+            .unwrap()
+    };
+    // The temp dir must be traversable for the peer to reach the socket at all.
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = as_nobody();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    // Even with the file mode opened up, the daemon checks the peer's uid.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_nobody();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("uid 65534 may not use the control socket"),
+        "{}",
+        stderr(&out)
+    );
+}
