@@ -307,3 +307,152 @@ fn socket_refuses_non_root_peers() {
         stderr(&out)
     );
 }
+
+#[test]
+fn exec_action_runs_on_ban_and_on_expiry() {
+    let dir = Daemon::config("exec", 3, "action = [\"log\", \"record\"]\n");
+    let jail = std::fs::read_to_string(dir.path().join("conf/jails.d/auth.toml")).unwrap();
+    dir.write(
+        "conf/jails.d/auth.toml",
+        &jail.replace("bantime = \"1h\"", "bantime = \"2s\""),
+    );
+    let out = dir.path().join("actions.txt");
+    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
+    let (main, defaults) = main.split_once("[defaults]").unwrap();
+    let script = dir.write(
+        "record.sh",
+        &format!("#!/bin/sh\necho \"$@\" >> {}\n", out.display()),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir.write(
+        "conf/portcullis.toml",
+        &format!(
+            "{main}[actions.record]\ntype = \"exec\"\nban = [\"{s}\", \"ban\", \"{{target}}\", \"{{jail}}\", \"{{bantime}}\"]\nunban = [\"{s}\", \"unban\", \"{{target}}\"]\ntimeout = \"5s\"\n[defaults]{defaults}",
+            s = script.display()
+        ),
+    );
+    let d = Daemon::start(dir);
+    d.append(&attacks("203.0.113.20", 3));
+    wait_for(
+        || std::fs::read_to_string(&out).is_ok_and(|t| t.contains("ban 203.0.113.20 auth 2")),
+        "the ban hook",
+    );
+    // The ban expires after 2 s: the unban hook runs, the ban is gone.
+    wait_for(
+        || std::fs::read_to_string(&out).is_ok_and(|t| t.contains("unban 203.0.113.20")),
+        "the unban hook",
+    );
+    assert!(d.bans().is_empty());
+    let status = d.json(&["status"]);
+    assert!(
+        status["actions"]["record"]["batches_ok"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+}
+
+#[test]
+fn dry_run_bans_nothing() {
+    let d = Daemon::start(Daemon::config("dry", 2, "dry_run = true\n"));
+    d.append(&attacks("203.0.113.21", 5));
+    d.wait_matches("auth", 5);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.bans().is_empty());
+    assert_eq!(d.json(&["status"])["ledger"]["dry_run"], 1);
+}
+
+#[test]
+fn ban_rate_cap_holds_decisions() {
+    let dir = Daemon::config("cap", 1, "");
+    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
+    dir.write(
+        "conf/portcullis.toml",
+        &format!("max_bans_per_minute = 5\n{main}"),
+    );
+    let d = Daemon::start(dir);
+    let lines: String = (1..=20)
+        .map(|i| attack_line(&format!("198.18.0.{i}")))
+        .collect();
+    d.append(&lines);
+    d.wait_matches("auth", 20);
+    wait_for(
+        || d.json(&["status"])["ledger"]["held"] == 15,
+        "15 held decisions",
+    );
+    assert_eq!(d.bans().len(), 5, "no more than max_bans_per_minute");
+}
+
+#[test]
+fn files_that_appear_later_and_globs_are_followed() {
+    let dir = Daemon::config("glob", 2, "");
+    let logs = dir.path().join("logs");
+    std::fs::remove_file(logs.join("access.log")).unwrap();
+    dir.write(
+        "conf/jails.d/vhosts.toml",
+        &format!(
+            "[vhosts]\nfilter = \"auth\"\nlogpath = \"{}/vhost-*.log\"\nmaxretry = 2\n",
+            logs.display()
+        ),
+    );
+    let d = Daemon::start(dir);
+    // The literal path appears after the start: read from its beginning.
+    std::fs::write(logs.join("access.log"), attacks("203.0.113.30", 2)).unwrap();
+    wait_for(
+        || d.bans().iter().any(|b| b.contains("203.0.113.30")),
+        "a ban from the late file",
+    );
+    // A new file matching the glob is picked up.
+    std::fs::write(logs.join("vhost-b.log"), attacks("203.0.113.31", 2)).unwrap();
+    wait_for(
+        || {
+            d.bans()
+                .iter()
+                .any(|b| b.starts_with("vhosts 203.0.113.31"))
+        },
+        "a ban from the glob",
+    );
+}
+
+#[test]
+fn long_lines_partial_lines_and_bad_utf8_do_not_stop_the_stream() {
+    let dir = Daemon::config("edges", 2, "");
+    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
+    dir.write(
+        "conf/portcullis.toml",
+        &format!("max_line_bytes = 1024\n{main}"),
+    );
+    let d = Daemon::start(dir);
+    let mut bytes = vec![b'x'; 5000];
+    bytes.push(b'\n');
+    bytes.extend_from_slice(b"\xff\xfe not utf8 \xc3\n");
+    let line = attack_line("203.0.113.40");
+    let (head, tail) = line.split_at(30);
+    bytes.extend_from_slice(head.as_bytes());
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.log_path())
+            .unwrap();
+        f.write_all(&bytes).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        d.jail("auth")["matches"],
+        0,
+        "a partial line waits for its newline"
+    );
+    d.append(tail);
+    d.append(&attack_line("203.0.113.40"));
+    wait_for(|| d.bans().len() == 1, "the ban after the odd lines");
+    let st = d.json(&["status", "auth"]);
+    let reasons = &st["jails"][0]["sources"][0]["parse"]["reasons"];
+    assert_eq!(
+        reasons["line longer than max_line_bytes"]["count"], 1,
+        "{reasons}"
+    );
+    assert_eq!(
+        reasons["invalid UTF-8 (decoded lossily)"]["count"], 1,
+        "{reasons}"
+    );
+}
