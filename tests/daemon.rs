@@ -456,3 +456,22 @@ fn long_lines_partial_lines_and_bad_utf8_do_not_stop_the_stream() {
         "{reasons}"
     );
 }
+
+#[test]
+fn bans_that_expire_while_down_are_gone_after_restart() {
+    let mut d = Daemon::start(Daemon::config("expire-down", 5, ""));
+    assert!(
+        d.cli(&["ban", "192.0.2.1", "--jail", "auth", "--for", "1s"])
+            .status
+            .success()
+    );
+    assert!(
+        d.cli(&["ban", "192.0.2.2", "--jail", "auth", "--for", "1h"])
+            .status
+            .success()
+    );
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(1500));
+    d.spawn();
+    assert_eq!(d.bans(), ["auth 192.0.2.2/32 0"]);
+}
