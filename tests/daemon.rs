@@ -475,3 +475,52 @@ fn bans_that_expire_while_down_are_gone_after_restart() {
     d.spawn();
     assert_eq!(d.bans(), ["auth 192.0.2.2/32 0"]);
 }
+
+#[test]
+fn rotation_while_down_finishes_the_old_file_first() {
+    let mut d = Daemon::start(Daemon::config("rot-down", 6, ""));
+    d.append(&attacks("203.0.113.50", 2));
+    d.wait_matches("auth", 2);
+    d.stop();
+    // While stopped: one more line in the old file, then rename + create, and one line in the new file.
+    d.append(&attacks("203.0.113.50", 1));
+    std::fs::rename(d.log_path(), d.dir.path().join("logs/access.log.1")).unwrap();
+    std::fs::write(d.log_path(), attacks("203.0.113.50", 1)).unwrap();
+    d.spawn();
+    // 2 re-read to rebuild the window, 1 finished from access.log.1, 1 from the new file.
+    wait_for(
+        || d.jail("auth")["matches"].as_u64() == Some(4),
+        "4 matches",
+    );
+    d.append(&attacks("203.0.113.50", 1));
+    d.wait_matches("auth", 5);
+    assert!(d.bans().is_empty(), "5 < maxretry 6");
+    d.append(&attacks("203.0.113.50", 1));
+    wait_for(
+        || d.bans() == ["auth 203.0.113.50/32 6"],
+        "the ban at exactly 6",
+    );
+}
+
+#[test]
+fn read_from_start_and_symlinked_logpath() {
+    let dir = Daemon::config("start", 3, "read_from = \"start\"\n");
+    // The jail's logpath becomes a symlink to the real file, which already has lines.
+    let real = dir.path().join("logs/real.log");
+    std::fs::write(&real, attacks("203.0.113.60", 3)).unwrap();
+    let link = dir.path().join("logs/access.log");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let d = Daemon::start(dir);
+    wait_for(
+        || d.bans() == ["auth 203.0.113.60/32 3"],
+        "a ban from lines written before the start",
+    );
+    // Re-pointing the symlink at a new file is a rotation.
+    let next = d.dir.path().join("logs/real-2.log");
+    std::fs::write(&next, attacks("203.0.113.61", 3)).unwrap();
+    let tmp_link = d.dir.path().join("logs/tmp.link");
+    std::os::unix::fs::symlink(&next, &tmp_link).unwrap();
+    std::fs::rename(&tmp_link, &link).unwrap();
+    wait_for(|| d.bans().len() == 2, "a ban from the new symlink target");
+}
