@@ -36,6 +36,7 @@ fn readme_documents_every_config_key() {
         ("[formats.NAME]", keys_of::<FormatConfig>()),
         ("filters.d", keys_of::<FilterConfig>()),
         ("jails.d", keys_of::<JailConfig>()),
+        ("[firewall]", keys_of::<portcullis::act::FirewallConfig>()),
     ] {
         assert!(keys.len() > 3, "{what}: {keys:?}");
         for k in keys {

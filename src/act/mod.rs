@@ -7,8 +7,10 @@
 //! actions come with their issues.
 
 mod exec;
+pub mod firewall;
 
 pub use exec::{ExecAction, ExecConfig};
+pub use firewall::{FirewallConfig, IpsetBackend, NftablesBackend};
 
 use crate::decide::Ban;
 use std::collections::BTreeMap;
@@ -33,6 +35,21 @@ pub trait Action: Send + Sync {
     fn name(&self) -> &str;
     /// Applies a batch. An error names what failed; the batch is not retried here.
     fn apply(&self, batch: &[Change]) -> Result<(), String>;
+    /// Checks at start that the action can work here (a tool exists, permissions).
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// At start (and reload): makes the world hold exactly `active`, in one batch.
+    fn reconcile(&self, active: &[Ban]) -> Result<(), String> {
+        let adds: Vec<Change> = active.iter().cloned().map(Change::Add).collect();
+        if adds.is_empty() {
+            Ok(())
+        } else {
+            self.apply(&adds)
+        }
+    }
+    /// At a clean stop.
+    fn shutdown(&self) {}
 }
 
 /// Writes each change to the log (the journal under systemd).
@@ -77,10 +94,16 @@ pub struct Outcome {
     pub result: Result<(), String>,
 }
 
-/// Runs actions on their own threads and reports outcomes through `report`.
+/// How long a worker waits for more changes before applying a batch, and
+/// how many changes one batch holds at most.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(3);
+const MAX_BATCH: usize = 20_000;
+
+/// Runs each action on its own worker thread, in order, and reports outcomes
+/// through `report`. Changes that arrive close together are applied as one
+/// batch (one nft transaction, say); a slow action only delays itself.
 pub struct Dispatcher {
-    actions: BTreeMap<String, Arc<dyn Action>>,
-    report: Arc<dyn Fn(Outcome) + Send + Sync>,
+    workers: BTreeMap<String, std::sync::mpsc::Sender<Vec<Change>>>,
 }
 
 impl Dispatcher {
@@ -88,11 +111,43 @@ impl Dispatcher {
         actions: BTreeMap<String, Arc<dyn Action>>,
         report: Arc<dyn Fn(Outcome) + Send + Sync>,
     ) -> Dispatcher {
-        Dispatcher { actions, report }
+        let mut workers = BTreeMap::new();
+        for (name, action) in actions {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<Change>>();
+            let report = report.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("action-{name}"))
+                .spawn(move || {
+                    while let Ok(mut batch) = rx.recv() {
+                        let deadline = std::time::Instant::now() + COALESCE;
+                        while batch.len() < MAX_BATCH {
+                            match rx.recv_timeout(
+                                deadline.saturating_duration_since(std::time::Instant::now()),
+                            ) {
+                                Ok(more) => batch.extend(more),
+                                Err(_) => break,
+                            }
+                        }
+                        let result = action.apply(&batch);
+                        report(Outcome {
+                            action: action.name().to_string(),
+                            changes: batch.len(),
+                            result,
+                        });
+                    }
+                });
+            match spawned {
+                Ok(_) => {
+                    workers.insert(name, tx);
+                }
+                Err(e) => tracing::error!(action = name, "cannot start action worker: {e}"),
+            }
+        }
+        Dispatcher { workers }
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.actions.keys().map(String::as_str)
+        self.workers.keys().map(String::as_str)
     }
 
     /// Sends each change to the actions its jail uses (`actions_of(jail)`).
@@ -104,23 +159,16 @@ impl Dispatcher {
             }
         }
         for (name, batch) in per_action {
-            let Some(action) = self.actions.get(name).cloned() else {
-                tracing::error!(action = name, "unknown action; changes not applied");
-                continue;
-            };
-            let report = self.report.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("action-{name}"))
-                .spawn(move || {
-                    let result = action.apply(&batch);
-                    report(Outcome {
-                        action: action.name().to_string(),
-                        changes: batch.len(),
-                        result,
-                    });
-                });
-            if let Err(e) = spawned {
-                tracing::error!(action = name, "cannot start action thread: {e}");
+            match self.workers.get(name) {
+                Some(w) => {
+                    if w.send(batch).is_err() {
+                        tracing::error!(
+                            action = name,
+                            "action worker is gone; changes not applied"
+                        );
+                    }
+                }
+                None => tracing::error!(action = name, "unknown action; changes not applied"),
             }
         }
     }

@@ -49,6 +49,8 @@ pub struct MainConfig {
     /// A group (name or gid) whose members may use the control socket (mode 0660).
     /// Default: root only (mode 0600).
     pub control_group: Option<String>,
+    /// Enforcement in the kernel: the `firewall` action (nftables or ipset).
+    pub firewall: Option<crate::act::FirewallConfig>,
     /// Named actions usable in a jail's `action`.
     #[serde(default)]
     pub actions: BTreeMap<String, ActionConfig>,

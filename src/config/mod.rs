@@ -353,8 +353,22 @@ fn resolve_jail(
     let actions: Vec<String> = match &jail.action {
         Some(list) => {
             for a in &list.0 {
-                if a.get_ref() != "log" && !main.actions.contains_key(a.get_ref()) {
-                    let names = main.actions.keys().map(String::as_str).chain(["log"]);
+                let builtin =
+                    a.get_ref() == "log" || (a.get_ref() == "firewall" && main.firewall.is_some());
+                if !builtin && !main.actions.contains_key(a.get_ref()) {
+                    if a.get_ref() == "firewall" {
+                        err(
+                            a.span(),
+                            "action `firewall` needs a `[firewall]` section in portcullis.toml"
+                                .into(),
+                        );
+                        continue;
+                    }
+                    let names = main
+                        .actions
+                        .keys()
+                        .map(String::as_str)
+                        .chain(["log", "firewall"]);
                     let hint = suggest(a.get_ref(), names);
                     err(a.span(), format!("unknown action `{}`{hint}", a.get_ref()));
                 }

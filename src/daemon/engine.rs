@@ -62,6 +62,7 @@ pub struct Engine {
     ledger: Ledger,
     store: Store,
     dispatcher: Dispatcher,
+    actions: Vec<Arc<dyn Action>>,
     tx: Sender<Msg>,
     last_decision: HashMap<String, (i64, String)>,
     action_stats: BTreeMap<String, ActionStats>,
@@ -69,20 +70,65 @@ pub struct Engine {
     last_held_alert: Option<Instant>,
 }
 
-fn build_actions(config: &Config, tx: &Sender<Msg>) -> Result<Dispatcher, String> {
+/// Builds every action, checks each can work here, and reconciles it with
+/// the active bans of the jails that use it (one batch each).
+fn build_actions(
+    config: &Config,
+    tx: &Sender<Msg>,
+    active: &[Ban],
+) -> Result<(Dispatcher, Vec<Arc<dyn Action>>), String> {
     let mut actions: BTreeMap<String, Arc<dyn Action>> = BTreeMap::new();
     actions.insert("log".into(), Arc::new(LogAction));
+    if let Some(fw) = &config.main.firewall {
+        let backend: Arc<dyn Action> = match fw.backend {
+            crate::act::firewall::Backend::Nftables => {
+                Arc::new(crate::act::NftablesBackend::new(fw, &config.ignore))
+            }
+            crate::act::firewall::Backend::Ipset => {
+                Arc::new(crate::act::IpsetBackend::new(fw, &config.ignore))
+            }
+        };
+        actions.insert("firewall".into(), backend);
+    }
     for (name, a) in &config.main.actions {
         let action: Arc<dyn Action> = match a {
             ActionConfig::Exec(c) => Arc::new(ExecAction::new(name, c.clone())?),
         };
         actions.insert(name.clone(), action);
     }
+    for (name, action) in &actions {
+        action
+            .check()
+            .map_err(|e| format!("action `{name}`: {e}"))?;
+        let mine: Vec<Ban> = active
+            .iter()
+            .filter(|b| {
+                config
+                    .jails
+                    .iter()
+                    .any(|j| j.spec.name == b.jail && j.actions.contains(name))
+            })
+            .cloned()
+            .collect();
+        let t = Instant::now();
+        action
+            .reconcile(&mine)
+            .map_err(|e| format!("action `{name}`: reconciling {} bans: {e}", mine.len()))?;
+        if !mine.is_empty() {
+            tracing::info!(
+                action = name,
+                bans = mine.len(),
+                elapsed_ms = t.elapsed().as_millis() as u64,
+                "re-applied active bans"
+            );
+        }
+    }
+    let all: Vec<Arc<dyn Action>> = actions.values().cloned().collect();
     let tx = std::sync::Mutex::new(tx.clone());
     let report = Arc::new(move |o: Outcome| {
         let _ = tx.lock().map(|t| t.send(Msg::ActionDone(o)));
     });
-    Ok(Dispatcher::new(actions, report))
+    Ok((Dispatcher::new(actions, report), all))
 }
 
 /// Paths to follow, each with the indices of the jails reading it.
@@ -137,7 +183,12 @@ impl Engine {
         let offences: Vec<(String, u32)> = store.load(Table::Offences)?;
         let active = ledger.restore(bans, offences, now_secs());
         store.apply(&ledger.take_writes())?;
-        let dispatcher = build_actions(&config, &tx)?;
+        tracing::info!(
+            bans = active.len(),
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "loaded active bans"
+        );
+        let (dispatcher, actions) = build_actions(&config, &tx, &active)?;
         let jails = select_jails(&config, &[])?;
         let mut engine = Engine {
             config_dir,
@@ -147,6 +198,7 @@ impl Engine {
             ledger,
             store,
             dispatcher,
+            actions,
             tx,
             last_decision: HashMap::new(),
             action_stats: BTreeMap::new(),
@@ -400,6 +452,9 @@ impl Engine {
         self.poll_files();
         let p = self.positions();
         self.persist(p);
+        for a in &self.actions {
+            a.shutdown();
+        }
         tracing::info!("stopped; bans stay in place and are re-applied at the next start");
     }
 
@@ -429,7 +484,8 @@ impl Engine {
                 .join("\n")
         })?;
         let jails = select_jails(&config, &[])?;
-        let dispatcher = build_actions(&config, &self.tx)?;
+        let active: Vec<Ban> = self.ledger.bans().cloned().collect();
+        let (dispatcher, actions) = build_actions(&config, &self.tx, &active)?;
         let mut pipeline = Pipeline::new(&config, jails);
         let kept_jails = pipeline.adopt_unchanged(&mut self.pipeline);
         // Keep open tails (and their positions) for paths still followed.
@@ -448,6 +504,7 @@ impl Engine {
             config.main.max_bans_per_minute.unwrap_or(300),
         );
         self.dispatcher = dispatcher;
+        self.actions = actions;
         self.config = config;
         self.open_sources(&HashMap::new(), &mut kept)?;
         tracing::info!(kept = ?kept_jails, "config reloaded");

@@ -57,6 +57,10 @@ impl NetSet {
         self.nets.is_empty()
     }
 
+    pub fn nets(&self) -> &[IpNet] {
+        &self.nets
+    }
+
     /// Whether any network of the set and `net` share an address.
     pub fn overlaps(&self, net: &IpNet) -> bool {
         self.nets

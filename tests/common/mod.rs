@@ -98,6 +98,8 @@ pub fn decision_keys(ds: &[serde_json::Value]) -> Vec<(String, String, u64, Stri
 pub struct Daemon {
     pub dir: TempDir,
     pub child: Option<std::process::Child>,
+    /// Command prefix, e.g. `ip netns exec NS`.
+    prefix: Vec<String>,
 }
 
 /// A `combined` line from `ip` with status 401. Each line is distinct (a
@@ -125,7 +127,8 @@ impl Daemon {
         dir.write(
             "conf/jails.d/auth.toml",
             &format!(
-                "[auth]\nfilter = \"auth\"\nlogpath = \"{d}/logs/access.log\"\nmaxretry = {maxretry}\nfindtime = \"1h\"\nbantime = \"1h\"\n{extra_jail}"
+                "[auth]\nfilter = \"auth\"\nlogpath = \"{d}/logs/access.log\"\nmaxretry = {maxretry}\nfindtime = \"1h\"\n{}{extra_jail}",
+                if extra_jail.contains("bantime =") { "" } else { "bantime = \"1h\"\n" }
             ),
         );
         dir.write("logs/access.log", "");
@@ -133,7 +136,16 @@ impl Daemon {
     }
 
     pub fn start(dir: TempDir) -> Daemon {
-        let mut d = Daemon { dir, child: None };
+        Daemon::start_in(dir, &[])
+    }
+
+    /// Starts the daemon under a command prefix (`ip netns exec NS`).
+    pub fn start_in(dir: TempDir, prefix: &[&str]) -> Daemon {
+        let mut d = Daemon {
+            dir,
+            child: None,
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
+        };
         d.spawn();
         d
     }
@@ -145,7 +157,15 @@ impl Daemon {
                 .join(format!("daemon-{}.log", std::process::id())),
         )
         .unwrap();
-        let child = bin()
+        let mut cmd = match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_portcullis"));
+                c
+            }
+            None => bin(),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(self.dir.path().join("conf"))
             .env("PORTCULLIS_LOG", "debug")

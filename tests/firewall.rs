@@ -1,0 +1,467 @@
+//! Enforcement on real packets: network namespaces made by the test, a veth
+//! pair, an HTTP server and the daemon (with its nft or ipset) in one
+//! namespace, a client in the other. Addresses are documentation ranges,
+//! inside those namespaces only.
+//!
+//! Needs root, `ip`, `nft`, `ipset`, `iptables`, `curl` and `python3`;
+//! `.ci/run` installs them, and in CI (`CI` set) a missing one fails the test.
+
+mod common;
+use common::*;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn sh(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn must(args: &[&str]) {
+    let out = sh(args);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+}
+
+/// Whether this machine can run these tests; in CI it must.
+fn prerequisites() -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    let tools = ["ip", "nft", "ipset", "iptables", "curl", "python3"]
+        .iter()
+        .all(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if root && tools {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the firewall tests: need root and ip, nft, ipset, iptables, curl, python3"
+    );
+    eprintln!("skipping: needs root and ip, nft, ipset, iptables, curl, python3");
+    false
+}
+
+/// Two namespaces joined by a veth pair; removed on drop.
+struct Net {
+    srv: String,
+    cli: String,
+    http: Option<std::process::Child>,
+}
+
+impl Net {
+    fn new() -> Net {
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let (srv, cli) = (format!("pcs{id}"), format!("pcc{id}"));
+        let (vs, vc) = (format!("vs{id}"), format!("vc{id}"));
+        must(&["ip", "netns", "add", &srv]);
+        must(&["ip", "netns", "add", &cli]);
+        let net = Net {
+            srv: srv.clone(),
+            cli: cli.clone(),
+            http: None,
+        };
+        must(&[
+            "ip", "link", "add", &vs, "type", "veth", "peer", "name", &vc,
+        ]);
+        must(&["ip", "link", "set", &vs, "netns", &srv]);
+        must(&["ip", "link", "set", &vc, "netns", &cli]);
+        for (ns, dev, addrs) in [
+            (
+                &srv,
+                &vs,
+                vec!["192.0.2.1/24", "2001:db8:1::1/64", "2001:db8:2::1/64"],
+            ),
+            (
+                &cli,
+                &vc,
+                vec![
+                    "192.0.2.2/24",
+                    "192.0.2.3/24",
+                    "192.0.2.4/24",
+                    "2001:db8:1::2/64",
+                    "2001:db8:1::3/64",
+                    "2001:db8:2::2/64",
+                ],
+            ),
+        ] {
+            for a in addrs {
+                let mut args = vec![
+                    "ip", "netns", "exec", ns, "ip", "addr", "add", a, "dev", dev,
+                ];
+                if a.contains(':') {
+                    args.push("nodad");
+                }
+                must(&args);
+            }
+            must(&["ip", "netns", "exec", ns, "ip", "link", "set", dev, "up"]);
+            must(&["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
+        }
+        net
+    }
+
+    fn start_http(&mut self) {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.srv,
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "::",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.http = Some(child);
+        wait_for(|| self.get("192.0.2.2", "192.0.2.1"), "the HTTP server");
+    }
+
+    /// An HTTP GET from `src` in the client namespace; true on a 200.
+    fn get(&self, src: &str, dst: &str) -> bool {
+        let url = if dst.contains(':') {
+            format!("http://[{dst}]:8080/")
+        } else {
+            format!("http://{dst}:8080/")
+        };
+        let out = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.cli,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "0.5",
+            "--interface",
+            src,
+            &url,
+        ]);
+        stdout(&out) == "200"
+    }
+
+    fn nft_elements(&self, set: &str) -> Vec<String> {
+        let out = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.srv,
+            "nft",
+            "-j",
+            "list",
+            "set",
+            "inet",
+            "portcullis",
+            set,
+        ]);
+        if !out.status.success() {
+            return vec![];
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut elems = Vec::new();
+        for item in v["nftables"].as_array().unwrap() {
+            for e in item["set"]["elem"].as_array().into_iter().flatten() {
+                let val = &e["elem"]["val"];
+                let text = match val {
+                    serde_json::Value::String(s) => s.clone(),
+                    _ if val["prefix"].is_object() => format!(
+                        "{}/{}",
+                        val["prefix"]["addr"].as_str().unwrap(),
+                        val["prefix"]["len"]
+                    ),
+                    _ if e.is_string() => e.as_str().unwrap().to_string(),
+                    other => other.to_string(),
+                };
+                elems.push(text);
+            }
+            if let Some(arr) = item["set"]["elem"].as_array() {
+                for e in arr.iter().filter(|e| e.is_string()) {
+                    elems.push(e.as_str().unwrap().to_string());
+                }
+            }
+        }
+        elems.sort();
+        elems.dedup();
+        elems
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if let Some(mut h) = self.http.take() {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+        let _ = sh(&["ip", "netns", "del", &self.srv]);
+        let _ = sh(&["ip", "netns", "del", &self.cli]);
+    }
+}
+
+/// A daemon in the server namespace with the firewall action.
+fn daemon(net: &Net, tag: &str, jail_extra: &str, firewall: &str) -> Daemon {
+    let dir = Daemon::config(
+        tag,
+        3,
+        &format!("action = [\"log\", \"firewall\"]\n{jail_extra}"),
+    );
+    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
+    let main = main.replace(
+        "ignore = [\"127.0.0.1\"]",
+        "ignore = [\"127.0.0.1\", \"192.0.2.3\"]",
+    );
+    let (head, defaults) = main.split_once("[defaults]").unwrap();
+    dir.write(
+        "conf/portcullis.toml",
+        &format!("{head}[firewall]\n{firewall}\n[defaults]{defaults}"),
+    );
+    Daemon::start_in(dir, &["ip", "netns", "exec", &net.srv])
+}
+
+#[test]
+fn nft_ban_drops_unban_restores_and_expiry_removes() {
+    if !prerequisites() {
+        return;
+    }
+    let mut net = Net::new();
+    net.start_http();
+    let d = daemon(
+        &net,
+        "nft-basic",
+        "bantime = \"4s\"\n",
+        "backend = \"nftables\"",
+    );
+    assert!(
+        net.get("192.0.2.2", "192.0.2.1"),
+        "reachable before any ban"
+    );
+    d.append(&(0..3).map(|_| attack_line("192.0.2.2")).collect::<String>());
+    wait_for(
+        || !net.get("192.0.2.2", "192.0.2.1"),
+        "packets from the banned client to be dropped",
+    );
+    assert_eq!(net.nft_elements("addr4"), ["192.0.2.2"]);
+    assert!(
+        net.get("192.0.2.4", "192.0.2.1"),
+        "another client still gets through"
+    );
+
+    assert!(d.cli(&["unban", "192.0.2.2"]).status.success());
+    wait_for(
+        || net.get("192.0.2.2", "192.0.2.1"),
+        "a response after unban",
+    );
+    assert!(net.nft_elements("addr4").is_empty());
+
+    // Banned again; after its 4 s the element is gone and traffic flows.
+    d.append(&(0..3).map(|_| attack_line("192.0.2.2")).collect::<String>());
+    wait_for(|| !net.get("192.0.2.2", "192.0.2.1"), "the second ban");
+    wait_for(
+        || net.nft_elements("addr4").is_empty(),
+        "the element to expire",
+    );
+    assert!(net.get("192.0.2.2", "192.0.2.1"));
+    let ruleset = stdout(&sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.srv,
+        "nft",
+        "list",
+        "table",
+        "inet",
+        "portcullis",
+    ]));
+    assert!(
+        ruleset.contains("ip saddr @addr4 counter packets"),
+        "{ruleset}"
+    );
+}
+
+/// Counts successful TCP connects from `src` during `secs` seconds.
+fn prober(net: &Net, src: &str, secs: f64) -> std::process::Child {
+    let code = format!(
+        "import socket,time\nok=0\nend=time.time()+{secs}\nwhile time.time()<end:\n s=socket.socket()\n s.settimeout(0.05)\n s.bind(('{src}',0))\n try:\n  s.connect(('192.0.2.1',8080)); ok+=1\n except Exception: pass\n s.close()\n time.sleep(0.01)\nprint(ok)\n"
+    );
+    Command::new("ip")
+        .args(["netns", "exec", &net.cli, "python3", "-c", &code])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn nft_kill9_keeps_enforcing_and_restarts_leave_no_gap() {
+    if !prerequisites() {
+        return;
+    }
+    let mut net = Net::new();
+    net.start_http();
+    let mut d = daemon(&net, "nft-restart", "", "backend = \"nftables\"");
+    assert!(
+        d.cli(&["ban", "192.0.2.2", "--jail", "auth"])
+            .status
+            .success()
+    );
+    wait_for(
+        || !net.get("192.0.2.2", "192.0.2.1"),
+        "the manual ban to drop packets",
+    );
+
+    d.kill9();
+    assert!(
+        !net.get("192.0.2.2", "192.0.2.1"),
+        "still dropped with the daemon killed"
+    );
+    d.spawn();
+    assert_eq!(
+        net.nft_elements("addr4"),
+        ["192.0.2.2"],
+        "reconciled without duplicates"
+    );
+
+    // Clean stop + start while a prober hammers the server: not one connect gets through.
+    let probe = prober(&net, "192.0.2.2", 3.0);
+    std::thread::sleep(Duration::from_millis(300));
+    d.stop();
+    assert_eq!(
+        net.nft_elements("addr4"),
+        ["192.0.2.2"],
+        "bans stay in place when stopped"
+    );
+    d.spawn();
+    let out = probe.wait_with_output().unwrap();
+    assert_eq!(
+        stdout(&out).trim(),
+        "0",
+        "connections that got through during stop/start"
+    );
+    assert!(
+        net.get("192.0.2.4", "192.0.2.1"),
+        "other clients unaffected"
+    );
+}
+
+#[test]
+fn nft_ipv6_prefix_ban_covers_the_64_only() {
+    if !prerequisites() {
+        return;
+    }
+    let mut net = Net::new();
+    net.start_http();
+    let d = daemon(&net, "nft-v6", "", "backend = \"nftables\"");
+    assert!(net.get("2001:db8:1::3", "2001:db8:1::1"));
+    d.append(
+        &(0..3)
+            .map(|_| attack_line("2001:db8:1::2"))
+            .collect::<String>(),
+    );
+    wait_for(|| !net.get("2001:db8:1::2", "2001:db8:1::1"), "the /64 ban");
+    assert!(
+        !net.get("2001:db8:1::3", "2001:db8:1::1"),
+        "another address of the same /64 is dropped"
+    );
+    assert!(
+        net.get("2001:db8:2::2", "2001:db8:2::1"),
+        "the neighbour /64 gets through"
+    );
+    assert_eq!(net.nft_elements("net6"), ["2001:db8:1::/64"]);
+}
+
+#[test]
+fn nft_allowlisted_address_is_never_dropped() {
+    if !prerequisites() {
+        return;
+    }
+    let mut net = Net::new();
+    net.start_http();
+    let d = daemon(&net, "nft-allow", "", "backend = \"nftables\"");
+    d.append(
+        &(0..10)
+            .map(|_| attack_line("192.0.2.3"))
+            .collect::<String>(),
+    );
+    wait_for(
+        || d.jail("auth")["ignored"] == 10,
+        "the allowlisted matches",
+    );
+    assert!(d.bans().is_empty());
+    assert!(net.get("192.0.2.3", "192.0.2.1"));
+    let out = d.cli(&["ban", "192.0.2.0/24", "--jail", "auth"]);
+    assert!(
+        !out.status.success(),
+        "a prefix covering an allowlisted address is refused"
+    );
+    // Even an element forced into the set by hand: the allow rule comes first.
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.srv,
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "portcullis",
+        "addr4",
+        "{ 192.0.2.3 }",
+    ]);
+    assert!(net.get("192.0.2.3", "192.0.2.1"));
+}
+
+#[test]
+fn ipset_backend_drops_and_unbans() {
+    if !prerequisites() {
+        return;
+    }
+    let mut net = Net::new();
+    net.start_http();
+    let d = daemon(&net, "ipset", "", "backend = \"ipset\"");
+    d.append(&(0..3).map(|_| attack_line("192.0.2.2")).collect::<String>());
+    wait_for(
+        || !net.get("192.0.2.2", "192.0.2.1"),
+        "the ipset ban to drop packets",
+    );
+    let list = stdout(&sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.srv,
+        "ipset",
+        "list",
+        "portcullis-addr4",
+    ]));
+    assert!(list.contains("192.0.2.2 timeout"), "{list}");
+    assert!(net.get("192.0.2.4", "192.0.2.1"));
+    d.append(
+        &(0..3)
+            .map(|_| attack_line("2001:db8:1::2"))
+            .collect::<String>(),
+    );
+    wait_for(
+        || !net.get("2001:db8:1::3", "2001:db8:1::1"),
+        "the IPv6 /64 ban through ip6tables",
+    );
+    assert!(d.cli(&["unban", "192.0.2.2"]).status.success());
+    wait_for(
+        || net.get("192.0.2.2", "192.0.2.1"),
+        "a response after unban",
+    );
+}
