@@ -110,7 +110,15 @@ fn start(dir: &Path, maxretry: u32) -> Daemon {
     };
     let sock = dir.join("ctl.sock");
     let t = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+    // Ready when the engine answers, not merely when the socket exists.
+    let ready = || {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["status", "--socket"])
+            .arg(&sock)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    while !ready() {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "daemon did not start"

@@ -465,3 +465,33 @@ fn ipset_backend_drops_and_unbans() {
         "a response after unban",
     );
 }
+
+#[test]
+fn nft_ten_thousand_addresses_at_once_are_all_in_the_set() {
+    if !prerequisites() {
+        return;
+    }
+    let net = Net::new();
+    let dir = Daemon::config("nft-10k", 1, "action = [\"log\", \"firewall\"]\n");
+    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
+    let (head, defaults) = main.split_once("[defaults]").unwrap();
+    dir.write(
+        "conf/portcullis.toml",
+        &format!("max_bans_per_minute = 20000\n{head}[firewall]\nbackend = \"nftables\"\n[defaults]{defaults}"),
+    );
+    let d = Daemon::start_in(dir, &["ip", "netns", "exec", &net.srv]);
+    let lines: String = (0..10_000u32)
+        .map(|i| attack_line(&std::net::Ipv4Addr::from(0xc612_0000 + i).to_string()))
+        .collect();
+    let t = std::time::Instant::now();
+    d.append(&lines);
+    wait_for(
+        || net.nft_elements("addr4").len() == 10_000,
+        "10,000 elements in the set",
+    );
+    eprintln!(
+        "10,000 bans in the nft set after {:?} (see benches/firewall.rs for the figure)",
+        t.elapsed()
+    );
+    assert_eq!(d.bans().len(), 10_000);
+}
