@@ -495,3 +495,79 @@ fn nft_ten_thousand_addresses_at_once_are_all_in_the_set() {
     );
     assert_eq!(d.bans().len(), 10_000);
 }
+
+#[test]
+fn nft_remove_on_stop_and_reject_verdict() {
+    if !prerequisites() {
+        return;
+    }
+    let mut net = Net::new();
+    net.start_http();
+    let mut d = daemon(
+        &net,
+        "nft-remove",
+        "",
+        "backend = \"nftables\"\nverdict = \"reject\"\nremove_on_stop = true",
+    );
+    assert!(
+        d.cli(&["ban", "192.0.2.2", "--jail", "auth"])
+            .status
+            .success()
+    );
+    wait_for(|| !net.get("192.0.2.2", "192.0.2.1"), "the ban");
+    let table = stdout(&sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.srv,
+        "nft",
+        "list",
+        "table",
+        "inet",
+        "portcullis",
+    ]));
+    assert!(
+        table.contains("counter packets") && table.contains("reject"),
+        "{table}"
+    );
+    d.stop();
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.srv,
+        "nft",
+        "list",
+        "table",
+        "inet",
+        "portcullis",
+    ]);
+    assert!(
+        !out.status.success(),
+        "the table is removed at a clean stop"
+    );
+    assert!(net.get("192.0.2.2", "192.0.2.1"));
+}
+
+#[test]
+fn missing_nft_is_a_clear_error_at_start() {
+    let dir = Daemon::config("no-nft", 3, "action = [\"firewall\"]\n");
+    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
+    let (head, defaults) = main.split_once("[defaults]").unwrap();
+    dir.write(
+        "conf/portcullis.toml",
+        &format!("{head}[firewall]\nbackend = \"nftables\"\n[defaults]{defaults}"),
+    );
+    let out = bin()
+        .args(["run", "--config"])
+        .arg(dir.path().join("conf"))
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`nft` not found: install the `nftables` package"),
+        "{}",
+        stderr(&out)
+    );
+}
