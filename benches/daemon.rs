@@ -41,6 +41,7 @@ fn restore_100k() {
                 count: 100,
                 offence: 1,
                 manual: false,
+                incident: None,
             };
             Write::put(Table::Bans, ban.key(), &ban)
         })

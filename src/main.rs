@@ -91,6 +91,16 @@ enum Command {
         #[command(flatten)]
         sock: SocketArg,
     },
+    /// Incident records, newest first; `incidents show ID` for one, complete.
+    Incidents {
+        #[command(subcommand)]
+        show: Option<IncidentCmd>,
+        /// Only those detected within this long, e.g. `24h`.
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        #[command(flatten)]
+        sock: SocketArg,
+    },
     /// Remove every ban.
     Flush {
         /// Confirm.
@@ -123,6 +133,16 @@ enum Command {
         /// Log files; `-` reads stdin.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IncidentCmd {
+    /// One incident: evidence, actions and their outcome, resolution.
+    Show {
+        id: String,
+        #[command(flatten)]
+        sock: SocketArg,
     },
 }
 
@@ -318,6 +338,15 @@ fn main() -> ExitCode {
                 d["jails"], d["kept_counters"]
             )
         }),
+        Command::Incidents {
+            show: Some(IncidentCmd::Show { id, sock }),
+            ..
+        } => ctl(&sock, Request::Incident { id }, render::incident),
+        Command::Incidents {
+            show: None,
+            since,
+            sock,
+        } => ctl(&sock, Request::Incidents { since }, render::incidents),
         Command::Flush { yes, sock } => {
             if !yes {
                 eprintln!(

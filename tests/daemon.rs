@@ -524,3 +524,56 @@ fn read_from_start_and_symlinked_logpath() {
     std::fs::rename(&tmp_link, &link).unwrap();
     wait_for(|| d.bans().len() == 2, "a ban from the new symlink target");
 }
+
+#[test]
+fn incidents_record_evidence_actions_and_resolution() {
+    let d = Daemon::start(Daemon::config("incidents", 3, ""));
+    d.append(&attacks("203.0.113.70", 3));
+    wait_for(|| d.bans().len() == 1, "the ban");
+    let list = d.json(&["incidents"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    wait_for(
+        || {
+            d.json(&["incidents", "show", &id])["actions"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        },
+        "the action outcome",
+    );
+    let inc = d.json(&["incidents", "show", &id]);
+    assert_eq!(inc["jail"], "auth");
+    assert_eq!(inc["kind"], "ban");
+    assert_eq!(inc["count"], 3);
+    assert_eq!(inc["target"]["value"], "203.0.113.70/32");
+    let ev = inc["evidence"].as_array().unwrap();
+    assert_eq!(ev.len(), 3);
+    assert!(ev[0]["file"].as_str().unwrap().ends_with("logs/access.log"));
+    assert_eq!(
+        ev[0]["offset"], 0,
+        "the first evidence line starts the file"
+    );
+    assert!(ev[2]["line"].as_str().unwrap().starts_with("203.0.113.70 "));
+    assert_eq!(inc["actions"][0]["action"], "log");
+    assert_eq!(inc["actions"][0]["ok"], true);
+    assert!(inc["resolved_at"].is_null());
+    let human = stdout(&d.cli(&["incidents", "show", &id]));
+    assert!(
+        human.contains("undo with: portcullis unban 203.0.113.70 --jail auth"),
+        "{human}"
+    );
+
+    assert!(d.cli(&["unban", "203.0.113.70"]).status.success());
+    let inc = d.json(&["incidents", "show", &id]);
+    assert_eq!(inc["resolution"], "unbanned by hand");
+    // A manual ban is an incident too; --since filters by detection time.
+    assert!(
+        d.cli(&["ban", "key:leaked-1", "--jail", "auth", "--for", "1h"])
+            .status
+            .success()
+    );
+    let list = d.json(&["incidents", "--since", "1h"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[0]["kind"], "manual", "newest first");
+    assert!(!d.cli(&["incidents", "show", "nope"]).status.success());
+}

@@ -162,6 +162,7 @@ mod tests {
             count: 5,
             offence: 1,
             manual: false,
+            incident: None,
         }
     }
 

@@ -715,6 +715,7 @@ mod tests {
             count: 1,
             offence: 1,
             manual: false,
+            incident: None,
         }
     }
 

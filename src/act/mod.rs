@@ -92,6 +92,8 @@ pub struct Outcome {
     pub action: String,
     pub changes: usize,
     pub result: Result<(), String>,
+    /// Incidents the batch touched, with `ban` or `unban`.
+    pub incidents: Vec<(String, &'static str)>,
 }
 
 /// How long a worker waits for more changes before applying a batch, and
@@ -128,11 +130,23 @@ impl Dispatcher {
                                 Err(_) => break,
                             }
                         }
+                        let incidents = batch
+                            .iter()
+                            .filter_map(|c| {
+                                let kind = if matches!(c, Change::Add(_)) {
+                                    "ban"
+                                } else {
+                                    "unban"
+                                };
+                                c.ban().incident.clone().map(|i| (i, kind))
+                            })
+                            .collect();
                         let result = action.apply(&batch);
                         report(Outcome {
                             action: action.name().to_string(),
                             changes: batch.len(),
                             result,
+                            incidents,
                         });
                     }
                 });

@@ -129,3 +129,103 @@ pub fn status(data: &Value, one: bool) -> String {
     );
     out
 }
+
+fn time_ms(ms: Option<i64>) -> String {
+    ms.map_or_else(|| "-".into(), |m| time(Some(m / 1000)))
+}
+
+/// `portcullis incidents`: one row an incident, newest first.
+pub fn incidents(data: &Value) -> String {
+    let mut out = String::new();
+    let rows = data.as_array().cloned().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<19} {:<20} {:<7} {:<8} {:<26} {:>6}  RESOLVED",
+        "ID", "DETECTED (UTC)", "JAIL", "KIND", "SEVERITY", "TARGET", "COUNT"
+    );
+    for i in &rows {
+        let resolved = match i["resolution"].as_str() {
+            Some(how) => format!("{} ({how})", time_ms(i["resolved_at"].as_i64())),
+            None => "open".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:<19} {:<20} {:<7} {:<8} {:<26} {:>6}  {resolved}",
+            i["id"].as_str().unwrap_or("?"),
+            time_ms(i["detected_at"].as_i64()),
+            i["jail"].as_str().unwrap_or("?"),
+            i["kind"].as_str().unwrap_or("?"),
+            i["severity"].as_str().unwrap_or("?"),
+            target(&i["target"]),
+            i["count"].to_string(),
+        );
+    }
+    let _ = write!(out, "{} incidents", rows.len());
+    out
+}
+
+/// `portcullis incidents show ID`: the whole record, for an on-call engineer.
+pub fn incident(i: &Value) -> String {
+    let mut out = String::new();
+    let t = target(&i["target"]);
+    let _ = writeln!(out, "incident   {}", i["id"].as_str().unwrap_or("?"));
+    let _ = writeln!(
+        out,
+        "jail       {} ({} severity)",
+        i["jail"].as_str().unwrap_or("?"),
+        i["severity"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(out, "what       {} {t}", i["kind"].as_str().unwrap_or("?"));
+    let _ = writeln!(out, "count      {} in the window", i["count"]);
+    let _ = writeln!(
+        out,
+        "first seen {} (log time)",
+        time_ms(i["first_seen"].as_i64())
+    );
+    let _ = writeln!(
+        out,
+        "last seen  {} (log time)",
+        time_ms(i["last_seen"].as_i64())
+    );
+    let _ = writeln!(out, "detected   {}", time_ms(i["detected_at"].as_i64()));
+    match i["resolution"].as_str() {
+        Some(how) => {
+            let _ = writeln!(
+                out,
+                "resolved   {} ({how})",
+                time_ms(i["resolved_at"].as_i64())
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "resolved   no; undo with: portcullis unban {t} --jail {}",
+                i["jail"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    for a in i["actions"].as_array().into_iter().flatten() {
+        let result = if a["ok"] == true {
+            "ok".to_string()
+        } else {
+            format!("FAILED: {}", a["error"].as_str().unwrap_or(""))
+        };
+        let _ = writeln!(
+            out,
+            "action     {} {} at {}: {result}",
+            a["action"].as_str().unwrap_or("?"),
+            a["change"].as_str().unwrap_or("?"),
+            time_ms(a["at"].as_i64())
+        );
+    }
+    for e in i["evidence"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "evidence   {}:{}: {}",
+            e["file"].as_str().unwrap_or("?"),
+            e["offset"],
+            e["line"].as_str().unwrap_or("")
+        );
+    }
+    out.trim_end().to_string()
+}

@@ -41,6 +41,10 @@ pub enum Request {
     Reload,
     /// Removes every ban.
     Flush,
+    /// Incident summaries, newest first; `since` like `"24h"`.
+    Incidents { since: Option<String> },
+    /// One incident, complete.
+    Incident { id: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,6 +10,7 @@ use crate::decide::{Ban, Ledger, Policy, Verdict};
 use crate::detect::jail::ReadFrom;
 use crate::detect::{Decision, Target};
 use crate::pipeline::{Pipeline, select_jails};
+use crate::state::incidents::{ActionRecord, EvidenceLine, Incident, RETENTION};
 use crate::state::{Store, Table, Write};
 use crate::watch::lines::Line;
 use crate::watch::tail::{Position, Tail, TailEvent};
@@ -35,6 +36,12 @@ pub enum Msg {
 const TICK: Duration = Duration::from_millis(250);
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
@@ -68,6 +75,9 @@ pub struct Engine {
     action_stats: BTreeMap<String, ActionStats>,
     started: Instant,
     last_held_alert: Option<Instant>,
+    new_incidents: u64,
+    /// Store writes waiting for the next `persist`.
+    pending: Vec<Write>,
 }
 
 /// Builds every action, checks each can work here, and reconciles it with
@@ -204,7 +214,10 @@ impl Engine {
             action_stats: BTreeMap::new(),
             started: Instant::now(),
             last_held_alert: None,
+            new_incidents: 0,
+            pending: Vec::new(),
         };
+        let _ = engine.store.prune(Table::Incidents, RETENTION);
         if !active.is_empty() {
             let changes: Vec<Change> = active.into_iter().map(Change::Add).collect();
             engine.dispatch(&changes);
@@ -294,6 +307,7 @@ impl Engine {
 
     fn persist(&mut self, extra: Vec<Write>) {
         let mut writes = self.ledger.take_writes();
+        writes.append(&mut self.pending);
         writes.extend(extra);
         if writes.is_empty() {
             return;
@@ -317,14 +331,56 @@ impl Engine {
         self.dispatch(&changes);
     }
 
+    fn incident_for(&self, d: &Decision) -> Incident {
+        let detected_at = now_ms();
+        let evidence = d
+            .evidence
+            .iter()
+            .map(|e| EvidenceLine {
+                file: self
+                    .pipeline
+                    .sources
+                    .get(e.source as usize)
+                    .map_or_else(|| "?".into(), |s| s.name.clone()),
+                offset: e.offset,
+                line: e.line.clone(),
+            })
+            .collect();
+        Incident {
+            id: Incident::new_id(detected_at),
+            jail: d.jail.to_string(),
+            kind: if matches!(d.target, Target::Key(_)) {
+                "revoke"
+            } else {
+                "ban"
+            }
+            .into(),
+            severity: d.severity,
+            target: d.target.clone(),
+            detected_at,
+            first_seen: Some(d.first_seen),
+            last_seen: Some(d.time),
+            count: d.count,
+            evidence,
+            actions: Vec::new(),
+            resolved_at: None,
+            resolution: None,
+        }
+    }
+
     fn decide(&mut self, d: Decision, now: i64, changes: &mut Vec<Change>) {
         let Some(policy) = self.policy(&d.jail).cloned() else {
             return;
         };
         let (jail, target, count) = (d.jail.to_string(), d.target.to_string(), d.count);
-        match self.ledger.decide(d, &policy, now) {
+        let incident = self.incident_for(&d);
+        match self
+            .ledger
+            .decide_with_incident(d, &policy, now, Some(incident.id.clone()))
+        {
             Verdict::Banned(ban) => {
                 self.last_decision.insert(jail, (now, target));
+                self.record_incident(&incident);
                 changes.push(Change::Add(ban));
             }
             Verdict::DryRun => tracing::warn!(jail, target, count, "dry run: would ban"),
@@ -372,6 +428,7 @@ impl Engine {
     fn tick(&mut self) {
         let now = now_secs();
         let expired = self.ledger.expire(now);
+        self.resolve(&expired, "expired");
         let mut changes: Vec<Change> = expired
             .into_iter()
             .map(|ban| Change::Remove {
@@ -458,7 +515,58 @@ impl Engine {
         tracing::info!("stopped; bans stay in place and are re-applied at the next start");
     }
 
+    /// Queues an incident for the next `persist`, which commits it with
+    /// the ban in one transaction (10,000 bans are one fsync, not 10,000).
+    fn record_incident(&mut self, incident: &Incident) {
+        self.new_incidents += 1;
+        self.pending
+            .push(Write::put(Table::Incidents, incident.id.clone(), incident));
+        if self.new_incidents.is_multiple_of(10_000) {
+            let _ = self.store.prune(Table::Incidents, RETENTION);
+        }
+    }
+
+    /// Applies `edit` to stored incidents, in one transaction.
+    fn update_incidents(&mut self, ids: &[String], edit: impl Fn(&mut Incident)) {
+        let mut writes = Vec::new();
+        for id in ids {
+            if let Ok(Some(mut inc)) = self.store.get::<Incident>(Table::Incidents, id) {
+                edit(&mut inc);
+                writes.push(Write::put(Table::Incidents, id.clone(), &inc));
+            }
+        }
+        if let Err(e) = self.store.apply(&writes) {
+            tracing::error!("cannot update incidents: {e}");
+        }
+    }
+
+    fn resolve(&mut self, bans: &[Ban], how: &str) {
+        let ids: Vec<String> = bans.iter().filter_map(|b| b.incident.clone()).collect();
+        let at = now_ms();
+        self.update_incidents(&ids, |inc| {
+            inc.resolved_at = Some(at);
+            inc.resolution = Some(how.to_string());
+        });
+    }
+
     fn action_done(&mut self, o: Outcome) {
+        let at = now_ms();
+        for kind in ["ban", "unban"] {
+            let ids: Vec<String> = o
+                .incidents
+                .iter()
+                .filter(|(_, k)| *k == kind)
+                .map(|(i, _)| i.clone())
+                .collect();
+            let record = ActionRecord {
+                action: o.action.clone(),
+                change: kind.into(),
+                ok: o.result.is_ok(),
+                error: o.result.as_ref().err().cloned(),
+                at,
+            };
+            self.update_incidents(&ids, |inc| inc.actions.push(record.clone()));
+        }
         let s = self.action_stats.entry(o.action.clone()).or_default();
         match o.result {
             Ok(()) => s.batches_ok += 1,
@@ -518,6 +626,7 @@ impl Engine {
         reason: &'static str,
     ) -> Vec<Ban> {
         let removed = self.ledger.unban(target, jail);
+        self.resolve(&removed, reason);
         for b in &removed {
             if let Some(i) = self.pipeline.jail_index(&b.jail) {
                 self.pipeline.detector.jails[i].forget(&b.target);
@@ -584,8 +693,34 @@ impl Engine {
                     None if policy.bantime.as_secs() == crate::decide::PERMANENT => None,
                     None => Some(policy.bantime),
                 };
-                match self.ledger.manual_ban(target, &jail, dur, now_secs()) {
+                let detected_at = now_ms();
+                let incident = Incident {
+                    id: Incident::new_id(detected_at),
+                    jail: jail.clone(),
+                    kind: "manual".into(),
+                    severity: self
+                        .pipeline
+                        .jail_index(&jail)
+                        .map_or_else(Default::default, |i| self.pipeline.entries[i].spec.severity),
+                    target: target.clone(),
+                    detected_at,
+                    first_seen: None,
+                    last_seen: None,
+                    count: 0,
+                    evidence: Vec::new(),
+                    actions: Vec::new(),
+                    resolved_at: None,
+                    resolution: None,
+                };
+                match self.ledger.manual_ban(
+                    target,
+                    &jail,
+                    dur,
+                    now_secs(),
+                    Some(incident.id.clone()),
+                ) {
                     Ok(ban) => {
+                        self.record_incident(&incident);
                         self.persist(Vec::new());
                         self.dispatch(&[Change::Add(ban.clone())]);
                         Response::ok(json!(ban))
@@ -598,6 +733,30 @@ impl Engine {
                 Err(e) => {
                     Response::err(format!("reload refused, the running config is kept:\n{e}"))
                 }
+            },
+            Request::Incidents { since } => {
+                let cutoff = match since.as_deref().map(crate::config::de::parse_duration) {
+                    Some(Ok(d)) => now_ms() - d.as_millis() as i64,
+                    Some(Err(e)) => return Response::err(e),
+                    None => 0,
+                };
+                match self.store.load::<Incident>(Table::Incidents) {
+                    Ok(all) => {
+                        let mut list: Vec<Incident> = all
+                            .into_iter()
+                            .map(|(_, i)| i)
+                            .filter(|i| i.detected_at >= cutoff)
+                            .collect();
+                        list.reverse();
+                        Response::ok(json!(list))
+                    }
+                    Err(e) => Response::err(e),
+                }
+            }
+            Request::Incident { id } => match self.store.get::<Incident>(Table::Incidents, &id) {
+                Ok(Some(i)) => Response::ok(json!(i)),
+                Ok(None) => Response::err(format!("no incident `{id}`")),
+                Err(e) => Response::err(e),
             },
             Request::Flush => {
                 let removed = self.unban(None, None, "flushed");

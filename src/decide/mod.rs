@@ -32,6 +32,9 @@ pub struct Ban {
     /// 1 for a first ban of this target in this jail, 2 for the next, ...
     pub offence: u32,
     pub manual: bool,
+    /// The incident record this ban opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
 }
 
 impl Ban {
@@ -174,6 +177,17 @@ impl Ledger {
 
     /// Turns a decision into a ban, after the safety rails.
     pub fn decide(&mut self, d: Decision, policy: &Policy, now: i64) -> Verdict {
+        self.decide_with_incident(d, policy, now, None)
+    }
+
+    /// As [`Ledger::decide`], recording the incident id in the ban.
+    pub fn decide_with_incident(
+        &mut self,
+        d: Decision,
+        policy: &Policy,
+        now: i64,
+        incident: Option<String>,
+    ) -> Verdict {
         if self.allowlisted(&d.target) {
             self.stats.refused_allowlisted += 1;
             return Verdict::Allowlisted;
@@ -213,6 +227,7 @@ impl Ledger {
             count: d.count,
             offence,
             manual: false,
+            incident,
         };
         self.insert(ban.clone());
         Verdict::Banned(ban)
@@ -242,6 +257,7 @@ impl Ledger {
         jail: &str,
         dur: Option<Duration>,
         now: i64,
+        incident: Option<String>,
     ) -> Result<Ban, String> {
         if self.allowlisted(&target) {
             return Err(format!(
@@ -256,6 +272,7 @@ impl Ledger {
             count: 0,
             offence: 1,
             manual: true,
+            incident,
         };
         self.insert(ban.clone());
         Ok(ban)

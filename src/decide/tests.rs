@@ -69,7 +69,7 @@ fn allowlist_is_checked_again_including_covering_prefixes() {
         Verdict::Allowlisted
     );
     assert!(
-        l.manual_ban(Target::parse("10.0.0.7").unwrap(), "j", None, 0)
+        l.manual_ban(Target::parse("10.0.0.7").unwrap(), "j", None, 0, None)
             .is_err()
     );
     assert!(matches!(
@@ -115,8 +115,14 @@ fn unban_by_cidr_and_jail_and_restore() {
     let mut l = ledger();
     l.decide(decision("192.0.2.1"), &policy(), 0);
     l.decide(decision("192.0.2.2"), &policy(), 0);
-    l.manual_ban(Target::parse("198.51.100.0/24").unwrap(), "other", None, 0)
-        .unwrap();
+    l.manual_ban(
+        Target::parse("198.51.100.0/24").unwrap(),
+        "other",
+        None,
+        0,
+        None,
+    )
+    .unwrap();
     assert_eq!(
         l.unban(Some(&Target::parse("192.0.2.0/24").unwrap()), Some("other"))
             .len(),

@@ -6,13 +6,16 @@
 //! toolchain, unlike SQLite. Values are JSON, so a store can be inspected and
 //! its records evolve by adding fields.
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+pub mod incidents;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
 use std::path::Path;
 
 const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
 const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions");
 const OFFENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("offences");
+const INCIDENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("incidents");
 
 /// Which table a write goes to.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +23,7 @@ pub enum Table {
     Bans,
     Positions,
     Offences,
+    Incidents,
 }
 
 impl Table {
@@ -28,6 +32,7 @@ impl Table {
             Table::Bans => BANS,
             Table::Positions => POSITIONS,
             Table::Offences => OFFENCES,
+            Table::Incidents => INCIDENTS,
         }
     }
 }
@@ -78,6 +83,7 @@ impl Store {
             let mut bans = tx.open_table(BANS).map_err(err)?;
             let mut positions = tx.open_table(POSITIONS).map_err(err)?;
             let mut offences = tx.open_table(OFFENCES).map_err(err)?;
+            let mut incidents = tx.open_table(INCIDENTS).map_err(err)?;
             for w in writes {
                 let (table, key) = match w {
                     Write::Put(t, k, _) | Write::Delete(t, k) => (t, k.as_str()),
@@ -86,6 +92,7 @@ impl Store {
                     Table::Bans => &mut bans,
                     Table::Positions => &mut positions,
                     Table::Offences => &mut offences,
+                    Table::Incidents => &mut incidents,
                 };
                 match w {
                     Write::Put(_, _, v) => {
@@ -98,6 +105,39 @@ impl Store {
             }
         }
         tx.commit().map_err(err)
+    }
+
+    /// One record.
+    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, String> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(table.def()).map_err(err)?;
+        match t.get(key).map_err(err)? {
+            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(err),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes the oldest records (by key order) beyond `keep`.
+    pub fn prune(&self, table: Table, keep: usize) -> Result<usize, String> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let removed;
+        {
+            let mut t = tx.open_table(table.def()).map_err(err)?;
+            let len = t.len().map_err(err)? as usize;
+            let excess = len.saturating_sub(keep);
+            let keys: Vec<String> = t
+                .iter()
+                .map_err(err)?
+                .take(excess)
+                .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
+                .collect();
+            for k in &keys {
+                t.remove(k.as_str()).map_err(err)?;
+            }
+            removed = keys.len();
+        }
+        tx.commit().map_err(err)?;
+        Ok(removed)
     }
 
     /// Every record of a table. Records that no longer decode are skipped
