@@ -6,9 +6,11 @@
 //! This build has `log` and `exec`; firewall, deny-list, webhook and mail
 //! actions come with their issues.
 
+pub mod denylist;
 mod exec;
 pub mod firewall;
 
+pub use denylist::{DenylistAction, DenylistConfig};
 pub use exec::{ExecAction, ExecConfig};
 pub use firewall::{FirewallConfig, IpsetBackend, NftablesBackend};
 
@@ -50,6 +52,10 @@ pub trait Action: Send + Sync {
     }
     /// At a clean stop.
     fn shutdown(&self) {}
+    /// How long to wait for more changes before applying a batch (debounce).
+    fn coalesce(&self) -> std::time::Duration {
+        COALESCE
+    }
 }
 
 /// Writes each change to the log (the journal under systemd).
@@ -121,7 +127,7 @@ impl Dispatcher {
                 .name(format!("action-{name}"))
                 .spawn(move || {
                     while let Ok(mut batch) = rx.recv() {
-                        let deadline = std::time::Instant::now() + COALESCE;
+                        let deadline = std::time::Instant::now() + action.coalesce();
                         while batch.len() < MAX_BATCH {
                             match rx.recv_timeout(
                                 deadline.saturating_duration_since(std::time::Instant::now()),

@@ -123,8 +123,13 @@ impl<'de> Deserialize<'de> for StatusSet {
     }
 }
 
-/// Parses `"90s"`, `"10m"`, `"1h"`, `"7d"`, `"2w"`, `"1h30m"`, or whole seconds.
+/// Parses `"90s"`, `"10m"`, `"1h"`, `"7d"`, `"2w"`, `"1h30m"`, `"500ms"`, or whole seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Some(ms) = s.trim().strip_suffix("ms") {
+        return ms.parse::<u64>().map(Duration::from_millis).map_err(|_| {
+            format!("invalid duration `{s}`: use e.g. \"500ms\", \"90s\", \"10m\", \"1h\", \"7d\"")
+        });
+    }
     let bad = || format!("invalid duration `{s}`: use e.g. \"90s\", \"10m\", \"1h\", \"7d\"");
     let s = s.trim();
     if s.is_empty() {

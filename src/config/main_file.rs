@@ -83,6 +83,8 @@ pub struct Defaults {
 pub enum ActionConfig {
     /// Runs a command from an argv template (see `act::exec`).
     Exec(crate::act::ExecConfig),
+    /// Revoked API-key ids in a file the proxy reads (see `act::denylist`).
+    Denylist(crate::act::DenylistConfig),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

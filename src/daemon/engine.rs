@@ -103,6 +103,7 @@ fn build_actions(
     for (name, a) in &config.main.actions {
         let action: Arc<dyn Action> = match a {
             ActionConfig::Exec(c) => Arc::new(ExecAction::new(name, c.clone())?),
+            ActionConfig::Denylist(c) => Arc::new(crate::act::DenylistAction::new(name, c.clone())),
         };
         actions.insert(name.clone(), action);
     }
