@@ -7,6 +7,7 @@
 //! actions come with their issues.
 
 pub mod denylist;
+pub mod email;
 mod exec;
 pub mod firewall;
 

@@ -85,6 +85,8 @@ pub enum ActionConfig {
     Exec(crate::act::ExecConfig),
     /// Revoked API-key ids in a file the proxy reads (see `act::denylist`).
     Denylist(crate::act::DenylistConfig),
+    /// Incident digests over SMTP (see `act::email`).
+    Email(crate::act::email::EmailConfig),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

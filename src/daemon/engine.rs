@@ -67,7 +67,7 @@ pub struct Engine {
     pipeline: Pipeline,
     followed: Vec<Followed>,
     ledger: Ledger,
-    store: Store,
+    store: Arc<Store>,
     dispatcher: Dispatcher,
     actions: Vec<Arc<dyn Action>>,
     tx: Sender<Msg>,
@@ -86,6 +86,7 @@ fn build_actions(
     config: &Config,
     tx: &Sender<Msg>,
     active: &[Ban],
+    store: &Arc<Store>,
 ) -> Result<(Dispatcher, Vec<Arc<dyn Action>>), String> {
     let mut actions: BTreeMap<String, Arc<dyn Action>> = BTreeMap::new();
     actions.insert("log".into(), Arc::new(LogAction));
@@ -104,6 +105,11 @@ fn build_actions(
         let action: Arc<dyn Action> = match a {
             ActionConfig::Exec(c) => Arc::new(ExecAction::new(name, c.clone())?),
             ActionConfig::Denylist(c) => Arc::new(crate::act::DenylistAction::new(name, c.clone())),
+            ActionConfig::Email(c) => Arc::new(crate::act::email::EmailAction::new(
+                name,
+                c.clone(),
+                store.clone(),
+            )?),
         };
         actions.insert(name.clone(), action);
     }
@@ -179,7 +185,7 @@ impl Engine {
         config: Config,
         tx: Sender<Msg>,
     ) -> Result<Engine, String> {
-        let store = Store::open(&config.state_dir())?;
+        let store = Arc::new(Store::open(&config.state_dir())?);
         let mut ledger = Ledger::new(
             config.ignore.clone(),
             config.main.ignore_keys.clone(),
@@ -199,7 +205,7 @@ impl Engine {
             elapsed_ms = t.elapsed().as_millis() as u64,
             "loaded active bans"
         );
-        let (dispatcher, actions) = build_actions(&config, &tx, &active)?;
+        let (dispatcher, actions) = build_actions(&config, &tx, &active, &store)?;
         let jails = select_jails(&config, &[])?;
         let mut engine = Engine {
             config_dir,
@@ -594,7 +600,7 @@ impl Engine {
         })?;
         let jails = select_jails(&config, &[])?;
         let active: Vec<Ban> = self.ledger.bans().cloned().collect();
-        let (dispatcher, actions) = build_actions(&config, &self.tx, &active)?;
+        let (dispatcher, actions) = build_actions(&config, &self.tx, &active, &self.store)?;
         let mut pipeline = Pipeline::new(&config, jails);
         let kept_jails = pipeline.adopt_unchanged(&mut self.pipeline);
         // Keep open tails (and their positions) for paths still followed.
