@@ -8,7 +8,6 @@ use std::time::Duration;
 
 struct Smtp {
     child: Option<Child>,
-    port: u16,
     maildir: std::path::PathBuf,
 }
 
