@@ -34,7 +34,6 @@ impl Smtp {
         );
         Smtp {
             child: Some(child),
-            port,
             maildir,
         }
     }
