@@ -10,6 +10,7 @@ pub mod denylist;
 pub mod email;
 mod exec;
 pub mod firewall;
+pub mod webhook;
 
 pub use denylist::{DenylistAction, DenylistConfig};
 pub use exec::{ExecAction, ExecConfig};
@@ -65,6 +66,14 @@ pub struct LogAction;
 impl Action for LogAction {
     fn name(&self) -> &str {
         "log"
+    }
+
+    /// At start, one line: the bans were logged when they began.
+    fn reconcile(&self, active: &[Ban]) -> Result<(), String> {
+        if !active.is_empty() {
+            tracing::info!(bans = active.len(), "active bans restored");
+        }
+        Ok(())
     }
 
     fn apply(&self, batch: &[Change]) -> Result<(), String> {

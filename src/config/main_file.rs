@@ -87,6 +87,8 @@ pub enum ActionConfig {
     Denylist(crate::act::DenylistConfig),
     /// Incident digests over SMTP (see `act::email`).
     Email(crate::act::email::EmailConfig),
+    /// An HTTP call to a gateway, IAM or cloud-firewall API (see `act::webhook`).
+    Webhook(crate::act::webhook::WebhookConfig),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -110,6 +110,11 @@ fn build_actions(
                 c.clone(),
                 store.clone(),
             )?),
+            ActionConfig::Webhook(c) => Arc::new(crate::act::webhook::WebhookAction::new(
+                name,
+                c.clone(),
+                store.clone(),
+            )?),
         };
         actions.insert(name.clone(), action);
     }
@@ -225,15 +230,6 @@ impl Engine {
             pending: Vec::new(),
         };
         let _ = engine.store.prune(Table::Incidents, RETENTION);
-        if !active.is_empty() {
-            let changes: Vec<Change> = active.into_iter().map(Change::Add).collect();
-            engine.dispatch(&changes);
-            tracing::info!(
-                bans = changes.len(),
-                elapsed_ms = t.elapsed().as_millis() as u64,
-                "restored active bans"
-            );
-        }
         let saved: HashMap<String, Position> =
             engine.store.load(Table::Positions)?.into_iter().collect();
         engine.open_sources(&saved, &mut HashMap::new())?;

@@ -16,6 +16,7 @@ const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
 const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions");
 const OFFENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("offences");
 const INCIDENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("incidents");
+const WEBHOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhook_queue");
 
 /// Which table a write goes to.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +25,7 @@ pub enum Table {
     Positions,
     Offences,
     Incidents,
+    Webhooks,
 }
 
 impl Table {
@@ -33,6 +35,7 @@ impl Table {
             Table::Positions => POSITIONS,
             Table::Offences => OFFENCES,
             Table::Incidents => INCIDENTS,
+            Table::Webhooks => WEBHOOKS,
         }
     }
 }
@@ -84,6 +87,7 @@ impl Store {
             let mut positions = tx.open_table(POSITIONS).map_err(err)?;
             let mut offences = tx.open_table(OFFENCES).map_err(err)?;
             let mut incidents = tx.open_table(INCIDENTS).map_err(err)?;
+            let mut webhooks = tx.open_table(WEBHOOKS).map_err(err)?;
             for w in writes {
                 let (table, key) = match w {
                     Write::Put(t, k, _) | Write::Delete(t, k) => (t, k.as_str()),
@@ -93,6 +97,7 @@ impl Store {
                     Table::Positions => &mut positions,
                     Table::Offences => &mut offences,
                     Table::Incidents => &mut incidents,
+                    Table::Webhooks => &mut webhooks,
                 };
                 match w {
                     Write::Put(_, _, v) => {
