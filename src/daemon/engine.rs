@@ -473,6 +473,8 @@ impl Engine {
     pub fn run(mut self, rx: Receiver<Msg>, wake_pending: Arc<std::sync::atomic::AtomicBool>) {
         let (mut last_tick, mut last_persist, mut last_rescan) =
             (Instant::now(), Instant::now(), Instant::now());
+        let watchdog = super::notify::watchdog_interval();
+        let mut last_watchdog = Instant::now();
         loop {
             let timeout = TICK.saturating_sub(last_tick.elapsed());
             match rx.recv_timeout(timeout) {
@@ -489,6 +491,7 @@ impl Engine {
                     if let Err(e) = self.reload() {
                         tracing::error!("reload refused, keeping the running config:\n{e}");
                     }
+                    super::notify::notify("READY=1");
                 }
                 Ok(Msg::ActionDone(o)) => self.action_done(o),
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
@@ -498,6 +501,13 @@ impl Engine {
                 last_tick = Instant::now();
                 self.poll_files();
                 self.tick();
+            }
+            // Keep-alives come from this loop, so a wedged engine is noticed.
+            if let Some(every) = watchdog
+                && last_watchdog.elapsed() >= every
+            {
+                last_watchdog = Instant::now();
+                super::notify::notify("WATCHDOG=1");
             }
             if last_persist.elapsed() >= PERSIST_EVERY {
                 last_persist = Instant::now();

@@ -5,6 +5,7 @@
 //! short-lived thread per action batch.
 
 pub mod engine;
+pub mod notify;
 
 use crate::config::Config;
 use crate::control::server::{self, Access};
@@ -63,6 +64,8 @@ pub fn run(config_dir: Option<PathBuf>, config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot start the control thread: {e}"))?;
     }
     tracing::info!(socket = %socket.display(), "portcullis running");
+    // Sources are open and the firewall is reconciled (Engine::start).
+    notify::notify("READY=1\nSTATUS=running");
 
     rt.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -76,11 +79,15 @@ pub fn run(config_dir: Option<PathBuf>, config: Config) -> Result<(), String> {
         let serving = tokio::spawn(server::serve(listener, access, ctl_tx, socket.clone()));
         loop {
             tokio::select! {
-                _ = hup.recv() => { let _ = tx.send(Msg::Reload); }
+                _ = hup.recv() => {
+                    notify::notify("RELOADING=1");
+                    let _ = tx.send(Msg::Reload);
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
         }
+        notify::notify("STOPPING=1");
         serving.abort();
         let _ = tx.send(Msg::Shutdown);
         let _ = std::fs::remove_file(&socket);
