@@ -31,6 +31,8 @@ pub enum Msg {
     /// SIGTERM / SIGINT.
     Shutdown,
     ActionDone(Outcome),
+    /// A Prometheus scrape: the text exposition.
+    Metrics(tokio::sync::oneshot::Sender<String>),
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -78,6 +80,11 @@ pub struct Engine {
     new_incidents: u64,
     /// Store writes waiting for the next `persist`.
     pending: Vec<Write>,
+    latency: prometheus_client::metrics::histogram::Histogram,
+    /// When the line behind each not-yet-enforced incident was read.
+    read_at: HashMap<String, Instant>,
+    /// When the current poll started reading.
+    poll_started: Instant,
 }
 
 /// Builds every action, checks each can work here, and reconciles it with
@@ -228,6 +235,9 @@ impl Engine {
             last_held_alert: None,
             new_incidents: 0,
             pending: Vec::new(),
+            latency: super::metrics::latency_histogram(),
+            read_at: HashMap::new(),
+            poll_started: Instant::now(),
         };
         let _ = engine.store.prune(Table::Incidents, RETENTION);
         let saved: HashMap<String, Position> =
@@ -383,6 +393,10 @@ impl Engine {
         {
             Verdict::Banned(ban) => {
                 self.last_decision.insert(jail, (now, target));
+                if self.read_at.len() >= 100_000 {
+                    self.read_at.clear();
+                }
+                self.read_at.insert(incident.id.clone(), self.poll_started);
                 self.record_incident(&incident);
                 changes.push(Change::Add(ban));
             }
@@ -407,6 +421,7 @@ impl Engine {
     }
 
     fn poll_files(&mut self) {
+        self.poll_started = Instant::now();
         for f in &mut self.followed {
             f.tail.poll(&mut feed(&mut self.pipeline, f.source));
         }
@@ -494,6 +509,9 @@ impl Engine {
                     super::notify::notify("READY=1");
                 }
                 Ok(Msg::ActionDone(o)) => self.action_done(o),
+                Ok(Msg::Metrics(reply)) => {
+                    let _ = reply.send(self.metrics());
+                }
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -564,6 +582,15 @@ impl Engine {
 
     fn action_done(&mut self, o: Outcome) {
         let at = now_ms();
+        if o.result.is_ok() {
+            for (id, kind) in &o.incidents {
+                if *kind == "ban"
+                    && let Some(t) = self.read_at.remove(id)
+                {
+                    self.latency.observe(t.elapsed().as_secs_f64());
+                }
+            }
+        }
         for kind in ["ban", "unban"] {
             let ids: Vec<String> = o
                 .incidents
@@ -776,6 +803,42 @@ impl Engine {
                 Response::ok(json!({ "removed": removed.len() }))
             }
         }
+    }
+
+    fn metrics(&self) -> String {
+        use super::metrics::{Snapshot, labels};
+        let m = Snapshot::new(&self.latency);
+        for f in &self.followed {
+            let src = &self.pipeline.sources[f.source as usize];
+            for (format, st) in src.stats() {
+                let l = labels(&[("source", &src.name), ("format", &format)]);
+                m.lines.get_or_create(&l).inc_by(st.lines);
+                m.parsed.get_or_create(&l).inc_by(st.parsed);
+                m.unparsed.get_or_create(&l).inc_by(st.unparsed);
+            }
+            m.lag
+                .get_or_create(&labels(&[("file", &src.name)]))
+                .set(f.tail.lag() as i64);
+        }
+        for j in &self.pipeline.detector.jails {
+            let st = j.stats();
+            let l = labels(&[("jail", &j.name)]);
+            m.matches.get_or_create(&l).inc_by(st.matches);
+            m.decisions.get_or_create(&l).inc_by(st.decisions);
+            m.tracked.get_or_create(&l).set(st.tracked as i64);
+        }
+        for (name, a) in &self.action_stats {
+            m.actions
+                .get_or_create(&labels(&[("action", name), ("result", "ok")]))
+                .inc_by(a.batches_ok);
+            m.actions
+                .get_or_create(&labels(&[("action", name), ("result", "failed")]))
+                .inc_by(a.batches_failed);
+        }
+        let ledger = self.ledger.stats();
+        m.active_bans.set(ledger.active as i64);
+        m.held.set(ledger.held as i64);
+        m.encode()
     }
 
     fn status(&self, only: Option<&str>) -> Response {

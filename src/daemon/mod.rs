@@ -5,6 +5,7 @@
 //! short-lived thread per action batch.
 
 pub mod engine;
+pub mod metrics;
 pub mod notify;
 
 use crate::config::Config;
@@ -29,6 +30,13 @@ pub fn run(config_dir: Option<PathBuf>, config: Config) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let listener = rt.block_on(async { server::bind(&socket, group) })?;
+    let metrics_listener = match &config.main.metrics {
+        Some(m) => Some(
+            rt.block_on(tokio::net::TcpListener::bind(m.listen))
+                .map_err(|e| format!("metrics: cannot listen on {}: {e}", m.listen))?,
+        ),
+        None => None,
+    };
 
     let engine = Engine::start(config_dir, config, tx.clone())?;
 
@@ -77,6 +85,9 @@ pub fn run(config_dir: Option<PathBuf>, config: Config) -> Result<(), String> {
             group,
         };
         let serving = tokio::spawn(server::serve(listener, access, ctl_tx, socket.clone()));
+        if let Some(l) = metrics_listener {
+            tokio::spawn(metrics::serve(l, tx.clone()));
+        }
         loop {
             tokio::select! {
                 _ = hup.recv() => {
