@@ -101,6 +101,9 @@ enum Command {
         #[command(flatten)]
         sock: SocketArg,
     },
+    /// Write the man page and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets { dir: PathBuf },
     /// Remove every ban.
     Flush {
         /// Confirm.
@@ -347,6 +350,13 @@ fn main() -> ExitCode {
             since,
             sock,
         } => ctl(&sock, Request::Incidents { since }, render::incidents),
+        Command::GenerateAssets { dir } => match generate_assets(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portcullis: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Flush { yes, sock } => {
             if !yes {
                 eprintln!(
@@ -445,6 +455,29 @@ fn run_replay(
     written
         .and_then(|_| out.flush())
         .map_err(|e| format!("writing output: {e}"))
+}
+
+/// The man page (clap_mangen) and bash, zsh and fish completions (clap_complete).
+fn generate_assets(dir: &std::path::Path) -> Result<(), String> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let cmd = Cli::command();
+    let mut man = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .render(&mut man)
+        .map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("portcullis.1"), man).map_err(|e| e.to_string())?;
+    for (shell, file) in [
+        (Shell::Bash, "portcullis.bash"),
+        (Shell::Zsh, "_portcullis"),
+        (Shell::Fish, "portcullis.fish"),
+    ] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut cmd.clone(), "portcullis", &mut out);
+        std::fs::write(dir.join(file), out).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 fn rfc3339(ms: i64) -> String {
