@@ -42,6 +42,7 @@ fn restore_100k() {
                 offence: 1,
                 manual: false,
                 incident: None,
+                origin: None,
             };
             Write::put(Table::Bans, ban.key(), &ban)
         })

@@ -163,6 +163,7 @@ mod tests {
             offence: 1,
             manual: false,
             incident: None,
+            origin: None,
         }
     }
 

@@ -716,6 +716,7 @@ mod tests {
             offence: 1,
             manual: false,
             incident: None,
+            origin: None,
         }
     }
 

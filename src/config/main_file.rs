@@ -49,6 +49,8 @@ pub struct MainConfig {
     /// A group (name or gid) whose members may use the control socket (mode 0660).
     /// Default: root only (mode 0600).
     pub control_group: Option<String>,
+    /// Fleet mode: share bans and counters with other hosts through Redis.
+    pub fleet: Option<crate::fleet::FleetConfig>,
     /// The opt-in Prometheus endpoint.
     pub metrics: Option<crate::daemon::metrics::MetricsConfig>,
     /// Enforcement in the kernel: the `firewall` action (nftables or ipset).

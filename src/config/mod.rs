@@ -380,6 +380,12 @@ fn resolve_jail(
             .as_ref()
             .map_or_else(|| vec!["log".to_string()], |a| a.0.clone()),
     };
+    if jail.scope == crate::detect::jail::Scope::Fleet && main.fleet.is_none() {
+        err(
+            header.clone(),
+            "`scope = \"fleet\"` needs a `[fleet]` section in portcullis.toml".into(),
+        );
+    }
     let bantime = jail
         .bantime
         .or(d.bantime)
@@ -401,6 +407,7 @@ fn resolve_jail(
             target: jail.target,
             severity: jail.severity,
             max_tracked: jail.max_tracked.or(d.max_tracked).unwrap_or(200_000),
+            fleet: jail.scope == crate::detect::jail::Scope::Fleet,
         },
         enabled: jail.enabled,
         format: format_name,

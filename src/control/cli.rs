@@ -44,10 +44,10 @@ pub fn bans(data: &Value) -> String {
             time(b["since"].as_i64()),
             time(b["expires"].as_i64()),
             b["count"].to_string(),
-            if b["manual"] == true {
-                "  (by hand)"
-            } else {
-                ""
+            match (b["manual"] == true, b["origin"].as_str()) {
+                (_, Some(host)) => format!("  (from {host})"),
+                (true, None) => "  (by hand)".to_string(),
+                _ => String::new(),
             },
         );
     }
@@ -119,6 +119,21 @@ pub fn status(data: &Value, one: bool) -> String {
             } else {
                 ""
             },
+        );
+    }
+    if let Some(f) = data["fleet"].as_object() {
+        let _ = writeln!(
+            out,
+            "fleet {} as {}: link {}, {} published, {} applied, {} waiting{}",
+            f["name"].as_str().unwrap_or("?"),
+            f["host"].as_str().unwrap_or("?"),
+            if f["link_up"] == true { "up" } else { "DOWN" },
+            f["published"],
+            f["applied"],
+            f["outbox"],
+            f["last_lag_ms"]
+                .as_i64()
+                .map_or(String::new(), |l| format!(", last lag {l} ms")),
         );
     }
     let l = &data["ledger"];

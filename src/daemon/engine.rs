@@ -33,7 +33,12 @@ pub enum Msg {
     ActionDone(Outcome),
     /// A Prometheus scrape: the text exposition.
     Metrics(tokio::sync::oneshot::Sender<String>),
+    /// Something from the fleet (another host's decision, a fleet-wide count).
+    Fleet(Box<crate::fleet::FromFleet>),
 }
+
+/// Where the fleet stream's last read id is kept (in the positions table).
+const FLEET_CURSOR: &str = "\u{0}fleet-stream-id";
 
 const TICK: Duration = Duration::from_millis(250);
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
@@ -85,6 +90,7 @@ pub struct Engine {
     read_at: HashMap<String, Instant>,
     /// When the current poll started reading.
     poll_started: Instant,
+    fleet: Option<crate::fleet::Fleet>,
 }
 
 /// Builds every action, checks each can work here, and reconciles it with
@@ -238,7 +244,16 @@ impl Engine {
             latency: super::metrics::latency_histogram(),
             read_at: HashMap::new(),
             poll_started: Instant::now(),
+            fleet: None,
         };
+        if let Some(cfg) = engine.config.main.fleet.clone() {
+            let cursor: Option<String> = engine.store.get(Table::Positions, FLEET_CURSOR)?;
+            let tx = Arc::new(std::sync::Mutex::new(engine.tx.clone()));
+            let to_engine = move |m: crate::fleet::FromFleet| {
+                let _ = tx.lock().map(|t| t.send(Msg::Fleet(Box::new(m))));
+            };
+            engine.fleet = Some(crate::fleet::Fleet::start(&cfg, cursor, to_engine)?);
+        }
         let _ = engine.store.prune(Table::Incidents, RETENTION);
         let saved: HashMap<String, Position> =
             engine.store.load(Table::Positions)?.into_iter().collect();
@@ -392,6 +407,9 @@ impl Engine {
             .decide_with_incident(d, &policy, now, Some(incident.id.clone()))
         {
             Verdict::Banned(ban) => {
+                if let Some(f) = &self.fleet {
+                    f.publish("ban", &ban.jail, &ban.target, ban.expires, ban.count);
+                }
                 self.last_decision.insert(jail, (now, target));
                 if self.read_at.len() >= 100_000 {
                     self.read_at.clear();
@@ -426,6 +444,98 @@ impl Engine {
             f.tail.poll(&mut feed(&mut self.pipeline, f.source));
         }
         self.handle_decisions();
+        self.count_in_fleet();
+    }
+
+    /// Sends the matches of fleet-scoped jails to the fleet counters.
+    fn count_in_fleet(&mut self) {
+        let matches = self.pipeline.detector.take_fleet_matches();
+        let Some(fleet) = &self.fleet else { return };
+        let items = matches
+            .into_iter()
+            .map(|(j, key, sec)| {
+                let spec = &self.pipeline.entries[j].spec;
+                crate::fleet::CountItem {
+                    jail: spec.name.clone(),
+                    key,
+                    sec,
+                    findtime: spec.findtime.as_secs().clamp(1, u32::MAX as u64) as u32,
+                    maxretry: spec.maxretry,
+                }
+            })
+            .collect();
+        fleet.count(items);
+    }
+
+    fn fleet_message(&mut self, m: crate::fleet::FromFleet) {
+        use crate::fleet::FromFleet;
+        let now = now_secs();
+        let mut changes = Vec::new();
+        match m {
+            FromFleet::Remote(ev, id) => {
+                self.pending
+                    .push(Write::put(Table::Positions, FLEET_CURSOR.into(), &id));
+                if ev.kind == "ban" {
+                    let ban = Ban {
+                        jail: ev.jail.clone(),
+                        target: ev.target.clone(),
+                        since: ev.at_ms / 1000,
+                        expires: ev.expires,
+                        count: ev.count,
+                        offence: 1,
+                        manual: false,
+                        incident: None,
+                        origin: Some(ev.origin.clone()),
+                    };
+                    if ban.expires.is_none_or(|e| e > now) && self.ledger.remote_ban(ban.clone()) {
+                        tracing::info!(jail = ev.jail, target = %ev.target, origin = ev.origin, "ban from the fleet");
+                        changes.push(Change::Add(ban));
+                    }
+                } else {
+                    let removed = self.ledger.unban(Some(&ev.target), Some(&ev.jail));
+                    self.resolve(&removed, "unbanned on another host");
+                    for b in &removed {
+                        if let Some(i) = self.pipeline.jail_index(&b.jail) {
+                            self.pipeline.detector.jails[i].forget(&b.target);
+                        }
+                    }
+                    changes.extend(removed.into_iter().map(|ban| Change::Remove {
+                        ban,
+                        reason: "unbanned on another host",
+                    }));
+                }
+            }
+            FromFleet::Fire {
+                jail,
+                key,
+                total,
+                sec,
+            } => {
+                let Some(i) = self.pipeline.jail_index(&jail) else {
+                    return;
+                };
+                let entry = &self.pipeline.entries[i];
+                let target = match entry.spec.target {
+                    crate::detect::TargetKind::Address => Target::parse(&key),
+                    crate::detect::TargetKind::Key => Ok(Target::Key(key.clone())),
+                };
+                let Ok(target) = target else { return };
+                let d = Decision {
+                    jail: self.pipeline.detector.jails[i].name.clone(),
+                    target,
+                    key,
+                    time: sec as i64 * 1000,
+                    first_seen: (sec as i64 - entry.spec.findtime.as_secs() as i64 + 1) * 1000,
+                    count: total,
+                    severity: entry.spec.severity,
+                    bantime: entry.spec.bantime,
+                    evidence: Vec::new(),
+                };
+                self.decide(d, now, &mut changes);
+            }
+        }
+        self.persist(Vec::new());
+        self.dispatch(&changes);
     }
 
     fn positions(&self) -> Vec<Write> {
@@ -509,6 +619,7 @@ impl Engine {
                     super::notify::notify("READY=1");
                 }
                 Ok(Msg::ActionDone(o)) => self.action_done(o),
+                Ok(Msg::Fleet(m)) => self.fleet_message(*m),
                 Ok(Msg::Metrics(reply)) => {
                     let _ = reply.send(self.metrics());
                 }
@@ -666,6 +777,12 @@ impl Engine {
         reason: &'static str,
     ) -> Vec<Ban> {
         let removed = self.ledger.unban(target, jail);
+        // By hand (or flush): unbanned everywhere in the fleet.
+        if let Some(f) = &self.fleet {
+            for b in &removed {
+                f.publish("unban", &b.jail, &b.target, b.expires, b.count);
+            }
+        }
         self.resolve(&removed, reason);
         for b in &removed {
             if let Some(i) = self.pipeline.jail_index(&b.jail) {
@@ -760,6 +877,9 @@ impl Engine {
                     Some(incident.id.clone()),
                 ) {
                     Ok(ban) => {
+                        if let Some(f) = &self.fleet {
+                            f.publish("ban", &ban.jail, &ban.target, ban.expires, ban.count);
+                        }
                         self.record_incident(&incident);
                         self.persist(Vec::new());
                         self.dispatch(&[Change::Add(ban.clone())]);
@@ -898,6 +1018,7 @@ impl Engine {
             "ledger": self.ledger.stats(),
             "actions": self.action_stats,
             "action_names": self.dispatcher.names().collect::<Vec<_>>(),
+            "fleet": self.fleet.as_ref().map(|f| f.status()),
         }))
     }
 }

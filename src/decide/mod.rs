@@ -35,6 +35,9 @@ pub struct Ban {
     /// The incident record this ban opened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident: Option<String>,
+    /// The fleet host that decided it; `None`: this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl Ban {
@@ -228,6 +231,7 @@ impl Ledger {
             offence,
             manual: false,
             incident,
+            origin: None,
         };
         self.insert(ban.clone());
         Verdict::Banned(ban)
@@ -273,9 +277,19 @@ impl Ledger {
             offence: 1,
             manual: true,
             incident,
+            origin: None,
         };
         self.insert(ban.clone());
         Ok(ban)
+    }
+
+    /// A ban decided by another fleet host. `false` if this host already has it.
+    pub fn remote_ban(&mut self, ban: Ban) -> bool {
+        if self.bans.contains_key(&ban.key()) || self.allowlisted(&ban.target) {
+            return false;
+        }
+        self.insert(ban);
+        true
     }
 
     /// Removes bans whose target lies within `target` (all if `None`), in

@@ -50,6 +50,15 @@ impl std::fmt::Display for Severity {
     }
 }
 
+/// Where a jail counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    #[default]
+    Local,
+    Fleet,
+}
+
 /// Where to start reading a file with no saved position.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -99,6 +108,10 @@ pub struct JailConfig {
     pub dry_run: Option<bool>,
     /// Actions run on ban and unban: `log` and names under `[actions]`.
     pub action: Option<OneOrMany<Spanned<String>>>,
+    /// `fleet`: also count matches across the fleet in Redis (needs `[fleet]`);
+    /// the jail then fires on the fleet total too. Default `local`.
+    #[serde(default)]
+    pub scope: Scope,
     /// Where the daemon starts reading a file it has no saved position for:
     /// `end` (default), `start`, or `findtime` (only lines from the last `findtime`).
     pub read_from: Option<ReadFrom>,

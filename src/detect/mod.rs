@@ -51,6 +51,8 @@ pub struct JailSpec {
     pub target: TargetKind,
     pub severity: Severity,
     pub max_tracked: usize,
+    /// Also counted across the fleet (`scope = "fleet"`).
+    pub fleet: bool,
 }
 
 /// Who or what a decision acts on.
@@ -251,6 +253,7 @@ pub struct Jail {
     state: State,
     ring: EvidenceRing,
     stats: JailStats,
+    fleet: bool,
 }
 
 impl Jail {
@@ -285,6 +288,7 @@ impl Jail {
             state,
             ring: EvidenceRing::new(128),
             stats: JailStats::default(),
+            fleet: spec.fleet,
         }
     }
 
@@ -435,6 +439,8 @@ pub struct Detector {
     key_buf: String,
     value_buf: String,
     scratch: String,
+    /// Matches of fleet-scoped jails since the last take: (jail, key, second).
+    fleet_matches: Vec<(usize, String, u32)>,
 }
 
 impl Detector {
@@ -446,7 +452,13 @@ impl Detector {
             key_buf: String::new(),
             value_buf: String::new(),
             scratch: String::new(),
+            fleet_matches: Vec::new(),
         }
+    }
+
+    /// Matches of fleet-scoped jails since the last call.
+    pub fn take_fleet_matches(&mut self) -> Vec<(usize, String, u32)> {
+        std::mem::take(&mut self.fleet_matches)
     }
 
     /// Feeds one event to the jails `which`; decisions are appended to `out`.
@@ -504,6 +516,15 @@ impl Detector {
             if !has_key {
                 jail.stats.keyless += 1;
                 continue;
+            }
+            if jail.fleet {
+                let key = match ev.client {
+                    Some(ip) if by_addr => {
+                        key_to_net(masked_key(ip, jail.v4, jail.v6), jail.v4, jail.v6).to_string()
+                    }
+                    _ => self.key_buf.clone(),
+                };
+                self.fleet_matches.push((j, key, sec));
             }
             let addr_bytes = addr_key.map(|k| k.bytes()).unwrap_or_default();
             let ring_key: &[u8] = if by_addr {
