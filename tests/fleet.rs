@@ -187,3 +187,43 @@ fn with_redis_down_local_detection_bans_and_the_fleet_catches_up() {
         "the late host catching up",
     );
 }
+
+#[test]
+fn fleet_state_is_in_metrics() {
+    let redis = Redis::start(free_port());
+    let fleet = format!("m{}", std::process::id());
+    let mport = free_port();
+    let dir = Daemon::config("fleet-metrics", 3, "");
+    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
+    let (head, defaults) = main.split_once("[defaults]").unwrap();
+    dir.write(
+        "conf/portcullis.toml",
+        &format!(
+            "{head}[fleet]\nurl = \"redis://127.0.0.1:{}/0\"\nname = \"{fleet}\"\nhost = \"m\"\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n[defaults]{defaults}",
+            redis.port
+        ),
+    );
+    let a = host(redis.port, &fleet, "a", 3, "");
+    let m = Daemon::start(dir);
+    assert!(
+        a.cli(&["ban", "192.0.2.77", "--jail", "auth"])
+            .status
+            .success()
+    );
+    wait_for(|| m.bans().len() == 1, "the remote ban");
+    let scrape = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", mport)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let text = scrape();
+    assert!(text.contains("portcullis_fleet_link_up 1"), "{text}");
+    assert!(text.contains("portcullis_fleet_applied_total 1"), "{text}");
+    assert!(
+        text.contains("portcullis_fleet_lag_milliseconds "),
+        "{text}"
+    );
+}

@@ -958,6 +958,14 @@ impl Engine {
         let ledger = self.ledger.stats();
         m.active_bans.set(ledger.active as i64);
         m.held.set(ledger.held as i64);
+        if let Some(f) = &self.fleet {
+            let st = f.status();
+            m.fleet_link.set(st.link_up as i64);
+            m.fleet_lag_ms.set(st.last_lag_ms.unwrap_or(0));
+            m.fleet_outbox.set(st.outbox as i64);
+            m.fleet_published.inc_by(st.published);
+            m.fleet_applied.inc_by(st.applied);
+        }
         m.encode()
     }
 

@@ -44,6 +44,11 @@ pub struct Snapshot {
     pub actions: Family<Labels, Counter>,
     pub active_bans: Gauge,
     pub held: Gauge,
+    pub fleet_link: Gauge,
+    pub fleet_lag_ms: Gauge,
+    pub fleet_outbox: Gauge,
+    pub fleet_published: Counter,
+    pub fleet_applied: Counter,
 }
 
 impl Snapshot {
@@ -60,6 +65,11 @@ impl Snapshot {
             actions: Family::default(),
             active_bans: Gauge::default(),
             held: Gauge::default(),
+            fleet_link: Gauge::default(),
+            fleet_lag_ms: Gauge::default(),
+            fleet_outbox: Gauge::default(),
+            fleet_published: Counter::default(),
+            fleet_applied: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -103,6 +113,31 @@ impl Snapshot {
             "held_decisions",
             "Decisions held by max_bans_per_minute",
             s.held.clone(),
+        );
+        registry.register(
+            "fleet_link_up",
+            "1 while Redis is reachable (fleet mode)",
+            s.fleet_link.clone(),
+        );
+        registry.register(
+            "fleet_lag_milliseconds",
+            "Publication-to-applied delay of the last remote decision",
+            s.fleet_lag_ms.clone(),
+        );
+        registry.register(
+            "fleet_outbox",
+            "Decisions waiting for Redis",
+            s.fleet_outbox.clone(),
+        );
+        registry.register(
+            "fleet_published",
+            "Decisions published to the fleet",
+            s.fleet_published.clone(),
+        );
+        registry.register(
+            "fleet_applied",
+            "Decisions of other hosts applied here",
+            s.fleet_applied.clone(),
         );
         registry.register(
             "line_to_enforced_seconds",
