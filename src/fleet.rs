@@ -60,6 +60,8 @@ pub struct CountItem {
     pub jail: String,
     pub key: String,
     pub sec: u32,
+    /// Matches of this key in this second.
+    pub n: u32,
     pub findtime: u32,
     pub maxretry: u32,
 }
@@ -91,6 +93,11 @@ pub struct FleetStatus {
     pub outbox: usize,
     /// Publication-to-applied delay of the last remote decision, in ms.
     pub last_lag_ms: Option<i64>,
+    /// Matches of fleet-scoped jails added to the fleet counters.
+    pub counted: u64,
+    /// Publication-to-applied delays of the last (up to 1000) remote decisions, in ms.
+    #[serde(skip_serializing_if = "VecDeque::is_empty")]
+    pub recent_lags_ms: VecDeque<i64>,
 }
 
 enum ToWriter {
@@ -275,7 +282,7 @@ fn writer(
             continue;
         };
         let result = publish(c, stream, maxlen, &mut outbox, &status)
-            .and_then(|_| count(c, name, &counts, &engine));
+            .and_then(|_| count(c, name, &counts, &status, &engine));
         if let Err(e) = result {
             set_link(&status, false, Some(e.to_string()));
             con = None;
@@ -323,30 +330,37 @@ fn count(
     c: &mut redis::Connection,
     name: &str,
     items: &[CountItem],
+    status: &Mutex<FleetStatus>,
     engine: &impl Fn(FromFleet),
 ) -> redis::RedisResult<()> {
     if items.is_empty() {
         return Ok(());
     }
-    let mut adds: HashMap<(String, u64), u32> = HashMap::new();
-    let mut latest: HashMap<(String, String), &CountItem> = HashMap::new();
+    // Aggregate by borrowed keys first: one string per distinct bucket, not per line.
+    let mut adds: HashMap<(&str, &str, u32, u32), u32> = HashMap::new();
+    let mut latest: HashMap<(&str, &str), &CountItem> = HashMap::new();
     for it in items {
         let width = (it.findtime / 10).max(1);
-        let bucket = format!("{name}:cnt:{}:{}:{}", it.jail, it.key, it.sec / width);
         *adds
-            .entry((bucket, (it.findtime + width) as u64))
-            .or_default() += 1;
+            .entry((
+                it.jail.as_str(),
+                it.key.as_str(),
+                it.sec / width,
+                it.findtime + width,
+            ))
+            .or_default() += it.n;
         let e = latest
-            .entry((it.jail.clone(), it.key.clone()))
+            .entry((it.jail.as_str(), it.key.as_str()))
             .or_insert(it);
         if it.sec > e.sec {
             *e = it;
         }
     }
     let mut pipe = redis::pipe();
-    for ((bucket, ttl), n) in &adds {
-        pipe.cmd("INCRBY").arg(bucket).arg(*n).ignore();
-        pipe.cmd("EXPIRE").arg(bucket).arg(*ttl).ignore();
+    for ((jail, key, idx, ttl), n) in &adds {
+        let bucket = format!("{name}:cnt:{jail}:{key}:{idx}");
+        pipe.cmd("INCRBY").arg(&bucket).arg(*n).ignore();
+        pipe.cmd("EXPIRE").arg(&bucket).arg(*ttl).ignore();
     }
     let keys: Vec<&CountItem> = latest.values().copied().collect();
     for it in &keys {
@@ -359,6 +373,9 @@ fn count(
         pipe.cmd("MGET").arg(names);
     }
     let totals: Vec<Vec<Option<u32>>> = pipe.query(c)?;
+    if let Ok(mut s) = status.lock() {
+        s.counted += items.iter().map(|i| i.n as u64).sum::<u64>();
+    }
     for (it, buckets) in keys.iter().zip(totals) {
         let total: u32 = buckets.into_iter().flatten().sum();
         if total >= it.maxretry {
@@ -423,7 +440,12 @@ fn reader(
                     }
                     if let Ok(mut s) = status.lock() {
                         s.applied += 1;
-                        s.last_lag_ms = Some(now_ms() - ev.at_ms);
+                        let lag = now_ms() - ev.at_ms;
+                        s.last_lag_ms = Some(lag);
+                        if s.recent_lags_ms.len() >= 1000 {
+                            s.recent_lags_ms.pop_front();
+                        }
+                        s.recent_lags_ms.push_back(lag);
                     }
                     engine(FromFleet::Remote(ev, entry.id.clone()));
                 }

@@ -571,3 +571,82 @@ fn missing_nft_is_a_clear_error_at_start() {
         stderr(&out)
     );
 }
+
+#[test]
+fn fleet_ban_on_one_host_is_enforced_by_another_hosts_firewall() {
+    if !prerequisites() {
+        return;
+    }
+    let mut net = Net::new();
+    net.start_http();
+    // Redis and both daemons live in the server namespace; host b enforces.
+    let port = 16379;
+    let mut redis = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.srv,
+            "redis-server",
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let fleet_section = |host: &str| {
+        format!(
+            "[fleet]\nurl = \"redis://127.0.0.1:{port}/0\"\nname = \"fw{}\"\nhost = \"{host}\"\n",
+            std::process::id()
+        )
+    };
+    let a_dir = Daemon::config("fleet-fw-a", 5, "");
+    let main = std::fs::read_to_string(a_dir.path().join("conf/portcullis.toml")).unwrap();
+    let (head, defaults) = main.split_once("[defaults]").unwrap();
+    a_dir.write(
+        "conf/portcullis.toml",
+        &format!("{head}{}[defaults]{defaults}", fleet_section("a")),
+    );
+    let a = Daemon::start_in(a_dir, &["ip", "netns", "exec", &net.srv]);
+    let b_dir = Daemon::config("fleet-fw-b", 5, "action = [\"log\", \"firewall\"]\n");
+    let main = std::fs::read_to_string(b_dir.path().join("conf/portcullis.toml")).unwrap();
+    let (head, defaults) = main.split_once("[defaults]").unwrap();
+    b_dir.write(
+        "conf/portcullis.toml",
+        &format!(
+            "{head}{}[firewall]\nbackend = \"nftables\"\n[defaults]{defaults}",
+            fleet_section("b")
+        ),
+    );
+    let b = Daemon::start_in(b_dir, &["ip", "netns", "exec", &net.srv]);
+
+    assert!(net.get("192.0.2.2", "192.0.2.1"));
+    let t = std::time::Instant::now();
+    assert!(
+        a.cli(&["ban", "192.0.2.2", "--jail", "auth"])
+            .status
+            .success()
+    );
+    wait_for(
+        || net.nft_elements("addr4") == ["192.0.2.2"],
+        "host a's ban in host b's nftables set",
+    );
+    let elapsed = t.elapsed();
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    assert!(
+        !net.get("192.0.2.2", "192.0.2.1"),
+        "dropped by host b's firewall"
+    );
+    assert!(b.cli(&["unban", "192.0.2.2"]).status.success());
+    wait_for(
+        || a.bans().is_empty() && net.get("192.0.2.2", "192.0.2.1"),
+        "the unban everywhere",
+    );
+    let _ = redis.kill();
+    let _ = redis.wait();
+}

@@ -451,14 +451,21 @@ impl Engine {
     fn count_in_fleet(&mut self) {
         let matches = self.pipeline.detector.take_fleet_matches();
         let Some(fleet) = &self.fleet else { return };
-        let items = matches
+        // One item per (jail, key, second): formatting and sending per distinct key.
+        let mut per_key: HashMap<crate::detect::FleetMatch, u32> = HashMap::new();
+        for m in matches {
+            *per_key.entry(m).or_default() += 1;
+        }
+        let detector = &self.pipeline.detector;
+        let items = per_key
             .into_iter()
-            .map(|(j, key, sec)| {
-                let spec = &self.pipeline.entries[j].spec;
+            .map(|(m, n)| {
+                let spec = &self.pipeline.entries[m.jail].spec;
                 crate::fleet::CountItem {
                     jail: spec.name.clone(),
-                    key,
-                    sec,
+                    key: detector.fleet_key_text(&m),
+                    sec: m.sec,
+                    n,
                     findtime: spec.findtime.as_secs().clamp(1, u32::MAX as u64) as u32,
                     maxretry: spec.maxretry,
                 }

@@ -430,6 +430,21 @@ where
     Some((count, first))
 }
 
+/// What a fleet-scoped jail counted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FleetKey {
+    Addr(AddrKey),
+    Text(String),
+}
+
+/// One match of a fleet-scoped jail.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FleetMatch {
+    pub jail: usize,
+    pub key: FleetKey,
+    pub sec: u32,
+}
+
 /// Runs every jail over events.
 #[derive(Debug)]
 pub struct Detector {
@@ -439,8 +454,8 @@ pub struct Detector {
     key_buf: String,
     value_buf: String,
     scratch: String,
-    /// Matches of fleet-scoped jails since the last take: (jail, key, second).
-    fleet_matches: Vec<(usize, String, u32)>,
+    /// Matches of fleet-scoped jails since the last take.
+    fleet_matches: Vec<FleetMatch>,
 }
 
 impl Detector {
@@ -457,8 +472,20 @@ impl Detector {
     }
 
     /// Matches of fleet-scoped jails since the last call.
-    pub fn take_fleet_matches(&mut self) -> Vec<(usize, String, u32)> {
+    pub fn take_fleet_matches(&mut self) -> Vec<FleetMatch> {
         std::mem::take(&mut self.fleet_matches)
+    }
+
+    /// The text of a fleet key, as the fleet counters and targets name it.
+    pub fn fleet_key_text(&self, m: &FleetMatch) -> String {
+        match &m.key {
+            FleetKey::Addr(k) => {
+                let jail = &self.jails[m.jail];
+                let full = (k.0[0] as u128) << 64 | k.0[1] as u128;
+                key_to_net(full, jail.v4, jail.v6).to_string()
+            }
+            FleetKey::Text(t) => t.clone(),
+        }
     }
 
     /// Feeds one event to the jails `which`; decisions are appended to `out`.
@@ -518,13 +545,12 @@ impl Detector {
                 continue;
             }
             if jail.fleet {
-                let key = match ev.client {
-                    Some(ip) if by_addr => {
-                        key_to_net(masked_key(ip, jail.v4, jail.v6), jail.v4, jail.v6).to_string()
-                    }
-                    _ => self.key_buf.clone(),
+                let key = match addr_key {
+                    // Formatted later, once per distinct key (see `fleet_key_text`).
+                    Some(k) if by_addr => FleetKey::Addr(k),
+                    _ => FleetKey::Text(self.key_buf.clone()),
                 };
-                self.fleet_matches.push((j, key, sec));
+                self.fleet_matches.push(FleetMatch { jail: j, key, sec });
             }
             let addr_bytes = addr_key.map(|k| k.bytes()).unwrap_or_default();
             let ring_key: &[u8] = if by_addr {
