@@ -452,7 +452,11 @@ impl Engine {
         let matches = self.pipeline.detector.take_fleet_matches();
         let Some(fleet) = &self.fleet else { return };
         // One item per (jail, key, second): formatting and sending per distinct key.
-        let mut per_key: HashMap<crate::detect::FleetMatch, u32> = HashMap::new();
+        let mut per_key: hashbrown::HashMap<
+            crate::detect::FleetMatch,
+            u32,
+            foldhash::fast::RandomState,
+        > = hashbrown::HashMap::default();
         for m in matches {
             *per_key.entry(m).or_default() += 1;
         }
