@@ -84,12 +84,11 @@ fn daemon_with_mail(tag: &str, port: u16) -> Daemon {
         3,
         "action = [\"log\", \"oncall\"]\nseverity = \"high\"\n",
     );
-    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
-    let (head, defaults) = main.split_once("[defaults]").unwrap();
-    dir.write(
-        "conf/portcullis.toml",
+    add_to_main(
+        &dir,
+        "",
         &format!(
-            "{head}[actions.oncall]\ntype = \"email\"\nserver = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"portcullis@ingress.test\"\nto = [\"oncall@ops.test\"]\nalert_interval = \"3s\"\ntimeout = \"2s\"\n[defaults]{defaults}"
+            "[actions.oncall]\ntype = \"email\"\nserver = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"portcullis@ingress.test\"\nto = [\"oncall@ops.test\"]\nalert_interval = \"3s\"\ntimeout = \"2s\"\n"
         ),
     );
     Daemon::start(dir)

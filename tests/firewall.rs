@@ -227,11 +227,8 @@ fn daemon(net: &Net, tag: &str, jail_extra: &str, firewall: &str) -> Daemon {
         "ignore = [\"127.0.0.1\"]",
         "ignore = [\"127.0.0.1\", \"192.0.2.3\"]",
     );
-    let (head, defaults) = main.split_once("[defaults]").unwrap();
-    dir.write(
-        "conf/portcullis.toml",
-        &format!("{head}[firewall]\n{firewall}\n[defaults]{defaults}"),
-    );
+    dir.write("conf/portcullis.toml", &main);
+    add_to_main(&dir, "", &format!("[firewall]\n{firewall}\n"));
     Daemon::start_in(dir, &["ip", "netns", "exec", &net.srv])
 }
 
@@ -473,11 +470,10 @@ fn nft_ten_thousand_addresses_at_once_are_all_in_the_set() {
     }
     let net = Net::new();
     let dir = Daemon::config("nft-10k", 1, "action = [\"log\", \"firewall\"]\n");
-    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
-    let (head, defaults) = main.split_once("[defaults]").unwrap();
-    dir.write(
-        "conf/portcullis.toml",
-        &format!("max_bans_per_minute = 20000\n{head}[firewall]\nbackend = \"nftables\"\n[defaults]{defaults}"),
+    add_to_main(
+        &dir,
+        "max_bans_per_minute = 20000\n",
+        "[firewall]\nbackend = \"nftables\"\n",
     );
     let d = Daemon::start_in(dir, &["ip", "netns", "exec", &net.srv]);
     let lines: String = (0..10_000u32)
@@ -552,12 +548,7 @@ fn nft_remove_on_stop_and_reject_verdict() {
 #[test]
 fn missing_nft_is_a_clear_error_at_start() {
     let dir = Daemon::config("no-nft", 3, "action = [\"firewall\"]\n");
-    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
-    let (head, defaults) = main.split_once("[defaults]").unwrap();
-    dir.write(
-        "conf/portcullis.toml",
-        &format!("{head}[firewall]\nbackend = \"nftables\"\n[defaults]{defaults}"),
-    );
+    add_to_main(&dir, "", "[firewall]\nbackend = \"nftables\"\n");
     let out = bin()
         .args(["run", "--config"])
         .arg(dir.path().join("conf"))
@@ -606,22 +597,13 @@ fn fleet_ban_on_one_host_is_enforced_by_another_hosts_firewall() {
         )
     };
     let a_dir = Daemon::config("fleet-fw-a", 5, "");
-    let main = std::fs::read_to_string(a_dir.path().join("conf/portcullis.toml")).unwrap();
-    let (head, defaults) = main.split_once("[defaults]").unwrap();
-    a_dir.write(
-        "conf/portcullis.toml",
-        &format!("{head}{}[defaults]{defaults}", fleet_section("a")),
-    );
+    add_to_main(&a_dir, "", &fleet_section("a"));
     let a = Daemon::start_in(a_dir, &["ip", "netns", "exec", &net.srv]);
     let b_dir = Daemon::config("fleet-fw-b", 5, "action = [\"log\", \"firewall\"]\n");
-    let main = std::fs::read_to_string(b_dir.path().join("conf/portcullis.toml")).unwrap();
-    let (head, defaults) = main.split_once("[defaults]").unwrap();
-    b_dir.write(
-        "conf/portcullis.toml",
-        &format!(
-            "{head}{}[firewall]\nbackend = \"nftables\"\n[defaults]{defaults}",
-            fleet_section("b")
-        ),
+    add_to_main(
+        &b_dir,
+        "",
+        &format!("{}[firewall]\nbackend = \"nftables\"\n", fleet_section("b")),
     );
     let b = Daemon::start_in(b_dir, &["ip", "netns", "exec", &net.srv]);
 

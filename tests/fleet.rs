@@ -63,11 +63,12 @@ fn free_port() -> u16 {
 /// A daemon in fleet `fleet` as `host`; `jail_extra` goes into jail `auth`.
 fn host(redis: u16, fleet: &str, host: &str, maxretry: u32, jail_extra: &str) -> Daemon {
     let dir = Daemon::config(&format!("fleet-{host}"), maxretry, jail_extra);
-    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
-    let (head, defaults) = main.split_once("[defaults]").unwrap();
-    dir.write(
-        "conf/portcullis.toml",
-        &format!("{head}[fleet]\nurl = \"redis://127.0.0.1:{redis}/0\"\nname = \"{fleet}\"\nhost = \"{host}\"\n[defaults]{defaults}"),
+    add_to_main(
+        &dir,
+        "",
+        &format!(
+            "[fleet]\nurl = \"redis://127.0.0.1:{redis}/0\"\nname = \"{fleet}\"\nhost = \"{host}\"\n"
+        ),
     );
     Daemon::start(dir)
 }
@@ -194,12 +195,11 @@ fn fleet_state_is_in_metrics() {
     let fleet = format!("m{}", std::process::id());
     let mport = free_port();
     let dir = Daemon::config("fleet-metrics", 3, "");
-    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
-    let (head, defaults) = main.split_once("[defaults]").unwrap();
-    dir.write(
-        "conf/portcullis.toml",
+    add_to_main(
+        &dir,
+        "",
         &format!(
-            "{head}[fleet]\nurl = \"redis://127.0.0.1:{}/0\"\nname = \"{fleet}\"\nhost = \"m\"\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n[defaults]{defaults}",
+            "[fleet]\nurl = \"redis://127.0.0.1:{}/0\"\nname = \"{fleet}\"\nhost = \"m\"\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n",
             redis.port
         ),
     );

@@ -32,11 +32,10 @@ fn metrics_show_the_expected_counters() {
         .unwrap()
         .port();
     let dir = Daemon::config("metrics", 3, "");
-    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
-    let (head, defaults) = main.split_once("[defaults]").unwrap();
-    dir.write(
-        "conf/portcullis.toml",
-        &format!("{head}[metrics]\nlisten = \"127.0.0.1:{port}\"\n[defaults]{defaults}"),
+    add_to_main(
+        &dir,
+        "",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
     );
     let d = Daemon::start(dir);
     d.append(

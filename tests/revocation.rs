@@ -118,12 +118,11 @@ fn setup(tag: &str) -> (Daemon, Nginx) {
     );
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
-    let (head, defaults) = main.split_once("[defaults]").unwrap();
-    dir.write(
-        "conf/portcullis.toml",
+    add_to_main(
+        &dir,
+        "max_bans_per_minute = 1000\n",
         &format!(
-            "max_bans_per_minute = 1000\n{head}[actions.nginx-keys]\ntype = \"denylist\"\npath = \"{}\"\nformat = \"nginx_map\"\nreload = [\"{}\"]\ndebounce = \"300ms\"\n[defaults]{defaults}",
+            "[actions.nginx-keys]\ntype = \"denylist\"\npath = \"{}\"\nformat = \"nginx_map\"\nreload = [\"{}\"]\ndebounce = \"300ms\"\n",
             dir.path().join("revoked.map").display(),
             script.display()
         ),

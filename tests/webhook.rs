@@ -70,12 +70,11 @@ impl Drop for Iam {
 fn setup(tag: &str, port: u16) -> Daemon {
     let dir = Daemon::config(tag, 3, "action = [\"log\", \"iam\"]\n");
     let token = dir.write("iam-token", "s3cret-token\n");
-    let main = std::fs::read_to_string(dir.path().join("conf/portcullis.toml")).unwrap();
-    let (head, defaults) = main.split_once("[defaults]").unwrap();
-    dir.write(
-        "conf/portcullis.toml",
+    add_to_main(
+        &dir,
+        "",
         &format!(
-            "{head}[actions.iam]\ntype = \"webhook\"\nmethod = \"POST\"\nurl = \"http://127.0.0.1:{port}/v1/keys/{{target}}/revoke\"\nheaders = {{ \"Content-Type\" = \"application/json\" }}\nbody = '{{\"key_id\": \"{{target}}\", \"jail\": \"{{jail}}\", \"incident\": \"{{incident}}\"}}'\ntoken_file = \"{}\"\ntimeout = \"1s\"\n[defaults]{defaults}",
+            "[actions.iam]\ntype = \"webhook\"\nmethod = \"POST\"\nurl = \"http://127.0.0.1:{port}/v1/keys/{{target}}/revoke\"\nheaders = {{ \"Content-Type\" = \"application/json\" }}\nbody = '{{\"key_id\": \"{{target}}\", \"jail\": \"{{jail}}\", \"incident\": \"{{incident}}\"}}'\ntoken_file = \"{}\"\ntimeout = \"1s\"\n",
             token.display()
         ),
     );

@@ -277,3 +277,21 @@ pub fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// A free TCP port on loopback (for the servers tests start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Adds TOML tables (`[fleet] ...`) to a test config's `portcullis.toml`,
+/// before its `[defaults]`; `top` goes at the very top (plain keys).
+pub fn add_to_main(dir: &TempDir, top: &str, tables: &str) {
+    let path = dir.path().join("conf/portcullis.toml");
+    let main = std::fs::read_to_string(&path).unwrap();
+    let (head, defaults) = main.split_once("[defaults]").unwrap();
+    std::fs::write(path, format!("{top}{head}{tables}\n[defaults]{defaults}")).unwrap();
+}
