@@ -153,6 +153,17 @@ struct Span {
     end: u32,
 }
 
+/// A request line's parts: `GET /path HTTP/1.1` → method, path, protocol.
+/// The path runs to the last space before `HTTP/...`, so a path with spaces
+/// (as nginx logs a malformed request) stays whole; no space: no parts.
+pub fn split_request(raw: &str) -> Option<(&str, &str, Option<&str>)> {
+    let (method, rest) = raw.split_once(' ')?;
+    Some(match rest.rsplit_once(' ') {
+        Some((path, proto)) if proto.starts_with("HTTP/") => (method, path, Some(proto)),
+        _ => (method, rest, None),
+    })
+}
+
 /// Event time in milliseconds since the Unix epoch, UTC.
 pub type Millis = i64;
 
@@ -210,6 +221,18 @@ impl Event {
 
     pub fn set_text(&mut self, f: StdField, value: &str) {
         self.set_text_with(f, |b| b.push_str(value));
+    }
+
+    /// Stores a request line and its method, path and protocol.
+    pub fn set_request(&mut self, raw: &str) {
+        self.set_text(StdField::Request, raw);
+        if let Some((method, path, protocol)) = split_request(raw) {
+            self.set_text(StdField::Method, method);
+            self.set_text(StdField::Path, path);
+            if let Some(p) = protocol {
+                self.set_text(StdField::Protocol, p);
+            }
+        }
     }
 
     pub fn set_extra_with(&mut self, id: usize, push: impl FnOnce(&mut String)) {

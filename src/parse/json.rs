@@ -187,17 +187,7 @@ impl JsonFormat {
                     xff = Some(text.to_string());
                     ev.set_text(StdField::ForwardedFor, text);
                 }
-                Target::Text(StdField::Request) => {
-                    ev.set_text(StdField::Request, text);
-                    let mut parts = text.splitn(3, ' ');
-                    if let (Some(m), Some(p)) = (parts.next(), parts.next()) {
-                        ev.set_text(StdField::Method, m);
-                        ev.set_text(StdField::Path, p);
-                        if let Some(proto) = parts.next() {
-                            ev.set_text(StdField::Protocol, proto);
-                        }
-                    }
-                }
+                Target::Text(StdField::Request) => ev.set_request(text),
                 Target::Text(f) => ev.set_text(*f, text),
                 Target::Extra(id) => ev.set_extra_with(*id, |b| b.push_str(text)),
             }

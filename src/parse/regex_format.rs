@@ -94,14 +94,7 @@ impl RegexFormat {
                 Slot::Time => ev.time = self.time(text, times).ok_or(reason::BAD_TIME)?,
                 Slot::Status => ev.status = Some(super::template::parse_status(text)?),
                 Slot::Bytes => ev.bytes = text.parse().ok(),
-                Slot::Request => {
-                    ev.set_text(StdField::Request, text);
-                    let mut parts = text.splitn(3, ' ');
-                    if let (Some(m), Some(p)) = (parts.next(), parts.next()) {
-                        ev.set_text(StdField::Method, m);
-                        ev.set_text(StdField::Path, p);
-                    }
-                }
+                Slot::Request => ev.set_request(text),
                 Slot::Text(f) => ev.set_text(*f, text),
                 Slot::Extra(id) => ev.set_extra_with(*id, |b| b.push_str(text)),
                 Slot::Skip => {}

@@ -282,15 +282,13 @@ impl Template {
 
     fn split_request(&self, ev: &mut Event, raw: &str) {
         ev.set_text(StdField::Request, raw);
-        let Some(sp1) = raw.find(' ') else { return };
-        self.store(ev, Target::Std(StdField::Method), &raw[..sp1]);
-        let rest = &raw[sp1 + 1..];
-        match rest.rfind(' ') {
-            Some(sp2) if rest[sp2 + 1..].starts_with("HTTP/") => {
-                self.store(ev, Target::Std(StdField::Path), &rest[..sp2]);
-                self.store(ev, Target::Std(StdField::Protocol), &rest[sp2 + 1..]);
-            }
-            _ => self.store(ev, Target::Std(StdField::Path), rest),
+        let Some((method, path, protocol)) = super::event::split_request(raw) else {
+            return;
+        };
+        self.store(ev, Target::Std(StdField::Method), method);
+        self.store(ev, Target::Std(StdField::Path), path);
+        if let Some(p) = protocol {
+            self.store(ev, Target::Std(StdField::Protocol), p);
         }
     }
 

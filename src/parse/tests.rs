@@ -180,3 +180,18 @@ fn trusted_proxies_pick_the_real_client() {
     p.parse(line, &mut ev).unwrap();
     assert_eq!(ev.client, ip("198.51.100.7"));
 }
+
+#[test]
+fn request_lines_split_the_same_in_every_format() {
+    use super::event::split_request;
+    assert_eq!(
+        split_request("GET /a?b HTTP/1.1"),
+        Some(("GET", "/a?b", Some("HTTP/1.1")))
+    );
+    assert_eq!(
+        split_request("GET /a b HTTP/2"),
+        Some(("GET", "/a b", Some("HTTP/2")))
+    );
+    assert_eq!(split_request("GET /a"), Some(("GET", "/a", None)));
+    assert_eq!(split_request("garbage"), None);
+}
