@@ -227,3 +227,67 @@ fn fleet_state_is_in_metrics() {
         "{text}"
     );
 }
+
+#[test]
+fn password_is_read_from_a_file() {
+    let port = free_port();
+    let _redis = Proc(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                "s3cret",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "redis-server",
+    );
+    let fleet = format!("p{}", std::process::id());
+    let daemon = |h: &str, password: &str| {
+        let dir = Daemon::config(&format!("fleet-pw-{h}"), 5, "");
+        let pw = dir.write("redis-password", &format!("{password}\n"));
+        add_to_main(
+            &dir,
+            "",
+            &format!(
+                "[fleet]\nurl = \"redis://127.0.0.1:{port}/0\"\nname = \"{fleet}\"\nhost = \"{h}\"\npassword_file = \"{}\"\n",
+                pw.display()
+            ),
+        );
+        Daemon::start(dir)
+    };
+    let a = daemon("a", "s3cret");
+    let wrong = daemon("w", "nope");
+    assert!(
+        a.cli(&["ban", "192.0.2.9", "--jail", "auth"])
+            .status
+            .success()
+    );
+    wait_for(
+        || a.json(&["status"])["fleet"]["published"] == 1,
+        "a publication with the right password",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let st = wrong.json(&["status"]);
+    assert_eq!(st["fleet"]["link_up"], false, "{st}");
+    assert!(wrong.bans().is_empty());
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
