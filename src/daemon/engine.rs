@@ -451,24 +451,33 @@ impl Engine {
     fn count_in_fleet(&mut self) {
         let matches = self.pipeline.detector.take_fleet_matches();
         let Some(fleet) = &self.fleet else { return };
-        // One item per (jail, key, second): formatting and sending per distinct key.
-        let mut per_key: hashbrown::HashMap<
-            crate::detect::FleetMatch,
-            u32,
+        // One item per (jail, key, sub-bucket): the fleet counts in buckets of
+        // findtime/10, so formatting and sending happen once per bucket, not per line.
+        let width = |j: usize| {
+            (self.pipeline.entries[j].spec.findtime.as_secs() / 10).clamp(1, u32::MAX as u64) as u32
+        };
+        let mut per_bucket: hashbrown::HashMap<
+            (usize, crate::detect::FleetKey, u32),
+            (u32, u32),
             foldhash::fast::RandomState,
         > = hashbrown::HashMap::default();
         for m in matches {
-            *per_key.entry(m).or_default() += 1;
+            let e = per_bucket
+                .entry((m.jail, m.key, m.sec / width(m.jail)))
+                .or_insert((0, m.sec));
+            e.0 += 1;
+            e.1 = e.1.max(m.sec);
         }
         let detector = &self.pipeline.detector;
-        let items = per_key
+        let items = per_bucket
             .into_iter()
-            .map(|(m, n)| {
-                let spec = &self.pipeline.entries[m.jail].spec;
+            .map(|((jail, key, _), (n, sec))| {
+                let spec = &self.pipeline.entries[jail].spec;
+                let m = crate::detect::FleetMatch { jail, key, sec };
                 crate::fleet::CountItem {
                     jail: spec.name.clone(),
                     key: detector.fleet_key_text(&m),
-                    sec: m.sec,
+                    sec,
                     n,
                     findtime: spec.findtime.as_secs().clamp(1, u32::MAX as u64) as u32,
                     maxretry: spec.maxretry,
