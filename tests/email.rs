@@ -3,45 +3,31 @@
 
 mod common;
 use common::*;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 struct Smtp {
-    child: Option<Child>,
+    /// Kept for its Drop: the server stops with the test.
+    _service: Service,
     maildir: std::path::PathBuf,
 }
 
 impl Smtp {
     fn start(maildir: std::path::PathBuf, port: u16) -> Smtp {
-        let child = Command::new("/usr/bin/python3")
-            .args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-                "-c",
-                "aiosmtpd.handlers.Mailbox",
-            ])
-            .arg(&maildir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3-aiosmtpd is installed");
-        wait_for(
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-            "the SMTP server",
-        );
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+        ])
+        .arg(&maildir);
         Smtp {
-            child: Some(child),
+            _service: Service::start(&mut cmd, port, "the SMTP server (python3-aiosmtpd)"),
             maildir,
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 
@@ -62,20 +48,6 @@ impl Smtp {
         out.sort();
         out.into_iter().map(|(_, m)| m).collect()
     }
-}
-
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn daemon_with_mail(tag: &str, port: u16) -> Daemon {

@@ -158,20 +158,15 @@ impl Net {
         stdout(&out) == "200"
     }
 
+    /// Runs `nft ARGS` in the server namespace.
+    fn nft(&self, args: &[&str]) -> Output {
+        let mut all = vec!["ip", "netns", "exec", &self.srv, "nft"];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
     fn nft_elements(&self, set: &str) -> Vec<String> {
-        let out = sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.srv,
-            "nft",
-            "-j",
-            "list",
-            "set",
-            "inet",
-            "portcullis",
-            set,
-        ]);
+        let out = self.nft(&["-j", "list", "set", "inet", "portcullis", set]);
         if !out.status.success() {
             return vec![];
         }
@@ -275,17 +270,7 @@ fn nft_ban_drops_unban_restores_and_expiry_removes() {
         "the element to expire",
     );
     assert!(net.get("192.0.2.2", "192.0.2.1"));
-    let ruleset = stdout(&sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &net.srv,
-        "nft",
-        "list",
-        "table",
-        "inet",
-        "portcullis",
-    ]));
+    let ruleset = stdout(&net.nft(&["list", "table", "inet", "portcullis"]));
     assert!(
         ruleset.contains("ip saddr @addr4 counter packets"),
         "{ruleset}"
@@ -407,19 +392,18 @@ fn nft_allowlisted_address_is_never_dropped() {
         "a prefix covering an allowlisted address is refused"
     );
     // Even an element forced into the set by hand: the allow rule comes first.
-    must(&[
-        "ip",
-        "netns",
-        "exec",
-        &net.srv,
-        "nft",
-        "add",
-        "element",
-        "inet",
-        "portcullis",
-        "addr4",
-        "{ 192.0.2.3 }",
-    ]);
+    assert!(
+        net.nft(&[
+            "add",
+            "element",
+            "inet",
+            "portcullis",
+            "addr4",
+            "{ 192.0.2.3 }",
+        ])
+        .status
+        .success()
+    );
     assert!(net.get("192.0.2.3", "192.0.2.1"));
 }
 
@@ -511,33 +495,13 @@ fn nft_remove_on_stop_and_reject_verdict() {
             .success()
     );
     wait_for(|| !net.get("192.0.2.2", "192.0.2.1"), "the ban");
-    let table = stdout(&sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &net.srv,
-        "nft",
-        "list",
-        "table",
-        "inet",
-        "portcullis",
-    ]));
+    let table = stdout(&net.nft(&["list", "table", "inet", "portcullis"]));
     assert!(
         table.contains("counter packets") && table.contains("reject"),
         "{table}"
     );
     d.stop();
-    let out = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &net.srv,
-        "nft",
-        "list",
-        "table",
-        "inet",
-        "portcullis",
-    ]);
+    let out = net.nft(&["list", "table", "inet", "portcullis"]);
     assert!(
         !out.status.success(),
         "the table is removed at a clean stop"

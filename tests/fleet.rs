@@ -3,61 +3,41 @@
 
 mod common;
 use common::*;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 struct Redis {
-    child: Option<Child>,
+    service: Service,
     port: u16,
 }
 
 impl Redis {
     fn start(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        wait_for(
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-            "redis-server",
-        );
+        Redis::start_with(port, &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Redis {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(extra);
         Redis {
-            child: Some(child),
+            service: Service::start(&mut cmd, port, "redis-server"),
             port,
         }
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.service.stop();
     }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A daemon in fleet `fleet` as `host`; `jail_extra` goes into jail `auth`.
@@ -231,28 +211,7 @@ fn fleet_state_is_in_metrics() {
 #[test]
 fn password_is_read_from_a_file() {
     let port = free_port();
-    let _redis = Proc(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--requirepass",
-                "s3cret",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        "redis-server",
-    );
+    let _redis = Redis::start_with(port, &["--requirepass", "s3cret"]);
     let fleet = format!("p{}", std::process::id());
     let daemon = |h: &str, password: &str| {
         let dir = Daemon::config(&format!("fleet-pw-{h}"), 5, "");
@@ -282,12 +241,4 @@ fn password_is_read_from_a_file() {
     let st = wrong.json(&["status"]);
     assert_eq!(st["fleet"]["link_up"], false, "{st}");
     assert!(wrong.bans().is_empty());
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 const IAM: &str = r#"
 import http.server, json, sys
@@ -20,35 +20,18 @@ http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
 "#;
 
 struct Iam {
-    child: Option<Child>,
-    port: u16,
+    /// Kept for its Drop: the server stops with the test.
+    _service: Service,
     log: std::path::PathBuf,
 }
 
 impl Iam {
     fn start(port: u16, log: std::path::PathBuf) -> Iam {
-        let child = Command::new("python3")
-            .args(["-c", IAM, &port.to_string()])
-            .arg(&log)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for(
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-            "the IAM stand-in",
-        );
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", IAM, &port.to_string()]).arg(&log);
         Iam {
-            child: Some(child),
-            port,
+            _service: Service::start(&mut cmd, port, "the IAM stand-in"),
             log,
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 
@@ -58,12 +41,6 @@ impl Iam {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
-    }
-}
-
-impl Drop for Iam {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -79,14 +56,6 @@ fn setup(tag: &str, port: u16) -> Daemon {
         ),
     );
     Daemon::start(dir)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -111,7 +80,6 @@ fn revocations_are_delivered_with_the_right_body() {
         d.json(&["incidents", "show", incident])["target"]["value"],
         "key/1\"x"
     );
-    let _ = iam.port;
 }
 
 #[test]

@@ -166,29 +166,40 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// How durations are written: a string (`"10m"`) or a number of seconds.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Secs(i64),
+    Text(String),
+}
+
+impl RawDuration {
+    fn read<'de, D: Deserializer<'de>>(d: D, expected: &str) -> Result<RawDuration, D::Error> {
+        RawDuration::deserialize(d).map_err(|_| de::Error::custom(format!("expected {expected}")))
+    }
+
+    /// The duration, for every spelling but the special ones a caller handles first.
+    fn duration<E: de::Error>(self) -> Result<Duration, E> {
+        match self {
+            RawDuration::Secs(n) if n >= 0 => Ok(Duration::from_secs(n as u64)),
+            RawDuration::Secs(n) => Err(E::custom(format!(
+                "invalid duration {n}: must not be negative"
+            ))),
+            RawDuration::Text(s) => parse_duration(&s).map_err(E::custom),
+        }
+    }
+}
+
 /// A duration in config: a string like `"10m"` or an integer of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(i64),
-            Text(String),
-        }
-        match Raw::deserialize(d).map_err(|_| {
-            de::Error::custom("expected a duration such as \"10m\" or a number of seconds")
-        })? {
-            Raw::Secs(n) if n >= 0 => Ok(ConfigDuration(Duration::from_secs(n as u64))),
-            Raw::Secs(n) => Err(de::Error::custom(format!(
-                "invalid duration {n}: must not be negative"
-            ))),
-            Raw::Text(s) => parse_duration(&s)
-                .map(ConfigDuration)
-                .map_err(de::Error::custom),
-        }
+        RawDuration::read(d, "a duration such as \"10m\" or a number of seconds")?
+            .duration()
+            .map(ConfigDuration)
     }
 }
 
@@ -198,25 +209,15 @@ pub struct BanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for BanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(i64),
-            Text(String),
-        }
-        let permanent = BanDuration(Duration::from_secs(crate::decide::PERMANENT));
-        match Raw::deserialize(d).map_err(|_| {
-            de::Error::custom("expected a duration such as \"1h\", or \"permanent\"")
-        })? {
-            Raw::Secs(-1) => Ok(permanent),
-            Raw::Secs(n) if n > 0 => Ok(BanDuration(Duration::from_secs(n as u64))),
-            Raw::Secs(n) => Err(de::Error::custom(format!(
-                "invalid ban time {n}: use a duration or \"permanent\""
-            ))),
-            Raw::Text(s) if s == "permanent" => Ok(permanent),
-            Raw::Text(s) => parse_duration(&s)
-                .map(BanDuration)
-                .map_err(de::Error::custom),
+        match RawDuration::read(d, "a duration such as \"1h\", or \"permanent\"")? {
+            RawDuration::Secs(-1) => Ok(BanDuration(Duration::from_secs(crate::decide::PERMANENT))),
+            RawDuration::Text(s) if s == "permanent" => {
+                Ok(BanDuration(Duration::from_secs(crate::decide::PERMANENT)))
+            }
+            RawDuration::Secs(0) => Err(de::Error::custom(
+                "invalid ban time 0: use a duration or \"permanent\"",
+            )),
+            raw => raw.duration().map(BanDuration),
         }
     }
 }

@@ -295,3 +295,37 @@ pub fn add_to_main(dir: &TempDir, top: &str, tables: &str) {
     let (head, defaults) = main.split_once("[defaults]").unwrap();
     std::fs::write(path, format!("{top}{head}{tables}\n[defaults]{defaults}")).unwrap();
 }
+
+/// A background server a test runs (SMTP, Redis, an HTTP stand-in), killed
+/// when dropped.
+pub struct Service(Option<std::process::Child>);
+
+impl Service {
+    /// Spawns `cmd` with its output discarded and waits until it listens on `port`.
+    pub fn start(cmd: &mut std::process::Command, port: u16, what: &str) -> Service {
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let service = Service(Some(child));
+        wait_for(
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            what,
+        );
+        service
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
