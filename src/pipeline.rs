@@ -41,6 +41,17 @@ impl ParseStats {
         r.count += 1;
     }
 
+    /// Counts a line that was parsed, and counted, with a note (its time was
+    /// in the future, its bytes not UTF-8): under the reason, not as unparsed.
+    fn note(&mut self, why: ParseError, source: &str, offset: u64, line: &str) {
+        let r = self.reasons.entry(why.0).or_default();
+        if r.count == 0 {
+            let short: String = line.chars().take(200).collect();
+            r.example = format!("{source}:{offset}: {short}");
+        }
+        r.count += 1;
+    }
+
     fn merge(&mut self, other: &ParseStats) {
         self.lines += other.lines;
         self.parsed += other.parsed;
@@ -77,6 +88,9 @@ pub struct Source {
     max_findtime: u32,
     /// Events older than this (ms) are parsed but not counted (`read_from = "findtime"`).
     pub skip_before: Option<i64>,
+    /// The newest event time accepted from this source (ms): what a line
+    /// dated in the future is counted as.
+    newest: i64,
 }
 
 impl Source {
@@ -157,6 +171,21 @@ pub struct Pipeline {
     trusted: crate::parse::addr::NetSet,
     max_line: usize,
     decisions: Vec<Decision>,
+    /// The wall clock (ms) as last read; read again only when a line looks
+    /// newer than it, so the common line costs no clock read.
+    clock_ms: i64,
+}
+
+/// How far (ms) a line's time may run ahead of the wall clock. Beyond it, the
+/// line counts at its source's newest accepted time: one line dated next year
+/// would otherwise move its key's window a year ahead and make every real
+/// match after it "too late" to count.
+pub const FUTURE_TOLERANCE_MS: i64 = 30_000;
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Pipeline {
@@ -180,6 +209,7 @@ impl Pipeline {
             trusted: config.trusted_proxies.clone(),
             max_line: config.max_line_bytes(),
             decisions: Vec::new(),
+            clock_ms: wall_clock_ms(),
         }
     }
 
@@ -239,6 +269,7 @@ impl Pipeline {
             checkpoints: VecDeque::new(),
             max_findtime,
             skip_before: None,
+            newest: 0,
         });
         Ok((self.sources.len() - 1) as u32)
     }
@@ -271,6 +302,18 @@ impl Pipeline {
             match g.parser.parse(text, &mut g.event) {
                 Ok(Outcome::Event) => {
                     g.stats.parsed += 1;
+                    if g.event.time > self.clock_ms + FUTURE_TOLERANCE_MS {
+                        self.clock_ms = wall_clock_ms();
+                        if g.event.time > self.clock_ms + FUTURE_TOLERANCE_MS {
+                            g.stats.note(reason::FUTURE_TIME, &src.name, offset, text);
+                            g.event.time = if src.newest > 0 {
+                                src.newest
+                            } else {
+                                self.clock_ms
+                            };
+                        }
+                    }
+                    src.newest = src.newest.max(g.event.time);
                     first_time.get_or_insert(g.event.time);
                     if src.skip_before.is_some_and(|t| g.event.time < t) {
                         continue;

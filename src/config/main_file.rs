@@ -165,8 +165,13 @@ impl MainConfig {
             };
             let spec: Result<FormatSpec, String> = if let Some(s) = &f.nginx {
                 let var = f.api_key.as_deref().unwrap_or("http_x_api_key_id");
-                nginx::compile(s.get_ref(), escape, var)
-                    .map(|(pieces, escape)| FormatSpec::Template { pieces, escape })
+                nginx::compile(s.get_ref(), escape, var).map(|(pieces, escape)| {
+                    FormatSpec::Template {
+                        pieces,
+                        escape,
+                        bare_dash: false,
+                    }
+                })
             } else if let Some(s) = &f.envoy {
                 let header = f
                     .api_key
@@ -176,6 +181,7 @@ impl MainConfig {
                 envoy::compile(s.get_ref(), &header).map(|pieces| FormatSpec::Template {
                     pieces,
                     escape: Escape::None,
+                    bare_dash: false,
                 })
             } else if let Some(m) = &f.json {
                 Ok(FormatSpec::Json(

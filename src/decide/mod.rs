@@ -174,7 +174,7 @@ impl Ledger {
                 // Refuse a prefix that would cover an allowlisted address, too.
                 self.ignore.contains(net.addr()) || self.ignore.overlaps(net)
             }
-            Target::Key(k) => self.ignore_keys.iter().any(|i| i == k),
+            Target::Key(k) => crate::detect::key_allowlisted(&self.ignore_keys, k),
         }
     }
 

@@ -147,3 +147,46 @@ fn unban_by_cidr_and_jail_and_restore() {
         "the expired ban is deleted from the store"
     );
 }
+
+/// Finding 9: mapped prefixes are IPv4 prefixes; a ban of the whole mapped
+/// range (or of `::/0`) covers allowlisted IPv4 addresses and is refused.
+#[test]
+fn mapped_prefixes_are_ipv4_everywhere() {
+    let ignore = NetSet::new(vec!["::ffff:192.0.2.0/120".parse().unwrap()]);
+    assert!(ignore.contains("192.0.2.77".parse().unwrap()));
+    let mut l = Ledger::new(ignore, vec![], 100);
+    for t in [
+        "::ffff:0:0/96",
+        "::/0",
+        "::ffff:192.0.0.0/104",
+        "192.0.2.77",
+    ] {
+        assert!(
+            l.manual_ban(Target::parse(t).unwrap(), "j", None, 0, None)
+                .is_err(),
+            "{t}"
+        );
+    }
+    assert_eq!(
+        Target::parse("::ffff:198.51.100.0/120").unwrap(),
+        Target::parse("198.51.100.0/24").unwrap()
+    );
+    assert!(
+        l.manual_ban(Target::parse("2001:db8::/32").unwrap(), "j", None, 0, None)
+            .is_ok()
+    );
+}
+
+/// Finding 3: key ids are compared as nginx's `map` compares them.
+#[test]
+fn ignored_keys_match_case_insensitively() {
+    let mut l = ledger();
+    assert_eq!(
+        l.decide(decision("key:KEY-OPS"), &policy(), 0),
+        Verdict::Allowlisted
+    );
+    assert!(
+        l.manual_ban(Target::parse("key:Key-Ops").unwrap(), "j", None, 0, None)
+            .is_err()
+    );
+}

@@ -78,7 +78,7 @@ impl Target {
             return Ok(Target::Address(IpNet::from(ip.to_canonical())));
         }
         match s.parse::<IpNet>() {
-            Ok(net) => Ok(Target::Address(net.trunc())),
+            Ok(net) => Ok(Target::Address(crate::parse::addr::canonical_net(net))),
             Err(_) => Err(format!("`{s}` is not an address, a CIDR, or `key:ID`")),
         }
     }
@@ -100,6 +100,13 @@ impl std::fmt::Display for Target {
             Target::Key(k) => write!(f, "key:{}", k.escape_debug()),
         }
     }
+}
+
+/// Whether key id `k` is in `ignore_keys`. Compared ASCII-case-insensitively,
+/// the way nginx's `map` (the usual enforcement point) compares strings: a
+/// revocation of `KEY_ADMIN` there also blocks `key_admin`.
+pub fn key_allowlisted(ignore_keys: &[String], k: &str) -> bool {
+    ignore_keys.iter().any(|i| i.eq_ignore_ascii_case(k))
 }
 
 /// Where a line came from, for evidence.
@@ -185,12 +192,18 @@ impl AddrKey {
     }
 }
 
+const QUIET_SWEEP_MIN: usize = 100_000;
+
 /// Per-jail state, for one key type.
 #[derive(Debug)]
 struct Keyed<K, C> {
     tracker: Tracker<K, C>,
     /// Keys that fired, until when (event second): not fired again meanwhile.
     quiet: HashMap<K, u32, RandomState>,
+    /// Size of `quiet` at which keys whose ban ran out are swept; doubled
+    /// after a sweep that frees little, so a million live bans cost O(1)
+    /// amortised per new ban, not a scan each.
+    quiet_sweep_at: usize,
 }
 
 impl<K: Hash + Eq, C: Counter> Keyed<K, C> {
@@ -198,6 +211,7 @@ impl<K: Hash + Eq, C: Counter> Keyed<K, C> {
         Keyed {
             tracker: Tracker::new(max_tracked, findtime),
             quiet: HashMap::default(),
+            quiet_sweep_at: QUIET_SWEEP_MIN,
         }
     }
 }
@@ -420,9 +434,10 @@ where
     }
     let first = counter.oldest();
     keyed.tracker.remove(key);
-    if keyed.quiet.len() >= 100_000 {
+    if keyed.quiet.len() >= keyed.quiet_sweep_at {
         // Bounded: forget keys whose ban has run out.
         keyed.quiet.retain(|_, until| *until > seen.sec);
+        keyed.quiet_sweep_at = (keyed.quiet.len() * 2).max(QUIET_SWEEP_MIN);
     }
     keyed
         .quiet
@@ -508,7 +523,7 @@ impl Detector {
                 TargetKind::Address => ev.client.is_some_and(|ip| self.ignore.contains(ip)),
                 TargetKind::Key => ev
                     .api_key()
-                    .is_some_and(|k| self.ignore_keys.iter().any(|i| i == k)),
+                    .is_some_and(|k| key_allowlisted(&self.ignore_keys, k)),
             };
             if allowlisted {
                 jail.stats.ignored += 1;
@@ -516,6 +531,20 @@ impl Detector {
             }
             let value = match &jail.distinct {
                 None => None,
+                // Distinct clients are counted by the jail's prefixes: an IPv6
+                // /64 (one subscriber) is one client, not 2^64 of them.
+                Some(FieldRef::Std(StdField::Client)) => match ev.client {
+                    Some(ip) => {
+                        self.value_buf.clear();
+                        let net = key_to_net(masked_key(ip, jail.v4, jail.v6), jail.v4, jail.v6);
+                        let _ = write!(self.value_buf, "{net}");
+                        Some(self.value_buf.as_str())
+                    }
+                    None => {
+                        jail.stats.keyless += 1;
+                        continue;
+                    }
+                },
                 Some(f) => match ev.value(f, &mut self.value_buf) {
                     Some(v) => Some(v),
                     None => {

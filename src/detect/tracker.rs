@@ -2,10 +2,19 @@
 //!
 //! Memory stays bounded under a flood of spoofed addresses: at `max_tracked`
 //! keys, inserting a new one first drops every key whose window is empty, and
-//! if that frees less than a tenth of the room, the stalest tenth (by last
-//! match) goes too. Each sweep is O(n) and frees at least n/10 slots, so the
-//! cost per insert stays O(1) amortised. The hasher is randomly seeded
-//! (foldhash), so an attacker cannot aim keys at one bucket.
+//! if that frees less than a tenth of the room, the tenth with the *fewest
+//! matches in their window* goes too (ties: the stalest first). Each sweep is
+//! O(n) and frees at least n/10 slots, so the cost per insert stays O(1)
+//! amortised. The hasher is randomly seeded (foldhash), so an attacker cannot
+//! aim keys at one bucket.
+//!
+//! The guarantee (Space-Saving's, without its count inheritance, which would
+//! let a fresh key start with a stranger's matches): an evicted key had no
+//! more matches than at least 90 % of the tracked keys, so with `N` matches
+//! held over all tracked keys, **a key holding more than `N / (0.9 ·
+//! max_tracked)` matches is never evicted**. A flood of one-match spoofed keys
+//! cannot push out an attacker who has matched twice; eviction by staleness
+//! alone could, between any two of its matches.
 
 use super::window::Counter;
 use foldhash::fast::RandomState;
@@ -64,15 +73,17 @@ impl<K: Hash + Eq, C: Counter> Tracker<K, C> {
             return;
         }
         let excess = self.map.len() - target;
-        let mut newest: Vec<u32> = self.map.values().map(C::newest).collect();
-        let (_, cutoff, _) = newest.select_nth_unstable(excess - 1);
+        // Rank by (matches in the window, newest match): fewest and stalest first.
+        let rank = |c: &C| (c.live(now, findtime) as u64) << 32 | c.newest() as u64;
+        let mut ranks: Vec<u64> = self.map.values().map(rank).collect();
+        let (_, cutoff, _) = ranks.select_nth_unstable(excess - 1);
         let cutoff = *cutoff;
-        // Drop keys at or below the cutoff second, but no more than `excess`
-        // (many keys can share the cutoff second).
+        // Drop keys at or below the cutoff rank, but no more than `excess`
+        // (many keys can share it).
         let mut budget = excess;
         let before = self.map.len();
         self.map.retain(|_, c| {
-            if budget > 0 && c.newest() <= cutoff {
+            if budget > 0 && rank(c) <= cutoff {
                 budget -= 1;
                 false
             } else {
@@ -107,6 +118,22 @@ mod tests {
         assert!(t.map.contains_key(&99));
         assert!(!t.map.contains_key(&0));
         assert!(t.evicted > 0);
+    }
+
+    /// The flood of finding 7: one-match spoofed keys never push out a key
+    /// with more matches, however stale it is.
+    #[test]
+    fn a_key_with_more_matches_survives_a_flood_of_one_match_keys() {
+        let mut t: Tracker<u128, SlidingWindow> = Tracker::new(1000, 60);
+        let attacker = u128::MAX;
+        add(&mut t, attacker, 0);
+        add(&mut t, attacker, 1);
+        for k in 0..100_000u128 {
+            add(&mut t, k, 2 + (k / 2000) as u32);
+            assert!(t.len() <= 1000);
+        }
+        assert_eq!(add(&mut t, attacker, 55), 3);
+        assert!(t.evicted > 90_000);
     }
 
     #[test]

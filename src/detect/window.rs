@@ -23,6 +23,8 @@ pub trait Counter: Default {
     fn newest(&self) -> u32;
     /// Second of the oldest match held.
     fn oldest(&self) -> u32;
+    /// Matches (or values) it holds that count toward a window ending at `now`.
+    fn live(&self, now: u32, findtime: u32) -> u32;
     /// Whether nothing it holds can count toward a window ending at `now`.
     fn is_stale(&self, now: u32, findtime: u32) -> bool {
         expired(self.newest(), now, findtime)
@@ -74,6 +76,14 @@ impl Counter for SlidingWindow {
         self.total()
     }
 
+    fn live(&self, now: u32, findtime: u32) -> u32 {
+        self.buckets
+            .iter()
+            .filter(|b| !expired(b.sec, now, findtime))
+            .map(|b| b.count)
+            .sum()
+    }
+
     fn newest(&self) -> u32 {
         self.buckets.last().map_or(0, |b| b.sec)
     }
@@ -105,6 +115,13 @@ impl Counter for DistinctValues {
             None => self.values.push((value.into(), sec)),
         }
         self.values.len() as u32
+    }
+
+    fn live(&self, now: u32, findtime: u32) -> u32 {
+        self.values
+            .iter()
+            .filter(|(_, s)| !expired(*s, now, findtime))
+            .count() as u32
     }
 
     fn newest(&self) -> u32 {

@@ -42,6 +42,27 @@ fn valid_port_suffix(s: &str) -> bool {
         .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()))
 }
 
+/// Writes an IPv4-mapped IPv6 prefix (`::ffff:192.0.2.0/120`) as the IPv4
+/// prefix it is (`192.0.2.0/24`), since addresses are compared in IPv4 form;
+/// other networks are truncated to their prefix.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(n) = net
+        && n.prefix_len() >= 96
+        && let Some(v4) = n.network().to_ipv4_mapped()
+    {
+        let v4 = ipnet::Ipv4Net::new(v4, n.prefix_len() - 96).expect("prefix <= 32");
+        return IpNet::V4(v4.trunc());
+    }
+    net.trunc()
+}
+
+/// Whether an IPv6 prefix covers the whole IPv4-mapped range (`::/0`,
+/// `::ffff:0:0/96`): then it covers every IPv4 address too.
+pub fn covers_all_ipv4(net: &IpNet) -> bool {
+    const MAPPED: u128 = 0xffff_0000_0000;
+    matches!(net, IpNet::V6(n) if n.prefix_len() <= 96 && n.contains(&std::net::Ipv6Addr::from(MAPPED)))
+}
+
 /// A set of networks (the allowlist, trusted proxies). Small; linear scan.
 #[derive(Clone, Debug, Default)]
 pub struct NetSet {
@@ -49,8 +70,14 @@ pub struct NetSet {
 }
 
 impl NetSet {
+    /// IPv4-mapped prefixes become IPv4 ones; an IPv6 prefix covering the
+    /// whole mapped range also covers `0.0.0.0/0`.
     pub fn new(nets: Vec<IpNet>) -> NetSet {
-        NetSet { nets }
+        let mut out: Vec<IpNet> = nets.into_iter().map(canonical_net).collect();
+        if out.iter().any(covers_all_ipv4) {
+            out.push("0.0.0.0/0".parse().expect("valid"));
+        }
+        NetSet { nets: out }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -63,9 +90,13 @@ impl NetSet {
 
     /// Whether any network of the set and `net` share an address.
     pub fn overlaps(&self, net: &IpNet) -> bool {
-        self.nets
-            .iter()
-            .any(|n| n.contains(&net.network()) || net.contains(&n.network()))
+        let net = canonical_net(*net);
+        let all_v4 = covers_all_ipv4(&net);
+        self.nets.iter().any(|n| {
+            n.contains(&net.network())
+                || net.contains(&n.network())
+                || (all_v4 && matches!(n, IpNet::V4(_)))
+        })
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {

@@ -42,6 +42,8 @@ pub mod reason {
     pub const FORMAT_MISMATCH: ParseError = ParseError("does not match the format");
     pub const AMBIGUOUS_QUOTES: ParseError =
         ParseError("more quotes than the format has (a value may contain a forged field)");
+    pub const TOO_AMBIGUOUS: ParseError =
+        ParseError("too many ways to split the line into the format's fields");
     pub const BAD_TIME: ParseError = ParseError("missing or invalid time");
     pub const BAD_STATUS: ParseError = ParseError("invalid status");
     pub const BAD_CLIENT: ParseError = ParseError("invalid client address");
@@ -51,6 +53,8 @@ pub mod reason {
     pub const NO_MATCH: ParseError = ParseError("regex does not match");
     pub const BAD_WRAPPER: ParseError = ParseError("invalid container-runtime wrapper");
     pub const TOO_LONG: ParseError = ParseError("line longer than max_line_bytes");
+    pub const FUTURE_TIME: ParseError =
+        ParseError("time ahead of the clock (counted at the newest time seen from the source)");
     pub const INVALID_UTF8: ParseError = ParseError("invalid UTF-8 (decoded lossily)");
 }
 
@@ -69,6 +73,8 @@ pub enum FormatSpec {
     Template {
         pieces: Vec<Piece>,
         escape: Escape,
+        /// A bare `-` may stand for a quoted field (Traefik 1.x CLF).
+        bare_dash: bool,
     },
     Json(BTreeMap<String, Vec<String>>),
     Regex {
@@ -78,8 +84,9 @@ pub enum FormatSpec {
 }
 
 /// Names of the formats that need no config.
-pub const BUILTIN_FORMATS: [&str; 7] = [
+pub const BUILTIN_FORMATS: [&str; 8] = [
     "combined",
+    "traefik_clf",
     "api_audit",
     "envoy",
     "envoy_json",
@@ -93,14 +100,34 @@ impl FormatSpec {
         let api_key_var = "http_x_api_key_id";
         let nginx = |f: &str| {
             let (pieces, escape) = nginx::compile(f, Escape::Nginx, api_key_var).expect("built-in");
-            FormatSpec::Template { pieces, escape }
+            FormatSpec::Template {
+                pieces,
+                escape,
+                bare_dash: false,
+            }
         };
         Some(match name {
             "combined" => nginx(nginx::COMBINED),
             "api_audit" => nginx(nginx::API_AUDIT),
+            "traefik_clf" => {
+                let (mut pieces, escape) =
+                    nginx::compile(nginx::TRAEFIK_CLF, Escape::Nginx, api_key_var)
+                        .expect("built-in");
+                for p in &mut pieces {
+                    if *p == Piece::Var(template::Var::Extra("request_duration".into())) {
+                        *p = Piece::Var(template::Var::RequestMillis);
+                    }
+                }
+                FormatSpec::Template {
+                    pieces,
+                    escape,
+                    bare_dash: true,
+                }
+            }
             "envoy" => FormatSpec::Template {
                 pieces: envoy::compile(envoy::DEFAULT, "x-api-key-id").expect("built-in"),
                 escape: Escape::None,
+                bare_dash: false,
             },
             "nginx_error" => FormatSpec::Regex {
                 re: Regex::new(regex_format::NGINX_ERROR).expect("built-in"),
@@ -121,8 +148,13 @@ impl FormatSpec {
 
     pub fn compile(&self, wanted: &Wanted) -> Result<Format, String> {
         Ok(match self {
-            FormatSpec::Template { pieces, escape } => {
-                Format::Template(Template::compile(pieces, *escape, wanted)?)
+            FormatSpec::Template {
+                pieces,
+                escape,
+                bare_dash,
+            } => {
+                let t = Template::compile(pieces, *escape, wanted)?;
+                Format::Template(if *bare_dash { t.with_bare_dash() } else { t })
             }
             FormatSpec::Json(map) => Format::Json(JsonFormat::compile(map, wanted)?),
             FormatSpec::Regex { re, time_format } => {

@@ -14,6 +14,12 @@ pub const COMBINED: &str = r#"$remote_addr - $remote_user [$time_local] "$reques
 /// The seed deployment's audit format, with the API-key id last.
 pub const API_AUDIT: &str = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_length $request_time $upstream_response_time $http_x_api_key_id"#;
 
+/// Traefik 1.x's common log format (`accessLog.format = "common"`), as an
+/// nginx-style template: request count, router and server URL, then the
+/// duration with a `ms` suffix. Traefik writes an empty quoted field as a
+/// bare `-`, which the built-in `traefik_clf` accepts.
+pub const TRAEFIK_CLF: &str = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_count "$traefik_router" "$traefik_server_url" ${request_duration}ms"#;
+
 /// Splits a pasted `log_format` directive into its escape mode and format string.
 fn unwrap_directive(s: &str) -> Result<(Option<Escape>, String), String> {
     let t = s.trim();

@@ -1,18 +1,37 @@
 //! Positional text formats (nginx `log_format`, Envoy format strings) compiled
 //! into a list of literals and variables, and matched by byte scanning.
 //!
-//! A variable's value ends where the next literal starts. That is exact for
-//! nginx, which escapes `"` inside values (`\x22`, or `\"` with `escape=json`).
-//! Envoy and `escape=none` do not escape, so a value could contain the next
-//! literal; there, a line with more `"` than the format has is refused as
-//! ambiguous rather than guessed at: a forged quote in a user agent can hide
-//! its own line, never shift the client address of another.
+//! Every byte of a value may have been written by an attacker, so where a
+//! value ends is decided by what the value can hold, not only by where the
+//! next literal first appears. Each variable has a [`Shape`]:
+//!
+//! - a `Token` (numbers, addresses, methods) never holds a space;
+//! - `$time_local` is exactly 26 bytes;
+//! - a `List` is what nginx writes for retries and upstream groups
+//!   (`0.000, 0.001 : 0.002`): items without spaces or commas, joined by `, `
+//!   or ` : `, nothing else;
+//! - a `Free` value (headers, `$remote_user`, URIs) may hold spaces and even
+//!   the next literal; nginx never writes a raw `"` inside a value (`\x22`, or
+//!   `\"` with `escape=json`), so a free value ends at the latest before the
+//!   next raw quote.
+//!
+//! The line is matched left to right; where a free value could end at several
+//! places, the first place from which the *rest of the line* matches the rest
+//! of the format wins (bounded backtracking). A user name like `a [b` is read
+//! whole, because `b [23/Nov/...` is not a time, and a trailing key id after an
+//! upstream list stays the key id.
+//!
+//! Envoy and `escape=none` do not escape at all: there a line with more `"`
+//! than the format has is refused as ambiguous rather than guessed at, since a
+//! forged quote in X-Forwarded-For could otherwise move another address into
+//! the client position. It can hide its own line, never frame another.
 
 use super::addr::{NetSet, resolve_client};
 use super::event::{Event, StdField, Wanted};
 use super::time::{TimeCache, TimeShape};
 use super::{ParseError, reason};
 use memchr::memmem;
+use smallvec::SmallVec;
 
 /// How a format escapes its values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +63,84 @@ pub enum Var {
     Extra(String),
 }
 
+/// What bytes a variable's value can hold (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    Token,
+    ClfTime,
+    List,
+    Free,
+}
+
+/// nginx variables that hold lists when a request was retried or passed
+/// through several upstream groups.
+const LIST_VARS: &[&str] = &[
+    "upstream_addr",
+    "upstream_status",
+    "upstream_response_time",
+    "upstream_connect_time",
+    "upstream_header_time",
+    "upstream_response_length",
+    "upstream_bytes_received",
+    "upstream_bytes_sent",
+    "upstream_cache_status",
+];
+
+/// Variables (nginx, Envoy, Traefik) whose values never hold a space. Anything
+/// not named here or in [`LIST_VARS`] is taken to be free text.
+const TOKEN_VARS: &[&str] = &[
+    "request_length",
+    "bytes_sent",
+    "remote_port",
+    "server_port",
+    "server_addr",
+    "scheme",
+    "connection",
+    "connection_requests",
+    "pipe",
+    "msec",
+    "request_id",
+    "req_id",
+    "ssl_protocol",
+    "ssl_cipher",
+    "request_completion",
+    "gzip_ratio",
+    "hostname",
+    "pid",
+    "realip_remote_addr",
+    "realip_remote_port",
+    "proxy_upstream_name",
+    "proxy_alternative_upstream_name",
+    "response_flags",
+    "bytes_received",
+    "duration",
+    "upstream_host",
+    "upstream_cluster",
+    "protocol",
+    "response_code_details",
+    "request_count",
+    "request_duration",
+];
+
+impl Var {
+    pub fn shape(&self) -> Shape {
+        match self {
+            Var::Peer => Shape::List,
+            Var::Time(TimeShape::Clf) => Shape::ClfTime,
+            Var::Time(TimeShape::Iso8601 | TimeShape::EpochSeconds | TimeShape::EpochMillis) => {
+                Shape::Token
+            }
+            Var::Time(_) => Shape::Free,
+            Var::Status | Var::Bytes | Var::RequestSeconds | Var::RequestMillis => Shape::Token,
+            Var::Text(StdField::Method | StdField::Protocol) => Shape::Token,
+            Var::Request | Var::Text(_) => Shape::Free,
+            Var::Extra(name) if LIST_VARS.contains(&name.as_str()) => Shape::List,
+            Var::Extra(name) if TOKEN_VARS.contains(&name.as_str()) => Shape::Token,
+            Var::Extra(_) => Shape::Free,
+        }
+    }
+}
+
 /// One piece of a format before compilation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Piece {
@@ -57,7 +154,7 @@ enum Seg {
         text: String,
         finder: Box<memmem::Finder<'static>>,
     },
-    Var(Slot),
+    Var(Slot, Shape),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +184,17 @@ pub struct Template {
     literal_quotes: usize,
     has_peer: bool,
     has_time: bool,
+    /// Traefik 1.x writes an empty quoted field as a bare `-`.
+    bare_dash: bool,
+}
+
+/// Where each variable of a line starts and ends, found before any field is
+/// stored, so backtracking never has to undo a store.
+struct Match<'a> {
+    b: &'a [u8],
+    spans: SmallVec<[(u32, u32); 32]>,
+    /// Split points left to try; a hostile line cannot make matching slow.
+    budget: u32,
 }
 
 impl Template {
@@ -110,6 +218,12 @@ impl Template {
             }
         }
         names
+    }
+
+    /// Whether the format names the connecting peer (else the client comes
+    /// from X-Forwarded-For's right-most hop; see `forwarded_for_has_peer`).
+    pub fn pieces_have_peer(pieces: &[Piece]) -> bool {
+        pieces.iter().any(|p| matches!(p, Piece::Var(Var::Peer)))
     }
 
     pub fn compile(pieces: &[Piece], escape: Escape, wanted: &Wanted) -> Result<Template, String> {
@@ -167,7 +281,7 @@ impl Template {
                             None => Slot::Skip,
                         },
                     };
-                    segs.push(Seg::Var(slot));
+                    segs.push(Seg::Var(slot, v.shape()));
                 }
             }
         }
@@ -184,7 +298,14 @@ impl Template {
             literal_quotes,
             has_peer,
             has_time,
+            bare_dash: false,
         })
+    }
+
+    /// Accepts a bare `-` where a quoted field stands (Traefik 1.x CLF).
+    pub fn with_bare_dash(mut self) -> Template {
+        self.bare_dash = true;
+        self
     }
 
     /// Whether lines carry their own time (else the wrapper's time is needed).
@@ -192,21 +313,186 @@ impl Template {
         self.has_time
     }
 
-    /// Finds where a value starting at `from` ends: the next occurrence of
-    /// `lit`, skipping `\"` when values are JSON-escaped.
-    fn find_end(&self, line: &[u8], from: usize, lit: &Seg) -> Option<usize> {
-        let Seg::Lit { text, finder } = lit else {
-            unreachable!()
-        };
+    /// Where a free value starting at `from` must end at the latest: the first
+    /// `"` that is not part of the value (nginx never writes a raw one).
+    fn quote_limit(&self, b: &[u8], from: usize) -> usize {
         let mut at = from;
         loop {
-            let i = at + finder.find(&line[at..])?;
-            if self.escape == Escape::Json && text.starts_with('"') && escaped(line, from, i) {
+            let Some(i) = memchr::memchr(b'"', &b[at..]).map(|n| at + n) else {
+                return b.len();
+            };
+            if self.escape == Escape::Json && escaped(b, from, i) {
                 at = i + 1;
                 continue;
             }
-            return Some(i);
+            return i;
         }
+    }
+
+    /// Checks a value against what its slot can hold (cheap, and only for
+    /// slots whose shape does not already decide it).
+    fn valid(slot: Slot, raw: &[u8], times: &mut TimeCache) -> bool {
+        if raw == b"-" || raw.is_empty() {
+            return true;
+        }
+        match slot {
+            Slot::Status => parse_status(as_str(raw)).is_ok(),
+            Slot::Time(shape) => times.parse(as_str(raw), shape).is_some(),
+            _ => true,
+        }
+    }
+
+    /// The ends a list starting at `from` can have, longest first.
+    fn list_ends(b: &[u8], from: usize, limit: usize) -> SmallVec<[usize; 4]> {
+        let item = |at: usize| {
+            b[at..limit]
+                .iter()
+                .take_while(|c| !matches!(c, b' ' | b',' | b'"'))
+                .count()
+        };
+        let mut ends = SmallVec::new();
+        let mut at = from;
+        loop {
+            let n = item(at);
+            if n == 0 {
+                break;
+            }
+            at += n;
+            ends.push(at);
+            let sep = if b[at..limit].starts_with(b", ") {
+                2
+            } else if b[at..limit].starts_with(b" : ") {
+                3
+            } else {
+                break;
+            };
+            at += sep;
+        }
+        ends.reverse();
+        ends
+    }
+
+    /// Matches segments `seg..` from byte `pos`; records variable spans.
+    fn go(&self, m: &mut Match, seg: usize, pos: usize, times: &mut TimeCache) -> bool {
+        let b = m.b;
+        let Some(s) = self.segs.get(seg) else {
+            // Trailing fields after the format's end are allowed after a space.
+            return pos == b.len() || b[pos] == b' ';
+        };
+        match s {
+            Seg::Lit { text, .. } => self.lit(m, seg, pos, text, times),
+            Seg::Var(slot, shape) => {
+                let next = match self.segs.get(seg + 1) {
+                    Some(Seg::Lit { text, finder }) => Some((text, finder)),
+                    _ => None,
+                };
+                let try_end = |m: &mut Match, end: usize, times: &mut TimeCache| {
+                    if m.budget == 0 {
+                        return false;
+                    }
+                    m.budget -= 1;
+                    if !Template::valid(*slot, &b[pos..end], times) {
+                        return false;
+                    }
+                    m.spans[seg] = (pos as u32, end as u32);
+                    self.go(m, seg + 1, end, times)
+                };
+                match (shape, next) {
+                    (Shape::ClfTime, _) => {
+                        let end = pos + 26;
+                        end <= b.len()
+                            && next.is_none_or(|(t, _)| b[end..].starts_with(t.as_bytes()))
+                            && try_end(m, end, times)
+                            || (b[pos..].starts_with(b"-") && try_end(m, pos + 1, times))
+                    }
+                    (Shape::Token, None) => {
+                        let end = memchr::memchr(b' ', &b[pos..]).map_or(b.len(), |n| pos + n);
+                        try_end(m, end, times)
+                    }
+                    (Shape::Token, Some((_, finder))) => {
+                        // A token ends at its first space at the latest (where a
+                        // bare `-` may stand for a quoted field).
+                        let limit = memchr::memchr(b' ', &b[pos..]).map_or(b.len(), |n| pos + n);
+                        let window = (limit + finder.needle().len()).min(b.len());
+                        let end = finder.find(&b[pos..window]).map_or(limit, |n| pos + n);
+                        try_end(m, end, times)
+                    }
+                    (Shape::List, next) => {
+                        let limit = self.quote_limit(b, pos);
+                        let mut ends = Template::list_ends(b, pos, limit);
+                        if b[pos..].starts_with(b"-") && !ends.contains(&(pos + 1)) {
+                            ends.push(pos + 1);
+                        }
+                        ends.into_iter().any(|end| {
+                            next.is_none_or(|(t, _)| b[end..].starts_with(t.as_bytes()))
+                                && try_end(m, end, times)
+                        })
+                    }
+                    (Shape::Free, None) => {
+                        let end = self.quote_limit(b, pos);
+                        end == b.len() && try_end(m, end, times)
+                    }
+                    (Shape::Free, Some((text, finder))) => {
+                        // A free value never holds a raw quote (module docs).
+                        let limit = self.quote_limit(b, pos);
+                        let json_quote = self.escape == Escape::Json && text.starts_with('"');
+                        let mut at = pos;
+                        while let Some(end) = finder.find(&b[at..]).map(|n| at + n) {
+                            if end > limit || m.budget == 0 {
+                                return false;
+                            }
+                            if !(json_quote && escaped(b, pos, end)) && try_end(m, end, times) {
+                                return true;
+                            }
+                            at = end + 1;
+                        }
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// Matches literal segment `seg` (whose text is `text`) at `pos`.
+    fn lit(
+        &self,
+        m: &mut Match,
+        seg: usize,
+        pos: usize,
+        text: &str,
+        times: &mut TimeCache,
+    ) -> bool {
+        if m.b[pos..].starts_with(text.as_bytes()) {
+            return self.go(m, seg + 1, pos + text.len(), times);
+        }
+        self.bare_dash && self.dash_for_quoted(m, seg, pos, text, times)
+    }
+
+    /// Traefik 1.x: `... 200 45 - "agent"` where the format says `"$referer"`
+    /// (also for several such fields in a row).
+    fn dash_for_quoted(
+        &self,
+        m: &mut Match,
+        seg: usize,
+        pos: usize,
+        open: &str,
+        times: &mut TimeCache,
+    ) -> bool {
+        let (Some(Seg::Var(..)), Some(Seg::Lit { text: close, .. })) =
+            (self.segs.get(seg + 1), self.segs.get(seg + 2))
+        else {
+            return false;
+        };
+        let (Some(head), Some(tail)) = (open.strip_suffix('"'), close.strip_prefix('"')) else {
+            return false;
+        };
+        let b = m.b;
+        let dash = pos + head.len();
+        if !b[pos..].starts_with(head.as_bytes()) || b.get(dash) != Some(&b'-') {
+            return false;
+        }
+        m.spans[seg + 1] = (dash as u32, dash as u32 + 1);
+        self.lit(m, seg + 2, dash + 1, tail, times)
     }
 
     pub fn parse(
@@ -221,55 +507,48 @@ impl Template {
         {
             return Err(reason::AMBIGUOUS_QUOTES);
         }
-        let mut pos = 0;
+        let mut m = Match {
+            b,
+            spans: SmallVec::from_elem((0, 0), self.segs.len()),
+            budget: 256 + b.len() as u32,
+        };
+        if !self.go(&mut m, 0, 0, times) {
+            return Err(if m.budget == 0 {
+                reason::TOO_AMBIGUOUS
+            } else {
+                self.diagnose(b, times)
+            });
+        }
         let mut peer: Option<&str> = None;
         let mut xff: Option<&str> = None;
-        for (i, seg) in self.segs.iter().enumerate() {
-            match seg {
-                Seg::Lit { text, .. } => {
-                    if !b[pos..].starts_with(text.as_bytes()) {
-                        return Err(reason::FORMAT_MISMATCH);
-                    }
-                    pos += text.len();
-                }
-                Seg::Var(slot) => {
-                    let end = match self.segs.get(i + 1) {
-                        Some(lit) => self.find_end(b, pos, lit).ok_or(reason::FORMAT_MISMATCH)?,
-                        // Last in the format: up to a space; trailing fields are allowed.
-                        None => memchr::memchr(b' ', &b[pos..]).map_or(b.len(), |n| pos + n),
-                    };
-                    let raw = &line[pos..end];
-                    pos = end;
-                    if raw == "-" || raw.is_empty() {
-                        continue;
-                    }
-                    match *slot {
-                        Slot::Peer => peer = Some(raw),
-                        Slot::ForwardedFor { keep } => {
-                            xff = Some(raw);
-                            if keep {
-                                self.store(ev, Target::Std(StdField::ForwardedFor), raw);
-                            }
-                        }
-                        Slot::Time(shape) => {
-                            ev.time = times.parse(raw, shape).ok_or(reason::BAD_TIME)?
-                        }
-                        Slot::Request => self.split_request(ev, raw),
-                        Slot::Status => ev.status = Some(parse_status(raw)?),
-                        Slot::Bytes => ev.bytes = raw.parse().ok(),
-                        Slot::RequestSeconds => ev.request_time = raw.parse().ok(),
-                        Slot::RequestMillis => {
-                            ev.request_time = raw.parse::<f64>().ok().map(|ms| ms / 1000.0)
-                        }
-                        Slot::Text(f) => self.store(ev, Target::Std(f), raw),
-                        Slot::Extra(id) => self.store(ev, Target::Extra(id), raw),
-                        Slot::Skip => {}
-                    }
-                }
+        for (seg, &(start, end)) in self.segs.iter().zip(m.spans.iter()) {
+            let Seg::Var(slot, _) = seg else { continue };
+            let raw = line
+                .get(start as usize..end as usize)
+                .ok_or(reason::FORMAT_MISMATCH)?;
+            if raw == "-" || raw.is_empty() {
+                continue;
             }
-        }
-        if pos < b.len() && b[pos] != b' ' {
-            return Err(reason::FORMAT_MISMATCH);
+            match *slot {
+                Slot::Peer => peer = Some(raw),
+                Slot::ForwardedFor { keep } => {
+                    xff = Some(raw);
+                    if keep {
+                        self.store(ev, Target::Std(StdField::ForwardedFor), raw);
+                    }
+                }
+                Slot::Time(shape) => ev.time = times.parse(raw, shape).ok_or(reason::BAD_TIME)?,
+                Slot::Request => self.split_request(ev, raw),
+                Slot::Status => ev.status = Some(parse_status(raw)?),
+                Slot::Bytes => ev.bytes = raw.parse().ok(),
+                Slot::RequestSeconds => ev.request_time = raw.parse().ok(),
+                Slot::RequestMillis => {
+                    ev.request_time = raw.parse::<f64>().ok().map(|ms| ms / 1000.0)
+                }
+                Slot::Text(f) => self.store(ev, Target::Std(f), raw),
+                Slot::Extra(id) => self.store(ev, Target::Extra(id), raw),
+                Slot::Skip => {}
+            }
         }
         ev.client = Some(match (self.has_peer, peer, xff) {
             (true, Some(p), x) => resolve_client(p, x, trusted)?,
@@ -278,6 +557,49 @@ impl Template {
             _ => return Err(reason::NO_CLIENT),
         });
         Ok(())
+    }
+
+    /// The reason a line that did not match is refused: a first-occurrence
+    /// scan names the first typed field (time, status) that is invalid.
+    fn diagnose(&self, b: &[u8], times: &mut TimeCache) -> ParseError {
+        let mut pos = 0;
+        for (i, seg) in self.segs.iter().enumerate() {
+            match seg {
+                Seg::Lit { text, .. } => {
+                    if !b[pos..].starts_with(text.as_bytes()) {
+                        break;
+                    }
+                    pos += text.len();
+                }
+                Seg::Var(slot, shape) => {
+                    let end = match (shape, self.segs.get(i + 1)) {
+                        (Shape::ClfTime, _) => (pos + 26).min(b.len()),
+                        (_, Some(Seg::Lit { finder, .. })) => match finder.find(&b[pos..]) {
+                            Some(n) => pos + n,
+                            None => break,
+                        },
+                        _ => memchr::memchr(b' ', &b[pos..]).map_or(b.len(), |n| pos + n),
+                    };
+                    match slot {
+                        Slot::Time(_) if !Template::valid(*slot, &b[pos..end], times) => {
+                            return reason::BAD_TIME;
+                        }
+                        Slot::Status if !Template::valid(*slot, &b[pos..end], times) => {
+                            return reason::BAD_STATUS;
+                        }
+                        Slot::Peer
+                            if resolve_client(as_str(&b[pos..end]), None, &NetSet::default())
+                                .is_err() =>
+                        {
+                            return reason::BAD_CLIENT;
+                        }
+                        _ => {}
+                    }
+                    pos = end;
+                }
+            }
+        }
+        reason::FORMAT_MISMATCH
     }
 
     fn split_request(&self, ev: &mut Event, raw: &str) {
@@ -302,6 +624,12 @@ impl Template {
     }
 }
 
+/// A span's text; a span cut inside a character (only a fixed-width time
+/// can be) is no valid value.
+fn as_str(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or("")
+}
+
 enum Target {
     Std(StdField),
     Extra(usize),
@@ -313,8 +641,12 @@ fn escaped(b: &[u8], from: usize, i: usize) -> bool {
     n % 2 == 1
 }
 
+/// Three digits, or Envoy's `0` (the client went away before a response).
 pub(crate) fn parse_status(raw: &str) -> Result<u16, ParseError> {
     let b = raw.as_bytes();
+    if b == b"0" {
+        return Ok(0);
+    }
     if b.len() != 3 || !b.iter().all(u8::is_ascii_digit) {
         return Err(reason::BAD_STATUS);
     }

@@ -78,7 +78,11 @@ fn seed_api_audit_format_verbatim() {
     let (pieces, escape) = nginx::compile(f, Escape::Nginx, "http_x_api_key_id").unwrap();
     let mut wanted = Wanted::all();
     let upstream = wanted.field("upstream_response_time");
-    let spec = FormatSpec::Template { pieces, escape };
+    let spec = FormatSpec::Template {
+        pieces,
+        escape,
+        bare_dash: false,
+    };
     let mut p = LineParser::new(
         spec.compile(&wanted).unwrap(),
         Wrap::None,
@@ -104,7 +108,11 @@ fn seed_api_audit_format_verbatim() {
 fn json_escaped_nginx_format() {
     let f = r#"log_format j escape=json '{"ip":"$remote_addr","t":"$time_iso8601","r":"$request","s":$status,"ua":"$http_user_agent"}';"#;
     let (pieces, escape) = nginx::compile(f, Escape::Nginx, "x").unwrap();
-    let mut p = custom(FormatSpec::Template { pieces, escape });
+    let mut p = custom(FormatSpec::Template {
+        pieces,
+        escape,
+        bare_dash: false,
+    });
     let mut ev = Event::new(&Wanted::all());
     let line = r#"{"ip":"192.0.2.1","t":"2026-11-22T08:00:00+00:00","r":"GET / HTTP/1.1","s":403,"ua":"x\",\"ip\":\"6.6.6.6"}"#;
     p.parse(line, &mut ev).unwrap();
@@ -194,4 +202,84 @@ fn request_lines_split_the_same_in_every_format() {
     );
     assert_eq!(split_request("GET /a"), Some(("GET", "/a", None)));
     assert_eq!(split_request("garbage"), None);
+}
+
+/// Values nginx writes without escaping spaces cannot shift later fields.
+#[test]
+fn unescaped_user_names_do_not_shift_fields() {
+    let mut p = parser("combined", Wrap::None, &[]);
+    let mut ev = Event::new(&Wanted::all());
+    for user in [
+        "a [b",
+        "a [b] \\x22",
+        "x [23/Nov/2026:10:00:00 +0000] ",
+        " [ [ [",
+        "-",
+    ] {
+        let line = format!(
+            r#"198.51.100.9 - {user} [23/Nov/2026:10:00:01 +0000] "POST /login HTTP/1.1" 401 5 "-" "ua""#
+        );
+        assert_eq!(p.parse(&line, &mut ev), Ok(Outcome::Event), "{line}");
+        assert_eq!(ev.client, ip("198.51.100.9"));
+        assert_eq!(ev.status, Some(401));
+        assert_eq!(ev.time, 1_795_428_001_000, "{line}");
+    }
+    // A user name made of many near-misses is still read, within the budget.
+    let user = "a [b".repeat(500);
+    let line = format!(
+        r#"198.51.100.9 - {user} [23/Nov/2026:10:00:01 +0000] "POST /login HTTP/1.1" 401 5 "-" "ua""#
+    );
+    assert_eq!(p.parse(&line, &mut ev), Ok(Outcome::Event));
+    assert_eq!(ev.status, Some(401));
+}
+
+/// `$upstream_*` lists (retries, upstream groups) keep the key id in place.
+#[test]
+fn upstream_lists_keep_the_trailing_key() {
+    let mut p = parser("api_audit", Wrap::None, &[]);
+    let mut ev = Event::new(&Wanted::all());
+    let head = r#"198.51.100.9 - - [23/Nov/2026:10:00:01 +0000] "GET /v1/x HTTP/1.1" 200 5 "-" "ua" 607 0.007"#;
+    for (upstream, key) in [
+        ("0.000, 0.001", "key_a"),
+        ("0.000 : 0.001", "key_a"),
+        ("0.000, 0.001 : 0.002, -", "key_a"),
+        ("-", "key_a"),
+        ("0.005", "key with spaces"),
+        ("0.005", ": 0.001"),
+        ("0.000, 0.001", "0.002"),
+    ] {
+        let line = format!("{head} {upstream} {key}");
+        assert_eq!(p.parse(&line, &mut ev), Ok(Outcome::Event), "{line}");
+        assert_eq!(ev.api_key(), Some(key), "{line}");
+        assert_eq!(ev.status, Some(200));
+    }
+    let line = format!("{head} 0.001 -");
+    assert_eq!(p.parse(&line, &mut ev), Ok(Outcome::Event));
+    assert_eq!(ev.api_key(), None);
+}
+
+#[test]
+fn envoy_status_zero_is_a_status() {
+    let mut p = parser("envoy", Wrap::None, &[]);
+    let mut ev = Event::new(&Wanted::all());
+    let line_default = r#"[2026-11-23T10:00:00.000Z] "GET /reviews/0 HTTP/1.1" 0 DC 0 0 5 - "203.0.113.4" "curl/8" "id" "reviews:9080" "-""#;
+    assert_eq!(p.parse(line_default, &mut ev), Ok(Outcome::Event));
+    assert_eq!(ev.status, Some(0));
+    assert_eq!(ev.client, ip("203.0.113.4"));
+}
+
+#[test]
+fn traefik_clf_with_bare_dash_fields() {
+    let mut p = parser("traefik_clf", Wrap::None, &[]);
+    let mut ev = Event::new(&Wanted::all());
+    for line in [
+        r#"172.17.1.3 - - [24/Nov/2024:13:40:15 +0000] "GET /api/users HTTP/1.1" 401 450 "-" "curl/7.68.0" 300 "root@docker -> leaf@docker" "http://172.17.0.4:80" 25ms"#,
+        r#"172.17.1.3 - - [24/Nov/2024:13:40:15 +0000] "GET /api/users HTTP/1.1" 401 450 - "curl/7.68.0" 300 - - 25ms"#,
+    ] {
+        assert_eq!(p.parse(line, &mut ev), Ok(Outcome::Event), "{line}");
+        assert_eq!(ev.client, ip("172.17.1.3"));
+        assert_eq!(ev.status, Some(401));
+        assert_eq!(ev.user_agent(), Some("curl/7.68.0"));
+        assert_eq!(ev.request_time, Some(0.025));
+    }
 }

@@ -58,8 +58,26 @@ fn month(b: &[u8]) -> Option<u32> {
         .map(|i| i as u32 + 1)
 }
 
+/// Years a log line can plausibly carry. Outside them a date is a forgery or
+/// a broken clock, and an event there could freeze its key's window.
+pub const YEARS: std::ops::RangeInclusive<u32> = 1970..=2199;
+
+fn days_in_month(y: u32, m: u32) -> u32 {
+    match m {
+        4 | 6 | 9 | 11 => 30,
+        2 if y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400)) => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+/// A calendar time, refused unless every part exists (no 31 February, no
+/// year 0000 or 9999, no 24:00).
 fn civil_millis(y: u32, mo: u32, d: u32, h: u32, mi: u32, s: u32, ms: u32) -> Option<Millis> {
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+    if !YEARS.contains(&y) || !(1..=12).contains(&mo) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    if d == 0 || d > days_in_month(y, mo) {
         return None;
     }
     let days = days_from_civil(y as i64, mo, d);
@@ -77,6 +95,10 @@ fn offset(b: &[u8]) -> Option<i64> {
                 2 => (digits(rest)?, 0),
                 _ => return None,
             };
+            // Real offsets run from -12:00 to +14:00.
+            if h > 14 || m > 59 {
+                return None;
+            }
             let secs = (h * 3600 + m * 60) as i64;
             Some(if *sign == b'-' { -secs } else { secs })
         }
@@ -157,11 +179,13 @@ fn parse_epoch(s: &str, unit_ms: bool) -> Option<Millis> {
     if !v.is_finite() || v < 0.0 {
         return None;
     }
-    Some(if unit_ms {
+    let ms = if unit_ms {
         v as i64
     } else {
         (v * 1000.0).round() as i64
-    })
+    };
+    // The same plausible years as calendar dates (1970 up to 2200).
+    (ms < 7_258_118_400_000).then_some(ms)
 }
 
 /// Parses `s` as `shape`. Returns `None` if it is not a valid timestamp.
@@ -275,6 +299,28 @@ mod tests {
             Some(971_211_336_000)
         );
         assert_eq!(parse_time("-5", TimeShape::EpochSeconds), None);
+    }
+
+    #[test]
+    fn impossible_dates_are_refused() {
+        for bad in [
+            "31/Feb/2026:10:00:00 +0000",
+            "29/Feb/2026:10:00:00 +0000",
+            "00/Nov/2026:10:00:00 +0000",
+            "23/Nov/9999:10:00:00 +0000",
+            "23/Nov/0000:10:00:00 +0000",
+            "23/Nov/2026:10:00:00 +9999",
+            "23/Nov/2026:10:00:00 +2400",
+            "23/Nov/2026:10:00:00 -0099",
+            "23/Nov/2026:24:00:00 +0000",
+        ] {
+            assert_eq!(parse_time(bad, TimeShape::Clf), None, "{bad}");
+        }
+        assert!(parse_time("29/Feb/2028:10:00:00 +1400", TimeShape::Clf).is_some());
+        assert!(parse_time("31/Apr/2026:10:00:00 +0000", TimeShape::Clf).is_none());
+        assert!(parse_time("9999-11-23T10:00:00Z", TimeShape::Iso8601).is_none());
+        assert!(parse_time("2026-02-30T10:00:00Z", TimeShape::Iso8601).is_none());
+        assert!(parse_time("253402300799", TimeShape::EpochSeconds).is_none());
     }
 
     #[test]
