@@ -16,4 +16,5 @@ pub mod parse;
 pub mod pipeline;
 pub mod replay;
 pub mod state;
+pub mod text;
 pub mod watch;

@@ -39,6 +39,20 @@ pub struct Replay {
 impl Replay {
     pub fn new(config: &Config, sel: &Selection) -> Result<Replay, String> {
         let jails = select_jails(config, &sel.jails)?;
+        if let Some(name) = &sel.format {
+            let spec = config
+                .formats
+                .get(name)
+                .cloned()
+                .or_else(|| crate::parse::FormatSpec::builtin(name));
+            if spec.is_some_and(|s| s.lacks_peer()) && !config.main.forwarded_for_has_peer {
+                eprintln!(
+                    "warning: format `{name}` has no peer address; clients are taken from \
+                     X-Forwarded-For's right-most hop, which is safe only if the proxy appends \
+                     the peer (`forwarded_for_has_peer`, see the README's Safety section)"
+                );
+            }
+        }
         let pipeline = Pipeline::new(config, jails);
         Ok(Replay {
             pipeline,

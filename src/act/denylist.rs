@@ -166,6 +166,19 @@ impl Action for DenylistAction {
             .map_or(Duration::from_millis(500), |d| d.0)
     }
 
+    fn refuses(&self, ban: &Ban) -> Option<String> {
+        match &ban.target {
+            Target::Key(k) => self.entry(k).err(),
+            Target::Address(_) => Some(
+                "this deny-list holds API-key ids; ban addresses with the `firewall` action".into(),
+            ),
+        }
+    }
+
+    fn repairs_by_reconcile(&self) -> bool {
+        true
+    }
+
     fn check(&self) -> Result<(), String> {
         match &self.config.reload {
             Some(argv) if argv.is_empty() => Err("`reload` needs at least the program".into()),

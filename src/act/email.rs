@@ -233,6 +233,8 @@ fn run(rx: Receiver<(String, String)>, mailer: Mailer, store: Arc<Store>, interv
     }
 }
 
+use crate::text::{printable, shell_quote};
+
 fn time(ms: Option<i64>) -> String {
     ms.and_then(chrono::DateTime::from_timestamp_millis)
         .map_or_else(
@@ -242,7 +244,7 @@ fn time(ms: Option<i64>) -> String {
 }
 
 fn shown(t: &crate::detect::Target) -> String {
-    t.to_string()
+    printable(&t.arg()).into_owned()
 }
 
 /// The subject and body of a digest, in words an on-call engineer can act on.
@@ -299,13 +301,19 @@ pub fn digest(jail: &str, incidents: &[Incident]) -> (String, String) {
             let _ = writeln!(b, "   action:     {} {} {result}", a.action, a.change);
         }
         for e in &i.evidence {
-            let _ = writeln!(b, "   evidence:   {}:{}: {}", e.file, e.offset, e.line);
+            let _ = writeln!(
+                b,
+                "   evidence:   {}:{}: {}",
+                printable(&e.file),
+                e.offset,
+                printable(&e.line)
+            );
         }
         let _ = writeln!(
             b,
             "   undo:       portcullis unban {} --jail {}",
-            shown(&i.target),
-            i.jail
+            shell_quote(&i.target.arg()),
+            shell_quote(&i.jail)
         );
         let _ = writeln!(b, "   details:    portcullis incidents show {}\n", i.id);
     }

@@ -83,15 +83,17 @@ impl ExecAction {
             .expires
             .map_or(0, |e| (e - ban.since).max(0))
             .to_string();
+        let count = ban.count.to_string();
+        let values = [
+            ("target", target.as_str()),
+            ("kind", kind),
+            ("jail", ban.jail.as_str()),
+            ("bantime", bantime.as_str()),
+            ("count", count.as_str()),
+        ];
         let argv = template
             .iter()
-            .map(|a| {
-                a.replace("{target}", &target)
-                    .replace("{kind}", kind)
-                    .replace("{jail}", &ban.jail)
-                    .replace("{bantime}", &bantime)
-                    .replace("{count}", &ban.count.to_string())
-            })
+            .map(|a| super::webhook::fill(a, &values, str::to_string))
             .collect();
         Ok(Some(argv))
     }
@@ -125,6 +127,10 @@ impl ExecAction {
 impl Action for ExecAction {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn refuses(&self, ban: &crate::decide::Ban) -> Option<String> {
+        self.argv(&Change::Add(ban.clone())).err()
     }
 
     fn apply(&self, batch: &[Change]) -> Result<(), String> {

@@ -2,14 +2,16 @@
 //!
 //! One trait, [`Action`], applied to batches of [`Change`]s. Actions run off
 //! the engine thread (see [`Dispatcher`]), so a slow or failing action never
-//! delays detection; each batch's outcome comes back to be logged and counted.
-//! This build has `log` and `exec`; firewall, deny-list, webhook and mail
-//! actions come with their issues.
+//! delays detection; each batch's outcome comes back to be logged and counted,
+//! and a failing action is retried by the [`supervise::Supervisor`]. A target
+//! an action cannot express ([`Action::refuses`]) is skipped by that action
+//! alone and recorded; it never fails the batch, the start or a reload.
 
 pub mod denylist;
 pub mod email;
 mod exec;
 pub mod firewall;
+pub mod supervise;
 pub mod webhook;
 
 pub use denylist::{DenylistAction, DenylistConfig};
@@ -17,6 +19,7 @@ pub use exec::{ExecAction, ExecConfig};
 pub use firewall::{FirewallConfig, IpsetBackend, NftablesBackend};
 
 use crate::decide::Ban;
+use crate::detect::Target;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -51,6 +54,18 @@ pub trait Action: Send + Sync {
         } else {
             self.apply(&adds)
         }
+    }
+    /// Why this action cannot express `ban`'s target (a key id an nginx map
+    /// cannot hold, an address for a key-only action), or `None`. Such bans
+    /// are skipped by this action and recorded as refused, nothing more.
+    fn refuses(&self, _ban: &Ban) -> Option<String> {
+        None
+    }
+    /// Whether a failed batch is repaired by reconciling the whole ledger
+    /// (true where reconcile rewrites state, like a deny-list file or the
+    /// kernel sets; false where it would re-run side effects, like commands).
+    fn repairs_by_reconcile(&self) -> bool {
+        false
     }
     /// At a clean stop.
     fn shutdown(&self) {}
@@ -102,7 +117,15 @@ impl Action for LogAction {
     }
 }
 
-/// Outcome of one action on one batch.
+/// A ban an action skipped because it cannot express its target.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub target: Target,
+    pub incident: Option<String>,
+    pub reason: String,
+}
+
+/// Outcome of one action on one batch (or one reconcile).
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub action: String,
@@ -110,6 +133,34 @@ pub struct Outcome {
     pub result: Result<(), String>,
     /// Incidents the batch touched, with `ban` or `unban`.
     pub incidents: Vec<(String, &'static str)>,
+    /// Bans skipped because the action cannot express their target.
+    pub refused: Vec<Refusal>,
+    /// Whether this was a reconcile (start, reload, repair after a failure).
+    pub reconcile: bool,
+}
+
+/// Splits bans into those `action` can express and those it refuses.
+pub fn split_refused(action: &dyn Action, bans: &[Ban]) -> (Vec<Ban>, Vec<Refusal>) {
+    let mut ok = Vec::with_capacity(bans.len());
+    let mut refused = Vec::new();
+    for b in bans {
+        match action.refuses(b) {
+            None => ok.push(b.clone()),
+            Some(reason) => refused.push(Refusal {
+                target: b.target.clone(),
+                incident: b.incident.clone(),
+                reason,
+            }),
+        }
+    }
+    (ok, refused)
+}
+
+/// Work for an action's worker thread.
+enum Job {
+    Batch(Vec<Change>),
+    /// Make the world hold exactly these bans (a repair after a failure).
+    Reconcile(Vec<Ban>),
 }
 
 /// How long a worker waits for more changes before applying a batch, and
@@ -121,7 +172,70 @@ const MAX_BATCH: usize = 20_000;
 /// through `report`. Changes that arrive close together are applied as one
 /// batch (one nft transaction, say); a slow action only delays itself.
 pub struct Dispatcher {
-    workers: BTreeMap<String, std::sync::mpsc::Sender<Vec<Change>>>,
+    workers: BTreeMap<String, std::sync::mpsc::Sender<Job>>,
+    actions: BTreeMap<String, Arc<dyn Action>>,
+}
+
+/// Runs one job; reports its outcome.
+fn run_job(action: &dyn Action, job: Job) -> Outcome {
+    match job {
+        Job::Reconcile(bans) => {
+            let (ok, refused) = split_refused(action, &bans);
+            Outcome {
+                action: action.name().to_string(),
+                changes: ok.len(),
+                result: action.reconcile(&ok),
+                incidents: Vec::new(),
+                refused,
+                reconcile: true,
+            }
+        }
+        Job::Batch(batch) => {
+            let mut refused = Vec::new();
+            let batch: Vec<Change> = batch
+                .into_iter()
+                .filter(|c| match action.refuses(c.ban()) {
+                    None => true,
+                    Some(reason) => {
+                        // Only additions are reported; a refused ban was never applied,
+                        // so its removal has nothing to undo.
+                        if matches!(c, Change::Add(_)) {
+                            refused.push(Refusal {
+                                target: c.ban().target.clone(),
+                                incident: c.ban().incident.clone(),
+                                reason,
+                            });
+                        }
+                        false
+                    }
+                })
+                .collect();
+            let incidents = batch
+                .iter()
+                .filter_map(|c| {
+                    let kind = if matches!(c, Change::Add(_)) {
+                        "ban"
+                    } else {
+                        "unban"
+                    };
+                    c.ban().incident.clone().map(|i| (i, kind))
+                })
+                .collect();
+            let result = if batch.is_empty() {
+                Ok(())
+            } else {
+                action.apply(&batch)
+            };
+            Outcome {
+                action: action.name().to_string(),
+                changes: batch.len(),
+                result,
+                incidents,
+                refused,
+                reconcile: false,
+            }
+        }
+    }
 }
 
 impl Dispatcher {
@@ -130,54 +244,73 @@ impl Dispatcher {
         report: Arc<dyn Fn(Outcome) + Send + Sync>,
     ) -> Dispatcher {
         let mut workers = BTreeMap::new();
-        for (name, action) in actions {
-            let (tx, rx) = std::sync::mpsc::channel::<Vec<Change>>();
+        for (name, action) in &actions {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
             let report = report.clone();
+            let action = action.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("action-{name}"))
                 .spawn(move || {
-                    while let Ok(mut batch) = rx.recv() {
-                        let deadline = std::time::Instant::now() + action.coalesce();
-                        while batch.len() < MAX_BATCH {
-                            match rx.recv_timeout(
-                                deadline.saturating_duration_since(std::time::Instant::now()),
-                            ) {
-                                Ok(more) => batch.extend(more),
+                    let mut next: Option<Job> = None;
+                    loop {
+                        let job = match next.take() {
+                            Some(j) => j,
+                            None => match rx.recv() {
+                                Ok(j) => j,
                                 Err(_) => break,
+                            },
+                        };
+                        let job = match job {
+                            Job::Batch(mut batch) => {
+                                let deadline = std::time::Instant::now() + action.coalesce();
+                                while batch.len() < MAX_BATCH {
+                                    match rx.recv_timeout(
+                                        deadline
+                                            .saturating_duration_since(std::time::Instant::now()),
+                                    ) {
+                                        Ok(Job::Batch(more)) => batch.extend(more),
+                                        Ok(reconcile) => {
+                                            next = Some(reconcile);
+                                            break;
+                                        }
+                                        Err(_) => break,
+                                    }
+                                }
+                                Job::Batch(batch)
                             }
-                        }
-                        let incidents = batch
-                            .iter()
-                            .filter_map(|c| {
-                                let kind = if matches!(c, Change::Add(_)) {
-                                    "ban"
-                                } else {
-                                    "unban"
-                                };
-                                c.ban().incident.clone().map(|i| (i, kind))
-                            })
-                            .collect();
-                        let result = action.apply(&batch);
-                        report(Outcome {
-                            action: action.name().to_string(),
-                            changes: batch.len(),
-                            result,
-                            incidents,
-                        });
+                            reconcile => reconcile,
+                        };
+                        report(run_job(action.as_ref(), job));
                     }
                 });
             match spawned {
                 Ok(_) => {
-                    workers.insert(name, tx);
+                    workers.insert(name.clone(), tx);
                 }
                 Err(e) => tracing::error!(action = name, "cannot start action worker: {e}"),
             }
         }
-        Dispatcher { workers }
+        Dispatcher { workers, actions }
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.workers.keys().map(String::as_str)
+    }
+
+    /// Whether a failed batch of `action` is repaired by a reconcile.
+    pub fn repairs_by_reconcile(&self, action: &str) -> bool {
+        self.actions
+            .get(action)
+            .is_some_and(|a| a.repairs_by_reconcile())
+    }
+
+    /// Asks `action` to reconcile with `bans` (a repair), off the engine thread.
+    pub fn reconcile(&self, action: &str, bans: Vec<Ban>) {
+        if let Some(w) = self.workers.get(action)
+            && w.send(Job::Reconcile(bans)).is_err()
+        {
+            tracing::error!(action, "action worker is gone; cannot repair");
+        }
     }
 
     /// Sends each change to the actions its jail uses (`actions_of(jail)`).
@@ -191,7 +324,7 @@ impl Dispatcher {
         for (name, batch) in per_action {
             match self.workers.get(name) {
                 Some(w) => {
-                    if w.send(batch).is_err() {
+                    if w.send(Job::Batch(batch)).is_err() {
                         tracing::error!(
                             action = name,
                             "action worker is gone; changes not applied"

@@ -71,12 +71,38 @@ pub struct Pending {
     pub attempts: u32,
 }
 
-/// Fills a template; `escape` prepares each value for where it goes.
-fn fill(template: &str, values: &[(&str, &str)], escape: impl Fn(&str) -> String) -> String {
-    let mut out = template.to_string();
-    for (name, v) in values {
-        out = out.replace(&format!("{{{name}}}"), &escape(v));
+/// Fills a template in one pass; `escape` prepares each value for where it
+/// goes. Values are never scanned again, so a key id `k{jail}` stays
+/// `k{jail}` instead of picking up the jail's name.
+pub(crate) fn fill(
+    template: &str,
+    values: &[(&str, &str)],
+    escape: impl Fn(&str) -> String,
+) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let value = after.find('}').and_then(|close| {
+            let name = &after[..close];
+            values
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (close, *v))
+        });
+        match value {
+            Some((close, v)) => {
+                out.push_str(&escape(v));
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
     out
 }
 
@@ -319,6 +345,12 @@ mod tests {
         );
         let nl = [("target", "a\nb\"}")];
         let body = fill(r#"{"k":"{target}"}"#, &nl, json_escape);
+        // Finding 10: a value is never expanded again.
+        let braces = [("target", "k{jail}"), ("jail", "keys")];
+        assert_eq!(
+            fill("{target}/{jail}/{nope}", &braces, |v| v.to_string()),
+            "k{jail}/keys/{nope}"
+        );
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&body).unwrap()["k"],
             "a\nb\"}"

@@ -36,6 +36,13 @@ pub struct MainConfig {
     /// Proxies whose X-Forwarded-For is believed (right-most untrusted hop wins).
     #[serde(default)]
     pub trusted_proxies: Vec<Cidr>,
+    /// Formats without a peer address (Envoy's default text format) take the
+    /// client from X-Forwarded-For's right-most hop. That is only safe when the
+    /// proxy appends the connecting address to the header (Envoy
+    /// `use_remote_address: true`); this says so, and a jail using such a
+    /// format is refused without it.
+    #[serde(default)]
+    pub forwarded_for_has_peer: bool,
     /// Longer lines are counted and skipped. Default 65536.
     pub max_line_bytes: Option<usize>,
     /// Every jail logs "would ban" and acts on nothing.

@@ -275,6 +275,19 @@ fn resolve_jail(
         );
     }
 
+    if format.as_ref().is_some_and(FormatSpec::lacks_peer) && !main.forwarded_for_has_peer {
+        err(
+            format_span.clone(),
+            format!(
+                "format `{format_name}` has no peer address, so the client would be read from \
+                 X-Forwarded-For, which the client writes. Its right-most hop is the peer only if \
+                 the proxy appends it (Envoy `use_remote_address: true`); if yours does, set \
+                 `forwarded_for_has_peer = true` in portcullis.toml, else log \
+                 %DOWNSTREAM_REMOTE_ADDRESS% in a custom format"
+            ),
+        );
+    }
+
     let key_span = jail.key.as_ref().map_or(header.clone(), |k| k.span());
     let key: Vec<String> = jail
         .key

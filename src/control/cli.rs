@@ -1,7 +1,13 @@
 //! Human-readable rendering of control responses, for the CLI.
 
+use crate::text::{printable, shell_quote};
 use serde_json::Value;
 use std::fmt::Write;
+
+/// A string field for a terminal (control characters made visible).
+fn field(v: &Value) -> String {
+    printable(v.as_str().unwrap_or("?")).into_owned()
+}
 
 fn time(secs: Option<i64>) -> String {
     match secs {
@@ -13,8 +19,14 @@ fn time(secs: Option<i64>) -> String {
     }
 }
 
-/// A target as an operator types it: `203.0.113.5`, `2001:db8::/64`, `key:ID`.
+/// A target for a terminal: [`target_arg`] with control characters made visible.
 pub fn target(v: &Value) -> String {
+    printable(&target_arg(v)).into_owned()
+}
+
+/// A target as an operator types it: `203.0.113.5`, `2001:db8::/64`, `key:ID`
+/// (raw: shell-quote it for a command, make it printable for a table).
+pub fn target_arg(v: &Value) -> String {
     match (v["kind"].as_str(), v["value"].as_str()) {
         (Some("key"), Some(k)) => format!("key:{k}"),
         (_, Some(a)) => a
@@ -40,7 +52,7 @@ pub fn bans(data: &Value) -> String {
             out,
             "{:<28} {:<22} {:<19} {:<19} {:>6}{}",
             target(&b["target"]),
-            b["jail"].as_str().unwrap_or("?"),
+            field(&b["jail"]),
             time(b["since"].as_i64()),
             time(b["expires"].as_i64()),
             b["count"].to_string(),
@@ -98,11 +110,7 @@ pub fn status(data: &Value, one: bool) -> String {
     for j in &jails {
         let last = match &j["last_decision"] {
             Value::Null => "-".to_string(),
-            d => format!(
-                "{} {}",
-                time(d["time"].as_i64()),
-                d["target"].as_str().unwrap_or("")
-            ),
+            d => format!("{} {}", time(d["time"].as_i64()), field(&d["target"])),
         };
         let _ = writeln!(
             out,
@@ -136,6 +144,25 @@ pub fn status(data: &Value, one: bool) -> String {
                 .map_or(String::new(), |l| format!(", last lag {l} ms")),
         );
     }
+    for (name, a) in data["actions"].as_object().into_iter().flatten() {
+        if let Some(since) = a["failing_since"].as_i64() {
+            let _ = writeln!(
+                out,
+                "action {name}: FAILING since {} UTC, {} retries so far: {}",
+                time(Some(since)),
+                a["retries"],
+                field(&a["last_error"]),
+            );
+        }
+        if a["refused_targets"].as_u64().unwrap_or(0) > 0 {
+            let _ = writeln!(
+                out,
+                "action {name}: {} target(s) it cannot express were skipped (last: {})",
+                a["refused_targets"],
+                field(&a["last_refused"]),
+            );
+        }
+    }
     let l = &data["ledger"];
     let _ = write!(
         out,
@@ -166,9 +193,9 @@ pub fn incidents(data: &Value) -> String {
         let _ = writeln!(
             out,
             "{:<20} {:<19} {:<20} {:<7} {:<8} {:<26} {:>6}  {resolved}",
-            i["id"].as_str().unwrap_or("?"),
+            field(&i["id"]),
             time_ms(i["detected_at"].as_i64()),
-            i["jail"].as_str().unwrap_or("?"),
+            field(&i["jail"]),
             i["kind"].as_str().unwrap_or("?"),
             i["severity"].as_str().unwrap_or("?"),
             target(&i["target"]),
@@ -214,8 +241,9 @@ pub fn incident(i: &Value) -> String {
         None => {
             let _ = writeln!(
                 out,
-                "resolved   no; undo with: portcullis unban {t} --jail {}",
-                i["jail"].as_str().unwrap_or("?")
+                "resolved   no; undo with: portcullis unban {} --jail {}",
+                shell_quote(&target_arg(&i["target"])),
+                shell_quote(i["jail"].as_str().unwrap_or("?"))
             );
         }
     }
@@ -223,7 +251,7 @@ pub fn incident(i: &Value) -> String {
         let result = if a["ok"] == true {
             "ok".to_string()
         } else {
-            format!("FAILED: {}", a["error"].as_str().unwrap_or(""))
+            format!("FAILED: {}", printable(a["error"].as_str().unwrap_or("")))
         };
         let _ = writeln!(
             out,
@@ -237,9 +265,9 @@ pub fn incident(i: &Value) -> String {
         let _ = writeln!(
             out,
             "evidence   {}:{}: {}",
-            e["file"].as_str().unwrap_or("?"),
+            field(&e["file"]),
             e["offset"],
-            e["line"].as_str().unwrap_or("")
+            printable(e["line"].as_str().unwrap_or(""))
         );
     }
     out.trim_end().to_string()

@@ -2,7 +2,8 @@
 //! ledger, store) and runs the loop. Nothing on the hot path takes a lock;
 //! the control socket, inotify and actions reach it through one channel.
 
-use crate::act::{Action, Change, Dispatcher, ExecAction, LogAction, Outcome};
+use crate::act::supervise::Supervisor;
+use crate::act::{Action, Change, Dispatcher, ExecAction, LogAction, Outcome, split_refused};
 use crate::config::{ActionConfig, Config, ConfigFiles, JailEntry};
 use crate::control::server::Envelope;
 use crate::control::{Request, Response};
@@ -61,13 +62,6 @@ struct Followed {
     source: u32,
 }
 
-#[derive(Default, Clone, serde::Serialize)]
-struct ActionStats {
-    batches_ok: u64,
-    batches_failed: u64,
-    last_error: Option<String>,
-}
-
 pub struct Engine {
     config_dir: Option<PathBuf>,
     config: Config,
@@ -79,7 +73,8 @@ pub struct Engine {
     actions: Vec<Arc<dyn Action>>,
     tx: Sender<Msg>,
     last_decision: HashMap<String, (i64, String)>,
-    action_stats: BTreeMap<String, ActionStats>,
+    /// Health and retries of every action (never fatal; see `act::supervise`).
+    supervisor: Supervisor,
     started: Instant,
     last_held_alert: Option<Instant>,
     new_incidents: u64,
@@ -93,13 +88,35 @@ pub struct Engine {
     fleet: Option<crate::fleet::Fleet>,
 }
 
-/// Builds every action, checks each can work here, and reconciles it with
-/// the active bans of the jails that use it (one batch each).
+/// The active bans whose jail uses action `name`.
+fn bans_for_action<'a>(
+    config: &Config,
+    active: impl Iterator<Item = &'a Ban>,
+    name: &str,
+) -> Vec<Ban> {
+    active
+        .filter(|b| {
+            config
+                .jails
+                .iter()
+                .any(|j| j.spec.name == b.jail && j.actions.iter().any(|a| a == name))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Builds every action, checks each can work here (a missing program is a
+/// clear error at start, like a config mistake), and reconciles it with the
+/// active bans of the jails that use it (one batch each). A reconcile that
+/// fails (nginx not up yet at boot) is not fatal: the supervisor retries it
+/// with backoff while detection and the other actions run. Bans an action
+/// cannot express are skipped by that action only.
 fn build_actions(
     config: &Config,
     tx: &Sender<Msg>,
     active: &[Ban],
     store: &Arc<Store>,
+    supervisor: &mut Supervisor,
 ) -> Result<(Dispatcher, Vec<Arc<dyn Action>>), String> {
     let mut actions: BTreeMap<String, Arc<dyn Action>> = BTreeMap::new();
     actions.insert("log".into(), Arc::new(LogAction));
@@ -135,35 +152,62 @@ fn build_actions(
         action
             .check()
             .map_err(|e| format!("action `{name}`: {e}"))?;
-        let mine: Vec<Ban> = active
-            .iter()
-            .filter(|b| {
-                config
-                    .jails
-                    .iter()
-                    .any(|j| j.spec.name == b.jail && j.actions.contains(name))
-            })
-            .cloned()
-            .collect();
-        let t = Instant::now();
-        action
-            .reconcile(&mine)
-            .map_err(|e| format!("action `{name}`: reconciling {} bans: {e}", mine.len()))?;
-        if !mine.is_empty() {
-            tracing::info!(
+    }
+    for (name, action) in &actions {
+        let mine = bans_for_action(config, active.iter(), name);
+        let (mine, refused) = split_refused(action.as_ref(), &mine);
+        if let Some(last) = refused.last() {
+            tracing::warn!(
                 action = name,
-                bans = mine.len(),
-                elapsed_ms = t.elapsed().as_millis() as u64,
-                "re-applied active bans"
+                refused = refused.len(),
+                last = %last.target,
+                reason = last.reason,
+                "active bans this action cannot express are skipped by it"
+            );
+            supervisor.refused(
+                name,
+                refused.len(),
+                &format!("{}: {}", last.target, last.reason),
             );
         }
+        let t = Instant::now();
+        match action.reconcile(&mine) {
+            Ok(()) => {
+                supervisor.reconciled(name);
+                if !mine.is_empty() {
+                    tracing::info!(
+                        action = name,
+                        bans = mine.len(),
+                        elapsed_ms = t.elapsed().as_millis() as u64,
+                        "re-applied active bans"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    action = name,
+                    bans = mine.len(),
+                    "action failed to re-apply active bans; retrying with backoff while \
+                     detection and the other actions run: {}",
+                    one_line(&e)
+                );
+                supervisor.reconcile_failed(name, e);
+            }
+        }
     }
+    let names: Vec<&str> = actions.keys().map(String::as_str).collect();
+    supervisor.retain(&names);
     let all: Vec<Arc<dyn Action>> = actions.values().cloned().collect();
     let tx = std::sync::Mutex::new(tx.clone());
     let report = Arc::new(move |o: Outcome| {
         let _ = tx.lock().map(|t| t.send(Msg::ActionDone(o)));
     });
     Ok((Dispatcher::new(actions, report), all))
+}
+
+/// An error on one log line (tools print several).
+fn one_line(e: &str) -> String {
+    e.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Paths to follow, each with the indices of the jails reading it.
@@ -223,7 +267,8 @@ impl Engine {
             elapsed_ms = t.elapsed().as_millis() as u64,
             "loaded active bans"
         );
-        let (dispatcher, actions) = build_actions(&config, &tx, &active, &store)?;
+        let mut supervisor = Supervisor::default();
+        let (dispatcher, actions) = build_actions(&config, &tx, &active, &store, &mut supervisor)?;
         let jails = select_jails(&config, &[])?;
         let mut engine = Engine {
             config_dir,
@@ -236,7 +281,7 @@ impl Engine {
             actions,
             tx,
             last_decision: HashMap::new(),
-            action_stats: BTreeMap::new(),
+            supervisor,
             started: Instant::now(),
             last_held_alert: None,
             new_incidents: 0,
@@ -589,6 +634,15 @@ impl Engine {
         }
         self.persist(Vec::new());
         self.dispatch(&changes);
+        for name in self.supervisor.due(Instant::now()) {
+            let bans = bans_for_action(&self.config, self.ledger.bans(), &name);
+            tracing::info!(
+                action = name,
+                bans = bans.len(),
+                "retrying a failing action"
+            );
+            self.dispatcher.reconcile(&name, bans);
+        }
     }
 
     fn rescan(&mut self) {
@@ -738,14 +792,39 @@ impl Engine {
             };
             self.update_incidents(&ids, |inc| inc.actions.push(record.clone()));
         }
-        let s = self.action_stats.entry(o.action.clone()).or_default();
-        match o.result {
-            Ok(()) => s.batches_ok += 1,
-            Err(e) => {
-                s.batches_failed += 1;
-                tracing::error!(action = o.action, changes = o.changes, "action failed: {e}");
-                s.last_error = Some(e);
-            }
+        for r in &o.refused {
+            tracing::warn!(
+                action = o.action,
+                target = %r.target,
+                "target refused by this action (skipped; other actions and detection go on): {}",
+                r.reason
+            );
+        }
+        let refused_at: Vec<(String, String)> = o
+            .refused
+            .iter()
+            .filter_map(|r| r.incident.clone().map(|i| (i, r.reason.clone())))
+            .collect();
+        for (id, reason) in refused_at {
+            let record = ActionRecord {
+                action: o.action.clone(),
+                change: "ban".into(),
+                ok: false,
+                error: Some(format!("refused: {reason}")),
+                at,
+            };
+            self.update_incidents(&[id], |inc| inc.actions.push(record.clone()));
+        }
+        let repairs = self.dispatcher.repairs_by_reconcile(&o.action);
+        self.supervisor.record(&o, repairs);
+        if let Err(e) = &o.result {
+            tracing::error!(
+                action = o.action,
+                changes = o.changes,
+                reconcile = o.reconcile,
+                "action failed: {}",
+                one_line(e)
+            );
         }
     }
 
@@ -764,7 +843,13 @@ impl Engine {
         })?;
         let jails = select_jails(&config, &[])?;
         let active: Vec<Ban> = self.ledger.bans().cloned().collect();
-        let (dispatcher, actions) = build_actions(&config, &self.tx, &active, &self.store)?;
+        let (dispatcher, actions) = build_actions(
+            &config,
+            &self.tx,
+            &active,
+            &self.store,
+            &mut self.supervisor,
+        )?;
         let mut pipeline = Pipeline::new(&config, jails);
         let kept_jails = pipeline.adopt_unchanged(&mut self.pipeline);
         // Keep open tails (and their positions) for paths still followed.
@@ -967,7 +1052,10 @@ impl Engine {
             m.decisions.get_or_create(&l).inc_by(st.decisions);
             m.tracked.get_or_create(&l).set(st.tracked as i64);
         }
-        for (name, a) in &self.action_stats {
+        for (name, a) in self.supervisor.health() {
+            let l = labels(&[("action", name)]);
+            m.action_refused.get_or_create(&l).inc_by(a.refused_targets);
+            m.action_failing.get_or_create(&l).set(a.failing() as i64);
             m.actions
                 .get_or_create(&labels(&[("action", name), ("result", "ok")]))
                 .inc_by(a.batches_ok);
@@ -1044,7 +1132,7 @@ impl Engine {
             "uptime_secs": self.started.elapsed().as_secs(),
             "jails": jails,
             "ledger": self.ledger.stats(),
-            "actions": self.action_stats,
+            "actions": self.supervisor.health(),
             "action_names": self.dispatcher.names().collect::<Vec<_>>(),
             "fleet": self.fleet.as_ref().map(|f| f.status()),
         }))

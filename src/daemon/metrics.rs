@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub tracked: Family<Labels, Gauge>,
     pub lag: Family<Labels, Gauge>,
     pub actions: Family<Labels, Counter>,
+    pub action_refused: Family<Labels, Counter>,
+    pub action_failing: Family<Labels, Gauge>,
     pub active_bans: Gauge,
     pub held: Gauge,
     pub fleet_link: Gauge,
@@ -63,6 +65,8 @@ impl Snapshot {
             tracked: Family::default(),
             lag: Family::default(),
             actions: Family::default(),
+            action_refused: Family::default(),
+            action_failing: Family::default(),
             active_bans: Gauge::default(),
             held: Gauge::default(),
             fleet_link: Gauge::default(),
@@ -103,6 +107,16 @@ impl Snapshot {
             "action_batches",
             "Action batches, by action and result",
             s.actions.clone(),
+        );
+        registry.register(
+            "action_refused_targets",
+            "Bans an action skipped because it cannot express their target",
+            s.action_refused.clone(),
+        );
+        registry.register(
+            "action_failing",
+            "1 while an action is failing and being retried",
+            s.action_failing.clone(),
         );
         registry.register(
             "active_bans",

@@ -92,6 +92,17 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The target as the CLI takes it back (`203.0.113.5`, `key:ID`), raw:
+    /// quote it with [`crate::text::shell_quote`] before printing a command.
+    pub fn arg(&self) -> String {
+        match self {
+            Target::Key(k) => format!("key:{k}"),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -76,15 +76,18 @@ impl<K: Hash + Eq, C: Counter> Tracker<K, C> {
         // Rank by (matches in the window, newest match): fewest and stalest first.
         let rank = |c: &C| (c.live(now, findtime) as u64) << 32 | c.newest() as u64;
         let mut ranks: Vec<u64> = self.map.values().map(rank).collect();
-        let (_, cutoff, _) = ranks.select_nth_unstable(excess - 1);
+        let (below, cutoff, _) = ranks.select_nth_unstable(excess - 1);
         let cutoff = *cutoff;
-        // Drop keys at or below the cutoff rank, but no more than `excess`
-        // (many keys can share it).
-        let mut budget = excess;
+        // Everything ranked below the cutoff goes; of the keys sharing the
+        // cutoff rank, only as many as still needed.
+        let mut ties = excess - below.iter().filter(|&&r| r < cutoff).count();
         let before = self.map.len();
         self.map.retain(|_, c| {
-            if budget > 0 && rank(c) <= cutoff {
-                budget -= 1;
+            let r = rank(c);
+            if r < cutoff {
+                false
+            } else if r == cutoff && ties > 0 {
+                ties -= 1;
                 false
             } else {
                 true

@@ -137,6 +137,12 @@ impl FormatSpec {
         })
     }
 
+    /// Whether the format has no peer address, so the client must come from
+    /// X-Forwarded-For's right-most hop (see `forwarded_for_has_peer`).
+    pub fn lacks_peer(&self) -> bool {
+        matches!(self, FormatSpec::Template { pieces, .. } if !Template::pieces_have_peer(pieces))
+    }
+
     /// Every field name a line of this format can provide.
     pub fn field_names(&self) -> Vec<String> {
         match self {

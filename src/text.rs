@@ -1,0 +1,88 @@
+//! Text for humans: whatever reaches a terminal, a mail or a copy-pasted
+//! command may have been written by an attacker (key ids, user agents,
+//! request lines), so control characters are made visible and commands are
+//! shell-quoted.
+
+use std::borrow::Cow;
+
+/// Characters that can rewrite a terminal or reorder text: C0/C1 controls,
+/// DEL, and Unicode bidirectional overrides and isolates.
+fn hostile(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` with control characters written as `\xHH` / `\u{...}` escapes.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(hostile) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if !hostile(c) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `s` as one shell word that a POSIX shell (or bash, for `$'...'`) reads
+/// back as exactly `s`: bare when harmless, else single-quoted, else (with
+/// control characters) ANSI-C quoted so nothing raw reaches the terminal.
+pub fn shell_quote(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        return s.to_string();
+    }
+    if !s.chars().any(hostile) {
+        return format!("'{}'", s.replace('\'', r"'\''"));
+    }
+    let mut out = String::from("$'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str(r"\\"),
+            '\'' => out.push_str(r"\'"),
+            c if hostile(c) && (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if hostile(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_are_visible() {
+        assert_eq!(printable("k\x1b[31mred\x07"), "k\\x1b[31mred\\x07");
+        assert_eq!(printable("a\u{202e}b"), "a\\u{202e}b");
+        assert!(matches!(printable("plain é"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn commands_are_quoted() {
+        assert_eq!(shell_quote("key:abc_1"), "key:abc_1");
+        assert_eq!(shell_quote("203.0.113.5"), "203.0.113.5");
+        assert_eq!(
+            shell_quote("key:k$(touch /tmp/x)"),
+            "'key:k$(touch /tmp/x)'"
+        );
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("a\tb'\\"), r"$'a\x09b\'\\'");
+        assert_eq!(shell_quote(""), "''");
+        // What bash reads back is the original.
+        for s in ["key:k$(touch /tmp/x)", "a'b", "a\tb\x1b[0m'\\"] {
+            let out = std::process::Command::new("bash")
+                .args(["-c", &format!("printf %s {}", shell_quote(s))])
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), s);
+        }
+    }
+}
