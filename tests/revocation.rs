@@ -222,7 +222,8 @@ fn hostile_key_ids_are_escaped_or_refused_and_nginx_still_loads() {
     }
     // `~.*` must not have become a regex matching every key.
     assert_eq!(nginx.status("innocent"), 200);
-    // A key id with a newline cannot be written safely: refused, never written.
+    // A key id with a newline cannot be written safely: refused by this
+    // action (recorded as such), never written, and no failure of the action.
     assert!(
         d.cli(&["ban", "key:evil\n\"x\" 1;", "--jail", "keys"])
             .status
@@ -230,12 +231,15 @@ fn hostile_key_ids_are_escaped_or_refused_and_nginx_still_loads() {
     );
     wait_for(
         || {
-            d.json(&["status"])["actions"]["nginx-keys"]["last_error"]
+            d.json(&["status"])["actions"]["nginx-keys"]["last_refused"]
                 .as_str()
                 .is_some_and(|e| e.contains("refusing key id"))
         },
         "the refusal",
     );
+    let health = &d.json(&["status"])["actions"]["nginx-keys"];
+    assert_eq!(health["refused_targets"], 1, "{health}");
+    assert!(health["failing_since"].is_null(), "{health}");
     let map = std::fs::read_to_string(d.dir.path().join("revoked.map")).unwrap();
     assert!(!map.contains("evil"), "{map}");
     assert!(nginx.test_config());

@@ -58,7 +58,7 @@ pub struct StatusSet([u64; 10]);
 
 impl fmt::Debug for StatusSet {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        let codes: Vec<u16> = (100..600).filter(|c| self.contains(*c)).collect();
+        let codes: Vec<u16> = (0..600).filter(|c| self.contains(*c)).collect();
         write!(f, "StatusSet({codes:?})")
     }
 }
@@ -77,11 +77,12 @@ impl StatusSet {
 
     fn add(&mut self, spec: &str) -> Result<(), String> {
         let bad = || format!("invalid status `{spec}`: use 404, \"500-599\" or \"4xx\"");
+        // 0 is Envoy's "no response" (the client went away first).
         let code = |s: &str| {
             s.trim()
                 .parse::<u16>()
                 .ok()
-                .filter(|c| (100..=599).contains(c))
+                .filter(|c| *c == 0 || (100..=599).contains(c))
         };
         if let Some(class) = spec.strip_suffix("xx").and_then(|d| d.parse::<u16>().ok()) {
             if !(1..=5).contains(&class) {

@@ -24,13 +24,16 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {
     stream.set_read_timeout(Some(Duration::from_secs(60))).ok();
     let mut w = &stream;
     let line = serde_json::to_string(req).expect("requests serialise");
-    w.write_all(format!("{line}\n").as_bytes())
-        .map_err(|e| format!("sending to the daemon: {e}"))?;
+    // A refused peer is answered before the daemon reads anything, so the
+    // write can fail with the answer already waiting: read it either way.
+    let sent = w.write_all(format!("{line}\n").as_bytes());
     let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .map_err(|e| format!("reading the daemon's answer: {e}"))?;
+    let read = BufReader::new(&stream).read_line(&mut answer);
     if answer.is_empty() {
+        if let Err(e) = sent {
+            return Err(format!("sending to the daemon: {e}"));
+        }
+        read.map_err(|e| format!("reading the daemon's answer: {e}"))?;
         return Err("the daemon closed the connection without answering".into());
     }
     serde_json::from_str(&answer).map_err(|e| format!("unreadable answer from the daemon: {e}"))
