@@ -596,3 +596,121 @@ fn fleet_ban_on_one_host_is_enforced_by_another_hosts_firewall() {
     let _ = redis.kill();
     let _ = redis.wait();
 }
+
+/// Issue 10, finding 1: `nft flush ruleset` (what restarting Debian's
+/// nftables service does), a flushed set or a deleted table is noticed and
+/// repaired within 5 s, logged once per event, counted and shown in `status`.
+#[test]
+fn nft_changes_behind_our_back_are_repaired_within_five_seconds() {
+    if !prerequisites() {
+        return;
+    }
+    let mut net = Net::new();
+    net.start_http();
+    let d = daemon(&net, "nft-drift", "", "backend = \"nftables\"");
+    assert!(
+        d.cli(&["ban", "192.0.2.2", "--jail", "auth"])
+            .status
+            .success()
+    );
+    wait_for(
+        || !net.get("192.0.2.2", "192.0.2.1"),
+        "the ban to drop packets",
+    );
+    let events: [&[&str]; 3] = [
+        &["flush", "ruleset"],
+        &["flush", "set", "inet", "portcullis", "addr4"],
+        &["delete", "table", "inet", "portcullis"],
+    ];
+    for (n, args) in events.iter().enumerate() {
+        let out = net.nft(args);
+        assert!(out.status.success(), "nft {args:?}: {}", stderr(&out));
+        assert!(
+            net.get("192.0.2.2", "192.0.2.1"),
+            "traffic passes right after nft {args:?}"
+        );
+        let t = std::time::Instant::now();
+        wait_for(
+            || !net.get("192.0.2.2", "192.0.2.1"),
+            &format!("the ban to be repaired after nft {args:?}"),
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "repaired after {:?}",
+            t.elapsed()
+        );
+        wait_for(
+            || d.json(&["status"])["actions"]["firewall"]["drifts"] == n as u64 + 1,
+            "the drift to be counted",
+        );
+    }
+    // New bans work after the repairs.
+    d.append(&(0..3).map(|_| attack_line("192.0.2.4")).collect::<String>());
+    wait_for(
+        || !net.get("192.0.2.4", "192.0.2.1"),
+        "a new ban after the repairs",
+    );
+    let human = stdout(&d.cli(&["status"]));
+    assert!(
+        human.contains("action firewall: enforcement changed behind our back 3 time(s)"),
+        "{human}"
+    );
+    let log = std::fs::read_to_string(
+        d.dir
+            .path()
+            .join(format!("daemon-{}.log", std::process::id())),
+    )
+    .unwrap();
+    assert_eq!(
+        log.matches("enforcement changed behind").count(),
+        3,
+        "logged once per event"
+    );
+}
+
+/// The same for the ipset backend: a flushed set or flushed iptables chain.
+#[test]
+fn ipset_changes_behind_our_back_are_repaired_within_five_seconds() {
+    if !prerequisites() {
+        return;
+    }
+    let mut net = Net::new();
+    net.start_http();
+    let d = daemon(&net, "ipset-drift", "", "backend = \"ipset\"");
+    assert!(
+        d.cli(&["ban", "192.0.2.2", "--jail", "auth"])
+            .status
+            .success()
+    );
+    wait_for(
+        || !net.get("192.0.2.2", "192.0.2.1"),
+        "the ban to drop packets",
+    );
+    let events: [&[&str]; 2] = [
+        &["ipset", "flush", "portcullis-addr4"],
+        &["iptables", "-F", "INPUT"],
+    ];
+    for (n, args) in events.iter().enumerate() {
+        let mut all = vec!["ip", "netns", "exec", &net.srv];
+        all.extend_from_slice(args);
+        must(&all);
+        assert!(
+            net.get("192.0.2.2", "192.0.2.1"),
+            "traffic passes after {args:?}"
+        );
+        let t = std::time::Instant::now();
+        wait_for(
+            || !net.get("192.0.2.2", "192.0.2.1"),
+            &format!("the ban to be repaired after {args:?}"),
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "repaired after {:?}",
+            t.elapsed()
+        );
+        wait_for(
+            || d.json(&["status"])["actions"]["firewall"]["drifts"] == n as u64 + 1,
+            "the drift to be counted",
+        );
+    }
+}

@@ -186,6 +186,42 @@ fn plan(holders: &mut Holders, changes: &[Change], now: i64) -> Vec<(IpNet, Op)>
         .collect()
 }
 
+/// One element per set kind that must be in the kernel now (held by a ban
+/// that has at least a few seconds left): what `verify` probes.
+fn probes(holders: &Mutex<Holders>) -> Vec<(SetKind, IpNet)> {
+    let soon = now_secs() + 5;
+    let Ok(holders) = holders.lock() else {
+        return Vec::new();
+    };
+    let mut out: Vec<(SetKind, IpNet)> = Vec::new();
+    for (net, h) in holders.iter() {
+        let kind = SetKind::of(net);
+        if out.iter().any(|(k, _)| *k == kind) {
+            continue;
+        }
+        if h.values().any(|e| e.is_none_or(|e| e > soon)) {
+            out.push((kind, *net));
+            if out.len() == SetKind::ALL.len() {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Runs a program with arguments; an error carries its stderr.
+fn probe(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
 /// Runs a program with `input` on stdin; an error carries its stderr.
 fn run(program: &str, args: &[&str], input: &str) -> Result<(), String> {
     let mut child = Command::new(program)
@@ -393,6 +429,35 @@ impl Action for NftablesBackend {
         true
     }
 
+    /// The chains and their rules exist, and one live element per set kind
+    /// is in its set: `nft flush ruleset`, a flushed set or a deleted table
+    /// is noticed in a few process runs, however many bans there are.
+    fn verify(&self) -> Result<(), String> {
+        let t = &self.table;
+        for hook in &self.hooks {
+            let chain = match hook {
+                Hook::Input => "input",
+                Hook::Forward => "forward",
+            };
+            let rules = probe("nft", &["list", "chain", "inet", t, chain])
+                .map_err(|e| format!("chain inet {t} {chain} is gone ({e})"))?;
+            for k in SetKind::ALL {
+                if !rules.contains(&format!("saddr @{} ", k.name())) {
+                    return Err(format!(
+                        "the rule for @{} is gone from chain {chain}",
+                        k.name()
+                    ));
+                }
+            }
+        }
+        for (kind, net) in probes(&self.holders) {
+            let elem = format!("{{ {} }}", Self::element(&net));
+            probe("nft", &["get", "element", "inet", t, kind.name(), &elem])
+                .map_err(|_| format!("{net} is missing from set {}", kind.name()))?;
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), String> {
         check_tool("nft", &["list", "tables"], "nftables")
     }
@@ -556,6 +621,46 @@ impl IpsetBackend {
 impl Action for IpsetBackend {
     fn repairs_by_reconcile(&self) -> bool {
         true
+    }
+
+    /// The iptables rules exist and one live element per set kind is in its
+    /// set (`ipset test`), as for nftables.
+    fn verify(&self) -> Result<(), String> {
+        let target = match self.verdict {
+            Verdict::Drop => "DROP",
+            Verdict::Reject => "REJECT",
+        };
+        for hook in &self.hooks {
+            let chain = match hook {
+                Hook::Input => "INPUT",
+                Hook::Forward => "FORWARD",
+            };
+            for k in SetKind::ALL {
+                let tool = if k.v6() { "ip6tables" } else { "iptables" };
+                let set = self.set(k);
+                probe(
+                    tool,
+                    &[
+                        "-C",
+                        chain,
+                        "-m",
+                        "set",
+                        "--match-set",
+                        &set,
+                        "src",
+                        "-j",
+                        target,
+                    ],
+                )
+                .map_err(|_| format!("the {tool} rule for {set} is gone from {chain}"))?;
+            }
+        }
+        for (kind, net) in probes(&self.holders) {
+            let set = self.set(kind);
+            probe("ipset", &["test", &set, &net.to_string()])
+                .map_err(|_| format!("{net} is missing from ipset {set}"))?;
+        }
+        Ok(())
     }
 
     fn name(&self) -> &str {

@@ -61,6 +61,13 @@ pub trait Action: Send + Sync {
     fn refuses(&self, _ban: &Ban) -> Option<String> {
         None
     }
+    /// Checks that what this action enforces is still in place (someone may
+    /// have run `nft flush ruleset`); `Err` says what is missing. Called every
+    /// few seconds off the engine thread; a failure triggers a reconcile.
+    /// Cheap by design: it probes, it does not list every element.
+    fn verify(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Whether a failed batch is repaired by reconciling the whole ledger
     /// (true where reconcile rewrites state, like a deny-list file or the
     /// kernel sets; false where it would re-run side effects, like commands).
@@ -137,6 +144,8 @@ pub struct Outcome {
     pub refused: Vec<Refusal>,
     /// Whether this was a reconcile (start, reload, repair after a failure).
     pub reconcile: bool,
+    /// Whether this was a verification (only failed ones are reported).
+    pub verify: bool,
 }
 
 /// Splits bans into those `action` can express and those it refuses.
@@ -161,6 +170,8 @@ enum Job {
     Batch(Vec<Change>),
     /// Make the world hold exactly these bans (a repair after a failure).
     Reconcile(Vec<Ban>),
+    /// Check that enforcement is still in place.
+    Verify,
 }
 
 /// How long a worker waits for more changes before applying a batch, and
@@ -179,6 +190,15 @@ pub struct Dispatcher {
 /// Runs one job; reports its outcome.
 fn run_job(action: &dyn Action, job: Job) -> Outcome {
     match job {
+        Job::Verify => Outcome {
+            action: action.name().to_string(),
+            changes: 0,
+            result: action.verify(),
+            incidents: Vec::new(),
+            refused: Vec::new(),
+            reconcile: false,
+            verify: true,
+        },
         Job::Reconcile(bans) => {
             let (ok, refused) = split_refused(action, &bans);
             Outcome {
@@ -188,6 +208,7 @@ fn run_job(action: &dyn Action, job: Job) -> Outcome {
                 incidents: Vec::new(),
                 refused,
                 reconcile: true,
+                verify: false,
             }
         }
         Job::Batch(batch) => {
@@ -233,6 +254,7 @@ fn run_job(action: &dyn Action, job: Job) -> Outcome {
                 incidents,
                 refused,
                 reconcile: false,
+                verify: false,
             }
         }
     }
@@ -280,7 +302,11 @@ impl Dispatcher {
                             }
                             reconcile => reconcile,
                         };
-                        report(run_job(action.as_ref(), job));
+                        let outcome = run_job(action.as_ref(), job);
+                        // A verification that found everything in place is no news.
+                        if !(outcome.verify && outcome.result.is_ok()) {
+                            report(outcome);
+                        }
                     }
                 });
             match spawned {
@@ -302,6 +328,17 @@ impl Dispatcher {
         self.actions
             .get(action)
             .is_some_and(|a| a.repairs_by_reconcile())
+    }
+
+    /// Asks every action that can be repaired to verify its enforcement.
+    pub fn verify(&self) {
+        for (name, action) in &self.actions {
+            if action.repairs_by_reconcile()
+                && let Some(w) = self.workers.get(name)
+            {
+                let _ = w.send(Job::Verify);
+            }
+        }
     }
 
     /// Asks `action` to reconcile with `bans` (a repair), off the engine thread.

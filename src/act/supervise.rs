@@ -33,6 +33,10 @@ pub struct ActionHealth {
     pub failing_since: Option<i64>,
     /// Reconcile attempts since it started failing.
     pub retries: u32,
+    /// Times enforcement was found changed behind our back (a flushed set, a
+    /// deleted table) and repaired; and when (unix seconds) the last was.
+    pub drifts: u64,
+    pub last_drift: Option<i64>,
     #[serde(skip)]
     next_retry: Option<Instant>,
     #[serde(skip)]
@@ -91,9 +95,15 @@ impl Supervisor {
         h.last_refused = Some(last.to_string());
     }
 
-    /// Records a batch's or a reconcile's outcome.
+    /// Records a batch's, a reconcile's or a failed verification's outcome.
     pub fn record(&mut self, o: &Outcome, repairs_by_reconcile: bool) {
         let h = self.actions.entry(o.action.clone()).or_default();
+        if o.verify {
+            if let Err(e) = &o.result {
+                Self::drift(&o.action, h, e);
+            }
+            return;
+        }
         if let Some(r) = o.refused.last() {
             h.refused_targets += o.refused.len() as u64;
             h.last_refused = Some(format!("{}: {}", r.target, r.reason));
@@ -126,6 +136,24 @@ impl Supervisor {
             }
         }
         out
+    }
+
+    /// Enforcement changed behind our back: logged once per event (not again
+    /// while the repair is pending or failing), counted, repaired at once.
+    fn drift(action: &str, h: &mut ActionHealth, what: &str) {
+        if h.failing() {
+            return;
+        }
+        h.drifts += 1;
+        h.last_drift = Some(unix_now());
+        h.last_error = Some(format!("drift: {what}"));
+        tracing::error!(
+            action,
+            "enforcement changed behind portcullis's back ({what}); re-applying every active ban"
+        );
+        h.failing_since = Some(unix_now());
+        h.backoff = FIRST_RETRY;
+        h.next_retry = Some(Instant::now());
     }
 
     fn schedule(h: &mut ActionHealth) {
@@ -168,6 +196,7 @@ mod tests {
             incidents: vec![],
             refused: vec![],
             reconcile,
+            verify: false,
         }
     }
 
@@ -188,6 +217,21 @@ mod tests {
         s.record(&outcome(true, true), false);
         assert!(!s.health()["a"].failing());
         assert!(s.due(later + MAX_RETRY).is_empty());
+    }
+
+    #[test]
+    fn drift_is_counted_once_and_repaired_at_once() {
+        let mut s = Supervisor::default();
+        let mut o = outcome(false, false);
+        o.verify = true;
+        s.record(&o, true);
+        s.record(&o, true);
+        assert_eq!(s.health()["a"].drifts, 1);
+        assert_eq!(s.due(Instant::now()), vec!["a".to_string()]);
+        s.record(&outcome(true, true), true);
+        assert!(!s.health()["a"].failing());
+        s.record(&o, true);
+        assert_eq!(s.health()["a"].drifts, 2);
     }
 
     #[test]

@@ -154,6 +154,14 @@ pub fn status(data: &Value, one: bool) -> String {
                 field(&a["last_error"]),
             );
         }
+        if a["drifts"].as_u64().unwrap_or(0) > 0 {
+            let _ = writeln!(
+                out,
+                "action {name}: enforcement changed behind our back {} time(s), last at {} UTC, and re-applied",
+                a["drifts"],
+                time(a["last_drift"].as_i64()),
+            );
+        }
         if a["refused_targets"].as_u64().unwrap_or(0) > 0 {
             let _ = writeln!(
                 out,

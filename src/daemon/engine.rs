@@ -44,6 +44,8 @@ const FLEET_CURSOR: &str = "\u{0}fleet-stream-id";
 const TICK: Duration = Duration::from_millis(250);
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
+/// How often actions check their enforcement is still in place.
+const VERIFY_EVERY: Duration = Duration::from_secs(2);
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -670,8 +672,12 @@ impl Engine {
     /// Runs until shutdown. `wake_pending` is cleared before each poll so
     /// inotify bursts collapse into one wake-up.
     pub fn run(mut self, rx: Receiver<Msg>, wake_pending: Arc<std::sync::atomic::AtomicBool>) {
-        let (mut last_tick, mut last_persist, mut last_rescan) =
-            (Instant::now(), Instant::now(), Instant::now());
+        let (mut last_tick, mut last_persist, mut last_rescan, mut last_verify) = (
+            Instant::now(),
+            Instant::now(),
+            Instant::now(),
+            Instant::now(),
+        );
         let watchdog = super::notify::watchdog_interval();
         let mut last_watchdog = Instant::now();
         loop {
@@ -716,6 +722,10 @@ impl Engine {
                 last_persist = Instant::now();
                 let p = self.positions();
                 self.persist(p);
+            }
+            if last_verify.elapsed() >= VERIFY_EVERY {
+                last_verify = Instant::now();
+                self.dispatcher.verify();
             }
             if last_rescan.elapsed() >= RESCAN_EVERY {
                 last_rescan = Instant::now();
@@ -1056,6 +1066,7 @@ impl Engine {
             let l = labels(&[("action", name)]);
             m.action_refused.get_or_create(&l).inc_by(a.refused_targets);
             m.action_failing.get_or_create(&l).set(a.failing() as i64);
+            m.action_drift.get_or_create(&l).inc_by(a.drifts);
             m.actions
                 .get_or_create(&labels(&[("action", name), ("result", "ok")]))
                 .inc_by(a.batches_ok);

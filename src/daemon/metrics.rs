@@ -44,6 +44,7 @@ pub struct Snapshot {
     pub actions: Family<Labels, Counter>,
     pub action_refused: Family<Labels, Counter>,
     pub action_failing: Family<Labels, Gauge>,
+    pub action_drift: Family<Labels, Counter>,
     pub active_bans: Gauge,
     pub held: Gauge,
     pub fleet_link: Gauge,
@@ -67,6 +68,7 @@ impl Snapshot {
             actions: Family::default(),
             action_refused: Family::default(),
             action_failing: Family::default(),
+            action_drift: Family::default(),
             active_bans: Gauge::default(),
             held: Gauge::default(),
             fleet_link: Gauge::default(),
@@ -117,6 +119,11 @@ impl Snapshot {
             "action_failing",
             "1 while an action is failing and being retried",
             s.action_failing.clone(),
+        );
+        registry.register(
+            "enforcement_drift",
+            "Times enforcement was changed behind portcullis's back (flushed set, deleted table) and repaired",
+            s.action_drift.clone(),
         );
         registry.register(
             "active_bans",

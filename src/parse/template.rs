@@ -191,10 +191,14 @@ pub struct Template {
 /// Where each variable of a line starts and ends, found before any field is
 /// stored, so backtracking never has to undo a store.
 struct Match<'a> {
+    line: &'a str,
     b: &'a [u8],
     spans: SmallVec<[(u32, u32); 32]>,
     /// Split points left to try; a hostile line cannot make matching slow.
     budget: u32,
+    /// The time and status as validated, so they are not parsed twice.
+    time: Option<i64>,
+    status: Option<u16>,
 }
 
 impl Template {
@@ -329,15 +333,32 @@ impl Template {
         }
     }
 
-    /// Checks a value against what its slot can hold (cheap, and only for
-    /// slots whose shape does not already decide it).
-    fn valid(slot: Slot, raw: &[u8], times: &mut TimeCache) -> bool {
-        if raw == b"-" || raw.is_empty() {
+    /// Checks the value `start..end` against what its slot can hold (cheap,
+    /// and only for slots whose shape does not already decide it); keeps
+    /// the parsed time and status.
+    fn valid(slot: Slot, m: &mut Match, start: usize, end: usize, times: &mut TimeCache) -> bool {
+        // Only a fixed-width time can cut inside a character.
+        let Some(raw) = m.line.get(start..end) else {
+            return false;
+        };
+        if raw == "-" || raw.is_empty() {
             return true;
         }
         match slot {
-            Slot::Status => parse_status(as_str(raw)).is_ok(),
-            Slot::Time(shape) => times.parse(as_str(raw), shape).is_some(),
+            Slot::Status => match parse_status(raw) {
+                Ok(s) => {
+                    m.status = Some(s);
+                    true
+                }
+                Err(_) => false,
+            },
+            Slot::Time(shape) => match times.parse(raw, shape) {
+                Some(t) => {
+                    m.time = Some(t);
+                    true
+                }
+                None => false,
+            },
             _ => true,
         }
     }
@@ -391,7 +412,7 @@ impl Template {
                         return false;
                     }
                     m.budget -= 1;
-                    if !Template::valid(*slot, &b[pos..end], times) {
+                    if !Template::valid(*slot, m, pos, end, times) {
                         return false;
                     }
                     m.spans[seg] = (pos as u32, end as u32);
@@ -409,12 +430,16 @@ impl Template {
                         let end = memchr::memchr(b' ', &b[pos..]).map_or(b.len(), |n| pos + n);
                         try_end(m, end, times)
                     }
-                    (Shape::Token, Some((_, finder))) => {
+                    (Shape::Token, Some((text, finder))) => {
                         // A token ends at its first space at the latest (where a
                         // bare `-` may stand for a quoted field).
                         let limit = memchr::memchr(b' ', &b[pos..]).map_or(b.len(), |n| pos + n);
-                        let window = (limit + finder.needle().len()).min(b.len());
-                        let end = finder.find(&b[pos..window]).map_or(limit, |n| pos + n);
+                        let end = if text.starts_with(' ') {
+                            limit
+                        } else {
+                            let window = (limit + finder.needle().len()).min(b.len());
+                            finder.find(&b[pos..window]).map_or(limit, |n| pos + n)
+                        };
                         try_end(m, end, times)
                     }
                     (Shape::List, next) => {
@@ -435,6 +460,11 @@ impl Template {
                     (Shape::Free, Some((text, finder))) => {
                         // A free value never holds a raw quote (module docs).
                         let limit = self.quote_limit(b, pos);
+                        if text.starts_with('"') && self.escape != Escape::Json {
+                            // A quoted field: it ends at that quote or nowhere.
+                            return b[limit..].starts_with(text.as_bytes())
+                                && try_end(m, limit, times);
+                        }
                         let json_quote = self.escape == Escape::Json && text.starts_with('"');
                         let mut at = pos;
                         while let Some(end) = finder.find(&b[at..]).map(|n| at + n) {
@@ -507,16 +537,23 @@ impl Template {
         {
             return Err(reason::AMBIGUOUS_QUOTES);
         }
+        if let Some((peer, xff)) = self.parse_fast(line, ev, times) {
+            return self.finish(ev, peer, xff, trusted);
+        }
+        ev.clear();
         let mut m = Match {
+            line,
             b,
             spans: SmallVec::from_elem((0, 0), self.segs.len()),
             budget: 256 + b.len() as u32,
+            time: None,
+            status: None,
         };
         if !self.go(&mut m, 0, 0, times) {
             return Err(if m.budget == 0 {
                 reason::TOO_AMBIGUOUS
             } else {
-                self.diagnose(b, times)
+                self.diagnose(line, times)
             });
         }
         let mut peer: Option<&str> = None;
@@ -537,9 +574,9 @@ impl Template {
                         self.store(ev, Target::Std(StdField::ForwardedFor), raw);
                     }
                 }
-                Slot::Time(shape) => ev.time = times.parse(raw, shape).ok_or(reason::BAD_TIME)?,
+                Slot::Time(_) => ev.time = m.time.ok_or(reason::BAD_TIME)?,
                 Slot::Request => self.split_request(ev, raw),
-                Slot::Status => ev.status = Some(parse_status(raw)?),
+                Slot::Status => ev.status = Some(m.status.ok_or(reason::BAD_STATUS)?),
                 Slot::Bytes => ev.bytes = raw.parse().ok(),
                 Slot::RequestSeconds => ev.request_time = raw.parse().ok(),
                 Slot::RequestMillis => {
@@ -550,6 +587,17 @@ impl Template {
                 Slot::Skip => {}
             }
         }
+        self.finish(ev, peer, xff, trusted)
+    }
+
+    /// Sets the client from the peer and X-Forwarded-For values.
+    fn finish(
+        &self,
+        ev: &mut Event,
+        peer: Option<&str>,
+        xff: Option<&str>,
+        trusted: &NetSet,
+    ) -> Result<(), ParseError> {
         ev.client = Some(match (self.has_peer, peer, xff) {
             (true, Some(p), x) => resolve_client(p, x, trusted)?,
             // Envoy's default format: the hop Envoy appended is the peer.
@@ -559,9 +607,113 @@ impl Template {
         Ok(())
     }
 
+    /// The common case in one pass: every value ends at the first place its
+    /// shape allows (what [`Template::go`] tries first), stored as it is
+    /// found. `None` when that does not match, and the caller falls back to
+    /// the backtracking matcher (after clearing the event).
+    fn parse_fast<'l>(
+        &self,
+        line: &'l str,
+        ev: &mut Event,
+        times: &mut TimeCache,
+    ) -> Option<(Option<&'l str>, Option<&'l str>)> {
+        let b = line.as_bytes();
+        let (mut peer, mut xff) = (None, None);
+        let mut pos = 0;
+        for (i, seg) in self.segs.iter().enumerate() {
+            let (slot, shape) = match seg {
+                Seg::Lit { text, .. } => {
+                    if !b[pos..].starts_with(text.as_bytes()) {
+                        return None;
+                    }
+                    pos += text.len();
+                    continue;
+                }
+                Seg::Var(slot, shape) => (*slot, *shape),
+            };
+            let next = match self.segs.get(i + 1) {
+                Some(Seg::Lit { text, finder }) => Some((text.as_bytes(), finder)),
+                _ => None,
+            };
+            let end = match (shape, next) {
+                (Shape::ClfTime, _) if b[pos..].starts_with(b"-") => pos + 1,
+                (Shape::ClfTime, _) => pos + 26,
+                (Shape::Token, next) => {
+                    let limit = memchr::memchr(b' ', &b[pos..]).map_or(b.len(), |n| pos + n);
+                    match next {
+                        Some((text, finder)) if text[0] != b' ' => {
+                            let window = (limit + text.len()).min(b.len());
+                            finder.find(&b[pos..window]).map_or(limit, |n| pos + n)
+                        }
+                        _ => limit,
+                    }
+                }
+                (Shape::List, _) => Template::list_ends(b, pos, self.quote_limit(b, pos))
+                    .first()
+                    .copied()
+                    .unwrap_or(pos),
+                (Shape::Free, None) => b.len(),
+                (Shape::Free, Some((text, finder))) => {
+                    let limit = self.quote_limit(b, pos);
+                    if text[0] == b'"' && self.escape != Escape::Json {
+                        limit
+                    } else {
+                        let end = pos + finder.find(&b[pos..])?;
+                        if end > limit
+                            || (self.escape == Escape::Json
+                                && text[0] == b'"'
+                                && escaped(b, pos, end))
+                        {
+                            return None;
+                        }
+                        end
+                    }
+                }
+            };
+            let raw = line.get(pos..end)?;
+            if shape == Shape::Free && next.is_none() && self.quote_limit(b, pos) != b.len() {
+                return None;
+            }
+            pos = end;
+            if raw == "-" || raw.is_empty() {
+                continue;
+            }
+            match slot {
+                Slot::Peer => peer = Some(raw),
+                Slot::ForwardedFor { keep } => {
+                    xff = Some(raw);
+                    if keep {
+                        self.store(ev, Target::Std(StdField::ForwardedFor), raw);
+                    }
+                }
+                Slot::Time(shape) => ev.time = times.parse(raw, shape)?,
+                Slot::Request => self.split_request(ev, raw),
+                Slot::Status => ev.status = Some(parse_status(raw).ok()?),
+                Slot::Bytes => ev.bytes = raw.parse().ok(),
+                Slot::RequestSeconds => ev.request_time = raw.parse().ok(),
+                Slot::RequestMillis => {
+                    ev.request_time = raw.parse::<f64>().ok().map(|ms| ms / 1000.0)
+                }
+                Slot::Text(f) => self.store(ev, Target::Std(f), raw),
+                Slot::Extra(id) => self.store(ev, Target::Extra(id), raw),
+                Slot::Skip => {}
+            }
+        }
+        (pos == b.len() || b[pos] == b' ').then_some((peer, xff))
+    }
+
     /// The reason a line that did not match is refused: a first-occurrence
     /// scan names the first typed field (time, status) that is invalid.
-    fn diagnose(&self, b: &[u8], times: &mut TimeCache) -> ParseError {
+    fn diagnose(&self, line: &str, times: &mut TimeCache) -> ParseError {
+        let b = line.as_bytes();
+        let mut m = Match {
+            line,
+            b,
+            spans: SmallVec::new(),
+            budget: 0,
+            time: None,
+            status: None,
+        };
         let mut pos = 0;
         for (i, seg) in self.segs.iter().enumerate() {
             match seg {
@@ -581,10 +733,10 @@ impl Template {
                         _ => memchr::memchr(b' ', &b[pos..]).map_or(b.len(), |n| pos + n),
                     };
                     match slot {
-                        Slot::Time(_) if !Template::valid(*slot, &b[pos..end], times) => {
+                        Slot::Time(_) if !Template::valid(*slot, &mut m, pos, end, times) => {
                             return reason::BAD_TIME;
                         }
-                        Slot::Status if !Template::valid(*slot, &b[pos..end], times) => {
+                        Slot::Status if !Template::valid(*slot, &mut m, pos, end, times) => {
                             return reason::BAD_STATUS;
                         }
                         Slot::Peer
