@@ -11,14 +11,18 @@ fn hostile(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
-/// `s` with control characters written as `\xHH` / `\u{...}` escapes.
+/// `s` with control characters written as `\xHH` / `\u{...}` escapes, and
+/// backslashes doubled, so a key id that *is* the text `\x1b` never looks
+/// like one holding an escape character.
 pub fn printable(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(hostile) {
+    if !s.chars().any(|c| hostile(c) || c == '\\') {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if !hostile(c) {
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if !hostile(c) {
             out.push(c);
         } else if (c as u32) < 0x100 {
             out.push_str(&format!("\\x{:02x}", c as u32));
@@ -63,6 +67,7 @@ mod tests {
         assert_eq!(printable("k\x1b[31mred\x07"), "k\\x1b[31mred\\x07");
         assert_eq!(printable("a\u{202e}b"), "a\\u{202e}b");
         assert!(matches!(printable("plain é"), Cow::Borrowed(_)));
+        assert_eq!(printable(r"k\x1b"), r"k\\x1b");
     }
 
     #[test]

@@ -733,3 +733,37 @@ fn control_socket_survives_floods() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Long, high-byte headers (each byte written by nginx as `\xHH`) make lines
+/// longer than 64 KiB; the default line cap covers what a stock nginx can
+/// write, so such lines still count for their client.
+#[test]
+fn long_escaped_headers_cannot_hide_the_client() {
+    let tmp = TempDir::new("hostile-long");
+    tmp.write("portcullis.toml", "[defaults]\nformat = \"combined\"\n");
+    tmp.write("filters.d/auth.toml", "[auth]\nstatus = 401\n");
+    tmp.write(
+        "jails.d/j.toml",
+        "[auth]\nfilter = \"auth\"\nmaxretry = 3\n",
+    );
+    let e = |n: usize| "\\x80".repeat(n);
+    let log: String = (0..3)
+        .map(|n| {
+            format!(
+                "203.0.113.44 - - [22/Nov/2026:09:25:0{n} +0000] \"POST /v1/login?{} HTTP/1.1\" 401 0 \"{}\" \"{}\"\n",
+                e(2000),
+                e(8000),
+                e(8000)
+            )
+        })
+        .collect();
+    assert!(log.len() / 3 > 70_000);
+    let path = tmp.write("long.log", &log);
+    let (d, s) = replay_json(&[
+        "--config",
+        tmp.path().to_str().unwrap(),
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(s["formats"]["combined"]["unparsed"], 0, "{s}");
+    assert_eq!(decision_keys(&d)[0].1, "203.0.113.44");
+}

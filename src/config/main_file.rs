@@ -43,7 +43,8 @@ pub struct MainConfig {
     /// format is refused without it.
     #[serde(default)]
     pub forwarded_for_has_peer: bool,
-    /// Longer lines are counted and skipped. Default 65536.
+    /// Longer lines are counted and skipped. Default 262144 (what a stock
+    /// nginx can write; see `DEFAULT_MAX_LINE`).
     pub max_line_bytes: Option<usize>,
     /// Every jail logs "would ban" and acts on nothing.
     #[serde(default)]

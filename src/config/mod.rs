@@ -92,6 +92,14 @@ pub struct JailEntry {
     pub read_from: ReadFrom,
 }
 
+/// Longest line read by default. A stock nginx accepts a request line and
+/// header fields of up to 8 KiB each, 32 KiB of them in all
+/// (`large_client_header_buffers 4 8k`), and writes every byte outside
+/// printable ASCII as 4 (`\xHH`): an access line can reach about 160 KiB.
+/// Anything shorter than that would let a client hide its own failures
+/// behind long, high-byte headers (a too-long line is counted, not parsed).
+pub const DEFAULT_MAX_LINE: usize = 256 * 1024;
+
 /// A validated config.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -119,7 +127,7 @@ impl Config {
     }
 
     pub fn max_line_bytes(&self) -> usize {
-        self.main.max_line_bytes.unwrap_or(64 * 1024)
+        self.main.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE)
     }
 
     /// Parses and validates; returns every error found.

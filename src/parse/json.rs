@@ -90,7 +90,9 @@ pub fn builtin(name: &str) -> Option<BTreeMap<String, Vec<String>>> {
             ("referer", &["request.headers.referer"]),
             ("forwarded_for", &["request.headers.x-forwarded-for"]),
             ("host", &["request.headers.host"]),
-            ("api_key", &["request.headers.x-api-key-id", "consumer.id"]),
+            // Kong's authenticated consumer first: a header the client sent
+            // must never win over the credential Kong verified.
+            ("api_key", &["consumer.id", "request.headers.x-api-key-id"]),
             ("service", &["service.name"]),
         ],
         _ => return None,

@@ -96,7 +96,7 @@ fn offset(b: &[u8]) -> Option<i64> {
                 _ => return None,
             };
             // Real offsets run from -12:00 to +14:00.
-            if h > 14 || m > 59 {
+            if h > 14 || m > 59 || (h == 14 && m > 0) {
                 return None;
             }
             let secs = (h * 3600 + m * 60) as i64;
@@ -312,6 +312,7 @@ mod tests {
             "23/Nov/2026:10:00:00 +9999",
             "23/Nov/2026:10:00:00 +2400",
             "23/Nov/2026:10:00:00 -0099",
+            "23/Nov/2026:10:00:00 +1401",
             "23/Nov/2026:24:00:00 +0000",
         ] {
             assert_eq!(parse_time(bad, TimeShape::Clf), None, "{bad}");
