@@ -49,6 +49,10 @@ enum Command {
     Run {
         #[command(flatten)]
         config: ConfigArg,
+        /// If the state store cannot be read, move it aside and rebuild the
+        /// ledger from the bans the kernel still enforces.
+        #[arg(long)]
+        recover: bool,
     },
     /// Show every jail (sources, lines, matches, tracked keys, bans, last decision), or one.
     Status {
@@ -290,7 +294,10 @@ fn list_bans(data: &serde_json::Value, verb: &str) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config: arg } => {
+        Command::Run {
+            config: arg,
+            recover,
+        } => {
             init_logging();
             let config = match load_config(&arg) {
                 Ok(c) => c,
@@ -299,7 +306,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match portcullis::daemon::run(config_dir(&arg), config) {
+            match portcullis::daemon::run(config_dir(&arg), config, recover) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

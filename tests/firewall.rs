@@ -714,3 +714,100 @@ fn ipset_changes_behind_our_back_are_repaired_within_five_seconds() {
         );
     }
 }
+
+/// Issue 10, findings 2 and 3: a state file that is lost, or corrupted, never
+/// empties the kernel. A lost one: the kernel's elements (with their
+/// remaining time and, from the element comment, their jail) are adopted
+/// into a new ledger. A corrupted one: a clear error naming the file and
+/// `--recover`, never a panic; with `--recover` the file is moved aside and
+/// the ledger rebuilt from the kernel.
+#[test]
+fn a_lost_or_corrupted_store_never_empties_the_kernel() {
+    if !prerequisites() {
+        return;
+    }
+    let mut net = Net::new();
+    net.start_http();
+    let mut d = daemon(&net, "nft-lost", "", "backend = \"nftables\"");
+    assert!(
+        d.cli(&["ban", "192.0.2.2", "--jail", "auth"])
+            .status
+            .success()
+    );
+    d.append(&(0..3).map(|_| attack_line("192.0.2.4")).collect::<String>());
+    wait_for(
+        || !net.get("192.0.2.2", "192.0.2.1") && !net.get("192.0.2.4", "192.0.2.1"),
+        "both bans to drop packets",
+    );
+    let check_adopted = |d: &Daemon| {
+        let bans = d.json(&["bans"]);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut targets: Vec<&str> = bans
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                assert_eq!(b["jail"], "auth", "{b}");
+                assert_eq!(b["origin"], "kernel", "{b}");
+                let left = b["expires"].as_i64().unwrap() - now;
+                assert!((3000..=3600).contains(&left), "{b}");
+                b["target"]["value"].as_str().unwrap()
+            })
+            .collect();
+        targets.sort();
+        assert_eq!(targets, ["192.0.2.2/32", "192.0.2.4/32"]);
+    };
+    // Lost.
+    d.stop();
+    let state = d.dir.path().join("state/state.redb");
+    std::fs::rename(&state, d.dir.path().join("lost.redb")).unwrap();
+    d.spawn();
+    assert!(
+        !net.get("192.0.2.2", "192.0.2.1"),
+        "still dropped after the start"
+    );
+    assert!(!net.get("192.0.2.4", "192.0.2.1"));
+    check_adopted(&d);
+    // Corrupted: every page after the header overwritten.
+    d.stop();
+    let mut bytes = std::fs::read(&state).unwrap();
+    for b in bytes.iter_mut().skip(4096) {
+        *b = 0xab;
+    }
+    std::fs::write(&state, bytes).unwrap();
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.srv,
+        env!("CARGO_BIN_EXE_portcullis"),
+        "run",
+        "--config",
+        d.dir.path().join("conf").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(state.to_str().unwrap()) && err.contains("--recover"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !net.get("192.0.2.2", "192.0.2.1"),
+        "still dropped meanwhile"
+    );
+    d.spawn_with(&["--recover"]);
+    check_adopted(&d);
+    let aside = std::fs::read_dir(d.dir.path().join("state"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.redb.corrupt-")
+        });
+    assert!(aside, "the corrupted file is kept aside");
+}

@@ -126,8 +126,19 @@ enum Op {
     Put {
         timeout: Option<u64>,
         replace: bool,
+        /// The jail holding it longest (an nft element comment), so a store
+        /// rebuilt from the kernel knows which jail each ban belongs to.
+        jail: Option<String>,
     },
     Remove,
+}
+
+/// A jail name as an nft comment: a quoted string of safe characters only.
+fn comment(jail: &str) -> String {
+    jail.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "_.:-".contains(*c))
+        .take(64)
+        .collect()
 }
 
 /// The bans holding each address: (jail → expiry, `None` = permanent).
@@ -173,11 +184,17 @@ fn plan(holders: &mut Holders, changes: &[Change], now: i64) -> Vec<(IpNet, Op)>
                     } else {
                         h.values().flatten().max().map(|e| (e - now).max(1) as u64)
                     };
+                    // The jail whose ban lasts longest (permanent first).
+                    let jail = h
+                        .iter()
+                        .max_by_key(|(_, e)| e.unwrap_or(i64::MAX))
+                        .map(|(j, _)| j.clone());
                     (
                         net,
                         Op::Put {
                             timeout,
                             replace: existed[&net],
+                            jail,
                         },
                     )
                 }
@@ -370,21 +387,21 @@ impl NftablesBackend {
             let set = SetKind::of(net).name();
             let e = Self::element(net);
             match op {
-                Op::Put { timeout, replace } => {
+                Op::Put {
+                    timeout,
+                    replace,
+                    jail,
+                } => {
                     if *replace {
                         // add (no-op if present) + delete + add: replaces the timeout atomically.
                         let _ = writeln!(s, "add element inet {t} {set} {{ {e} }}");
                         let _ = writeln!(s, "delete element inet {t} {set} {{ {e} }}");
                     }
-                    match timeout {
-                        Some(secs) => {
-                            let _ =
-                                writeln!(s, "add element inet {t} {set} {{ {e} timeout {secs}s }}");
-                        }
-                        None => {
-                            let _ = writeln!(s, "add element inet {t} {set} {{ {e} }}");
-                        }
-                    }
+                    let timeout = timeout.map_or(String::new(), |secs| format!(" timeout {secs}s"));
+                    let note = jail
+                        .as_deref()
+                        .map_or(String::new(), |j| format!(" comment \"{}\"", comment(j)));
+                    let _ = writeln!(s, "add element inet {t} {set} {{ {e}{timeout}{note} }}");
                 }
                 Op::Remove => {
                     // add first, so a removal of an element the kernel already expired cannot fail.
@@ -427,6 +444,52 @@ impl Action for NftablesBackend {
 
     fn repairs_by_reconcile(&self) -> bool {
         true
+    }
+
+    /// Every element of the ban sets, with its remaining time and the jail
+    /// in its comment (`nft -j list set`).
+    fn adopt(&self) -> Result<Vec<super::Adopted>, String> {
+        let now = now_secs();
+        let mut out = Vec::new();
+        for k in SetKind::ALL {
+            let json = match probe("nft", &["-j", "list", "set", "inet", &self.table, k.name()]) {
+                Ok(j) => j,
+                // No table yet: nothing to adopt.
+                Err(e) if e.contains("No such file or directory") => continue,
+                Err(e) => return Err(format!("nft list set {}: {e}", k.name())),
+            };
+            let v: serde_json::Value =
+                serde_json::from_str(&json).map_err(|e| format!("nft -j output: {e}"))?;
+            for item in v["nftables"].as_array().into_iter().flatten() {
+                for e in item["set"]["elem"].as_array().into_iter().flatten() {
+                    let (val, meta) = match &e["elem"] {
+                        serde_json::Value::Null => (e, &serde_json::Value::Null),
+                        m => (&m["val"], m),
+                    };
+                    let net = match val {
+                        serde_json::Value::String(a) => a
+                            .parse::<IpNet>()
+                            .ok()
+                            .or_else(|| a.parse::<std::net::IpAddr>().ok().map(IpNet::from)),
+                        v if v["prefix"].is_object() => format!(
+                            "{}/{}",
+                            v["prefix"]["addr"].as_str().unwrap_or(""),
+                            v["prefix"]["len"]
+                        )
+                        .parse()
+                        .ok(),
+                        _ => None,
+                    };
+                    let Some(net) = net else { continue };
+                    out.push(super::Adopted {
+                        target: Target::Address(crate::parse::addr::canonical_net(net)),
+                        expires: meta["expires"].as_i64().map(|s| now + s.max(1)),
+                        jail: meta["comment"].as_str().map(String::from),
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The chains and their rules exist, and one live element per set kind
@@ -487,11 +550,12 @@ impl Action for NftablesBackend {
         let ops: Vec<(IpNet, Op)> = ops
             .into_iter()
             .map(|(n, op)| match op {
-                Op::Put { timeout, .. } => (
+                Op::Put { timeout, jail, .. } => (
                     n,
                     Op::Put {
                         timeout,
                         replace: false,
+                        jail,
                     },
                 ),
                 other => (n, other),
@@ -621,6 +685,42 @@ impl IpsetBackend {
 impl Action for IpsetBackend {
     fn repairs_by_reconcile(&self) -> bool {
         true
+    }
+
+    /// Every element of the ban sets with its remaining time (`ipset save`);
+    /// ipset keeps no jail.
+    fn adopt(&self) -> Result<Vec<super::Adopted>, String> {
+        let now = now_secs();
+        let mut out = Vec::new();
+        for k in SetKind::ALL {
+            let set = self.set(k);
+            let Ok(saved) = probe("ipset", &["save", &set]) else {
+                continue;
+            };
+            for line in saved.lines() {
+                let mut w = line.split_whitespace();
+                if w.next() != Some("add") || w.next() != Some(set.as_str()) {
+                    continue;
+                }
+                let Some(net) = w.next().and_then(|a| {
+                    a.parse::<IpNet>()
+                        .ok()
+                        .or_else(|| a.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+                }) else {
+                    continue;
+                };
+                let timeout = match (w.next(), w.next()) {
+                    (Some("timeout"), Some(t)) => t.parse::<i64>().ok().filter(|t| *t > 0),
+                    _ => None,
+                };
+                out.push(super::Adopted {
+                    target: Target::Address(crate::parse::addr::canonical_net(net)),
+                    expires: timeout.map(|t| now + t),
+                    jail: None,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The iptables rules exist and one live element per set kind is in its
@@ -844,7 +944,8 @@ mod tests {
                 "192.0.2.1/32".parse().unwrap(),
                 Op::Put {
                     timeout: Some(100),
-                    replace: false
+                    replace: false,
+                    jail: Some("a".into())
                 }
             )]
         );
@@ -853,7 +954,8 @@ mod tests {
             b[0].1,
             Op::Put {
                 timeout: Some(500),
-                replace: true
+                replace: true,
+                jail: Some("b".into())
             }
         );
         // Jail b's ban ends: the element stays for jail a, with a's expiry.
@@ -869,7 +971,8 @@ mod tests {
             c[0].1,
             Op::Put {
                 timeout: Some(90),
-                replace: true
+                replace: true,
+                jail: Some("a".into())
             }
         );
         let d = plan(
@@ -903,13 +1006,14 @@ mod tests {
                 Op::Put {
                     timeout: Some(60),
                     replace: false,
+                    jail: Some("auth \"x\"".into()),
                 },
             ),
             ("192.0.2.1/32".parse().unwrap(), Op::Remove),
         ]);
         assert_eq!(
             s,
-            "add element inet portcullis net6 { 2001:db8::/64 timeout 60s }\n\
+            "add element inet portcullis net6 { 2001:db8::/64 timeout 60s comment \"authx\" }\n\
              add element inet portcullis addr4 { 192.0.2.1 }\n\
              delete element inet portcullis addr4 { 192.0.2.1 }\n"
         );

@@ -61,6 +61,14 @@ pub trait Action: Send + Sync {
     fn refuses(&self, _ban: &Ban) -> Option<String> {
         None
     }
+    /// What this action enforces right now that the ledger may not know of:
+    /// read back when the state store is new (lost, moved aside), so that
+    /// starting without a store never shrinks enforcement. Each entry is a
+    /// target, its expiry (unix seconds; `None` = permanent) and, where the
+    /// enforcement point records it, the jail.
+    fn adopt(&self) -> Result<Vec<Adopted>, String> {
+        Ok(Vec::new())
+    }
     /// Checks that what this action enforces is still in place (someone may
     /// have run `nft flush ruleset`); `Err` says what is missing. Called every
     /// few seconds off the engine thread; a failure triggers a reconcile.
@@ -122,6 +130,14 @@ impl Action for LogAction {
         }
         Ok(())
     }
+}
+
+/// A ban found in an enforcement point (see [`Action::adopt`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adopted {
+    pub target: Target,
+    pub expires: Option<i64>,
+    pub jail: Option<String>,
 }
 
 /// A ban an action skipped because it cannot express its target.

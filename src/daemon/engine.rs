@@ -119,6 +119,7 @@ fn build_actions(
     active: &[Ban],
     store: &Arc<Store>,
     supervisor: &mut Supervisor,
+    skip_reconcile: &[String],
 ) -> Result<(Dispatcher, Vec<Arc<dyn Action>>), String> {
     let mut actions: BTreeMap<String, Arc<dyn Action>> = BTreeMap::new();
     actions.insert("log".into(), Arc::new(LogAction));
@@ -156,6 +157,9 @@ fn build_actions(
             .map_err(|e| format!("action `{name}`: {e}"))?;
     }
     for (name, action) in &actions {
+        if skip_reconcile.contains(name) {
+            continue;
+        }
         let mine = bans_for_action(config, active.iter(), name);
         let (mine, refused) = split_refused(action.as_ref(), &mine);
         if let Some(last) = refused.last() {
@@ -207,6 +211,71 @@ fn build_actions(
     Ok((Dispatcher::new(actions, report), all))
 }
 
+/// Reads back what the kernel enforces (the firewall action) into the
+/// ledger, for a store that is new. Returns the adopted bans and the actions
+/// whose enforcement could not be read: those are not reconciled at start,
+/// since a reconcile to an empty ledger would remove what they enforce.
+fn adopt_enforced(config: &Config, ledger: &mut Ledger) -> (Vec<Ban>, Vec<String>) {
+    let Some(fw) = &config.main.firewall else {
+        return (Vec::new(), Vec::new());
+    };
+    let action: Box<dyn Action> = match fw.backend {
+        crate::act::firewall::Backend::Nftables => {
+            Box::new(crate::act::NftablesBackend::new(fw, &config.ignore))
+        }
+        crate::act::firewall::Backend::Ipset => {
+            Box::new(crate::act::IpsetBackend::new(fw, &config.ignore))
+        }
+    };
+    let users: Vec<&str> = config
+        .jails
+        .iter()
+        .filter(|j| j.actions.iter().any(|a| a == "firewall"))
+        .map(|j| j.spec.name.as_str())
+        .collect();
+    let found = match action.adopt() {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!(
+                "the state store is new and the firewall's sets cannot be read ({}); \
+                 leaving the kernel as it is rather than emptying it",
+                one_line(&e)
+            );
+            return (Vec::new(), vec!["firewall".into()]);
+        }
+    };
+    let now = now_secs();
+    let mut adopted = Vec::new();
+    for a in found {
+        let jail = a
+            .jail
+            .filter(|j| users.contains(&j.as_str()))
+            .or_else(|| users.first().map(|j| j.to_string()));
+        let Some(jail) = jail else { continue };
+        let ban = Ban {
+            jail,
+            target: a.target,
+            since: now,
+            expires: a.expires,
+            count: 0,
+            offence: 1,
+            manual: false,
+            incident: None,
+            origin: Some("kernel".into()),
+        };
+        if ledger.remote_ban(ban.clone()) {
+            adopted.push(ban);
+        }
+    }
+    if !adopted.is_empty() {
+        tracing::warn!(
+            bans = adopted.len(),
+            "the state store is new: adopted the bans the kernel still enforces into the ledger"
+        );
+    }
+    (adopted, Vec::new())
+}
+
 /// An error on one log line (tools print several).
 fn one_line(e: &str) -> String {
     e.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -248,8 +317,11 @@ impl Engine {
         config_dir: Option<PathBuf>,
         config: Config,
         tx: Sender<Msg>,
+        recover: bool,
     ) -> Result<Engine, String> {
-        let store = Arc::new(Store::open(&config.state_dir())?);
+        let opened = crate::state::Store::open_checked(&config.state_dir(), recover)?;
+        let fresh = opened.fresh;
+        let store = Arc::new(opened.store);
         let mut ledger = Ledger::new(
             config.ignore.clone(),
             config.main.ignore_keys.clone(),
@@ -262,7 +334,15 @@ impl Engine {
             .map(|(_, b)| b)
             .collect();
         let offences: Vec<(String, u32)> = store.load(Table::Offences)?;
-        let active = ledger.restore(bans, offences, now_secs());
+        let mut active = ledger.restore(bans, offences, now_secs());
+        // A new store knows no bans, but the kernel may hold many: adopt
+        // them, so starting without a store never shrinks enforcement.
+        let mut skip_reconcile = Vec::new();
+        if fresh {
+            let (adopted, failed) = adopt_enforced(&config, &mut ledger);
+            active.extend(adopted);
+            skip_reconcile = failed;
+        }
         store.apply(&ledger.take_writes())?;
         tracing::info!(
             bans = active.len(),
@@ -270,7 +350,14 @@ impl Engine {
             "loaded active bans"
         );
         let mut supervisor = Supervisor::default();
-        let (dispatcher, actions) = build_actions(&config, &tx, &active, &store, &mut supervisor)?;
+        let (dispatcher, actions) = build_actions(
+            &config,
+            &tx,
+            &active,
+            &store,
+            &mut supervisor,
+            &skip_reconcile,
+        )?;
         let jails = select_jails(&config, &[])?;
         let mut engine = Engine {
             config_dir,
@@ -859,6 +946,7 @@ impl Engine {
             &active,
             &self.store,
             &mut self.supervisor,
+            &[],
         )?;
         let mut pipeline = Pipeline::new(&config, jails);
         let kept_jails = pipeline.adopt_unchanged(&mut self.pipeline);

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Starts everything and blocks until SIGTERM/SIGINT.
-pub fn run(config_dir: Option<PathBuf>, config: Config) -> Result<(), String> {
+/// Runs the daemon until SIGTERM. With `recover`, an unreadable state store
+/// is moved aside and the ledger is rebuilt from the kernel's sets.
+pub fn run(config_dir: Option<PathBuf>, config: Config, recover: bool) -> Result<(), String> {
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let socket = config.control_socket();
     let group = config
@@ -38,7 +40,7 @@ pub fn run(config_dir: Option<PathBuf>, config: Config) -> Result<(), String> {
         None => None,
     };
 
-    let engine = Engine::start(config_dir, config, tx.clone())?;
+    let engine = Engine::start(config_dir, config, tx.clone(), recover)?;
 
     let wake_pending = Arc::new(AtomicBool::new(false));
     let mut watcher = {

@@ -65,22 +65,131 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// Runs a store operation so that a panic inside redb (it has `unreachable!`s
+/// for some corruptions) becomes an error naming the problem, never a crash.
+fn guard<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    quiet_panics_in_guard();
+    GUARDED.with(|g| g.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(false));
+    match r {
+        Ok(r) => r,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            Err(format!("the store is corrupted ({what})"))
+        }
+    }
+}
+
+thread_local! {
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A panic caught by [`guard`] becomes an error with its own message, so the
+/// default hook's "panicked at" and backtrace are not printed for it; every
+/// other panic is reported as before.
+fn quiet_panics_in_guard() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(|g| g.get()) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// How the daemon's store was opened.
+pub struct Opened {
+    pub store: Store,
+    /// The store holds no history (a first start, a lost or moved-aside
+    /// file): the kernel's sets are then the only record of active bans.
+    pub fresh: bool,
+}
+
 impl Store {
     /// Opens (or creates) `DIR/state.redb`.
     pub fn open(dir: &Path) -> Result<Store, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create state dir {}: {e}", dir.display()))?;
         let path = dir.join("state.redb");
-        let db =
-            Database::create(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let store = Store { db };
+        let store = guard(|| {
+            let db = Database::create(&path).map_err(err)?;
+            Ok(Store { db })
+        })
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         // Create the tables so reads never meet a missing one.
         store.apply(&[])?;
         Ok(store)
     }
 
+    /// Opens the daemon's store and reads every table once, so corruption is
+    /// found now, with advice, rather than as a crash later. With `recover`,
+    /// an unreadable file is moved aside (`state.redb.corrupt-UNIXTIME`) and
+    /// a fresh store is started.
+    pub fn open_checked(dir: &Path, recover: bool) -> Result<Opened, String> {
+        let path = dir.join("state.redb");
+        let fresh = !path.exists();
+        let attempt = Store::open(dir).and_then(|s| {
+            s.check()?;
+            Ok(s)
+        });
+        match attempt {
+            Ok(store) => Ok(Opened { store, fresh }),
+            Err(e) if recover => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let aside = dir.join(format!("state.redb.corrupt-{now}"));
+                std::fs::rename(&path, &aside).map_err(|e2| {
+                    format!("{e}; and cannot move it aside to {}: {e2}", aside.display())
+                })?;
+                tracing::error!(
+                    store = %path.display(),
+                    moved_to = %aside.display(),
+                    "state store unreadable ({e}); moved aside, starting a fresh one and adopting the kernel's bans"
+                );
+                Ok(Opened {
+                    store: Store::open(dir)?,
+                    fresh: true,
+                })
+            }
+            Err(e) => Err(format!(
+                "the state store {} cannot be read: {e}. Bans already in the kernel stay \
+                 enforced. Start with `portcullis run --recover` to move the file aside and \
+                 rebuild the ledger from the kernel's sets (read positions and incident history \
+                 are lost; logs are then read from their end)",
+                path.display()
+            )),
+        }
+    }
+
+    /// Reads every record of every table (and decodes nothing): finds a
+    /// corrupted file.
+    fn check(&self) -> Result<(), String> {
+        guard(|| {
+            let tx = self.db.begin_read().map_err(err)?;
+            for t in [BANS, POSITIONS, OFFENCES, INCIDENTS, WEBHOOKS] {
+                let t = tx.open_table(t).map_err(err)?;
+                for row in t.iter().map_err(err)? {
+                    row.map_err(err)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Applies writes in one atomic, durable transaction.
     pub fn apply(&self, writes: &[Write]) -> Result<(), String> {
+        guard(|| self.apply_inner(writes))
+    }
+
+    fn apply_inner(&self, writes: &[Write]) -> Result<(), String> {
         let tx = self.db.begin_write().map_err(err)?;
         {
             let mut bans = tx.open_table(BANS).map_err(err)?;
@@ -114,16 +223,22 @@ impl Store {
 
     /// One record.
     pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, String> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(table.def()).map_err(err)?;
-        match t.get(key).map_err(err)? {
-            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(err),
-            None => Ok(None),
-        }
+        guard(|| {
+            let tx = self.db.begin_read().map_err(err)?;
+            let t = tx.open_table(table.def()).map_err(err)?;
+            match t.get(key).map_err(err)? {
+                Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(err),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Deletes the oldest records (by key order) beyond `keep`.
     pub fn prune(&self, table: Table, keep: usize) -> Result<usize, String> {
+        guard(|| self.prune_inner(table, keep))
+    }
+
+    fn prune_inner(&self, table: Table, keep: usize) -> Result<usize, String> {
         let tx = self.db.begin_write().map_err(err)?;
         let removed;
         {
@@ -148,6 +263,10 @@ impl Store {
     /// Every record of a table. Records that no longer decode are skipped
     /// with a warning rather than stopping the daemon.
     pub fn load<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, String> {
+        guard(|| self.load_inner(table))
+    }
+
+    fn load_inner<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, String> {
         let tx = self.db.begin_read().map_err(err)?;
         let t = tx.open_table(table.def()).map_err(err)?;
         let mut out = Vec::new();

@@ -151,6 +151,11 @@ impl Daemon {
     }
 
     pub fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    /// Starts the daemon with extra `run` arguments (`--recover`).
+    pub fn spawn_with(&mut self, extra: &[&str]) {
         let log = std::fs::File::create(
             self.dir
                 .path()
@@ -168,6 +173,7 @@ impl Daemon {
         let child = cmd
             .args(["run", "--config"])
             .arg(self.dir.path().join("conf"))
+            .args(extra)
             .env("PORTCULLIS_LOG", "debug")
             .stderr(log)
             .spawn()
