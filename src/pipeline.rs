@@ -16,6 +16,9 @@ use std::collections::{BTreeMap, VecDeque};
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ParseStats {
     pub lines: u64,
+    /// Lines re-read after a restart only to rebuild windows (counted once,
+    /// in the run that first read them; not in `lines`).
+    pub warm: u64,
     pub parsed: u64,
     /// Partial container-runtime records joined into later lines.
     pub partial: u64,
@@ -54,6 +57,7 @@ impl ParseStats {
 
     fn merge(&mut self, other: &ParseStats) {
         self.lines += other.lines;
+        self.warm += other.warm;
         self.parsed += other.parsed;
         self.partial += other.partial;
         self.unparsed += other.unparsed;
@@ -121,9 +125,20 @@ impl Source {
         self.max_findtime
     }
 
-    /// Takes over the checkpoints of the same file's previous source (reload).
-    pub fn adopt_checkpoints(&mut self, old: &Source) {
+    /// Takes over the checkpoints and the counters of the same file's
+    /// previous source (reload), so counters stay monotonic for the run.
+    pub fn adopt(&mut self, old: &Source) {
         self.checkpoints = old.checkpoints.clone();
+        self.newest = old.newest;
+        for g in &mut self.groups {
+            if let Some(o) = old
+                .groups
+                .iter()
+                .find(|o| o.format == g.format && o.wrap == g.wrap)
+            {
+                g.stats = o.stats.clone();
+            }
+        }
     }
 
     /// Whether jail `j` reads this source.
@@ -171,6 +186,10 @@ pub struct Pipeline {
     trusted: crate::parse::addr::NetSet,
     max_line: usize,
     decisions: Vec<Decision>,
+    /// (jail, target) of decisions made while re-reading after a restart:
+    /// the engine checks them against the ledger (a target unbanned since
+    /// must be able to fire again).
+    warm_fired: Vec<(std::sync::Arc<str>, crate::detect::Target)>,
     /// The wall clock (ms) as last read; read again only when a line looks
     /// newer than it, so the common line costs no clock read.
     clock_ms: i64,
@@ -209,6 +228,7 @@ impl Pipeline {
             trusted: config.trusted_proxies.clone(),
             max_line: config.max_line_bytes(),
             decisions: Vec::new(),
+            warm_fired: Vec::new(),
             clock_ms: wall_clock_ms(),
         }
     }
@@ -289,6 +309,34 @@ impl Pipeline {
         let src = &mut self.sources[source as usize];
         let mut first_time = None;
         for g in &mut src.groups {
+            if warm {
+                // Counted in the run that first read it; only windows are rebuilt.
+                g.stats.warm += 1;
+                if let Ok(Outcome::Event) = g.parser.parse(text, &mut g.event) {
+                    // The same clamp as when the line was first read.
+                    if g.event.time > self.clock_ms + FUTURE_TOLERANCE_MS {
+                        self.clock_ms = wall_clock_ms();
+                        if g.event.time > self.clock_ms + FUTURE_TOLERANCE_MS {
+                            g.event.time = if src.newest > 0 {
+                                src.newest
+                            } else {
+                                self.clock_ms
+                            };
+                        }
+                    }
+                    first_time.get_or_insert(g.event.time);
+                    src.newest = src.newest.max(g.event.time);
+                    let origin = Origin { source, offset };
+                    self.detector.process_warm(
+                        &g.jails,
+                        &g.event,
+                        text,
+                        origin,
+                        &mut self.decisions,
+                    );
+                }
+                continue;
+            }
             g.stats.lines += 1;
             if bad_utf8 {
                 // Counted, then parsed anyway: nginx escapes non-ASCII, so
@@ -330,8 +378,14 @@ impl Pipeline {
             src.checkpoint(t, offset);
         }
         if warm {
-            self.decisions.clear();
+            self.warm_fired
+                .extend(self.decisions.drain(..).map(|d| (d.jail, d.target)));
         }
+    }
+
+    /// Decisions made while re-reading (see `warm_fired`), since the last call.
+    pub fn take_warm_fired(&mut self) -> Vec<(std::sync::Arc<str>, crate::detect::Target)> {
+        std::mem::take(&mut self.warm_fired)
     }
 
     /// Counts a line that was longer than the cap.

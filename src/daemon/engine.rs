@@ -407,7 +407,7 @@ impl Engine {
                 self.pipeline
                     .add_source(&path.display().to_string(), &jails, None, None)?;
             if let Some((tail, old_source)) = kept.remove(&path) {
-                self.pipeline.sources[source as usize].adopt_checkpoints(&old_source);
+                self.pipeline.sources[source as usize].adopt(&old_source);
                 self.followed.push(Followed { tail, source });
                 continue;
             }
@@ -430,6 +430,15 @@ impl Engine {
             tail.poll(&mut feed(&mut self.pipeline, source));
             self.pipeline.sources[source as usize].skip_before = None;
             self.followed.push(Followed { tail, source });
+        }
+        // A key that fired again while re-reading is "already banned" only if
+        // the ledger still says so: one unbanned by hand since can fire again.
+        for (jail, target) in self.pipeline.take_warm_fired() {
+            if !self.ledger.is_banned(&jail, &target)
+                && let Some(i) = self.pipeline.jail_index(&jail)
+            {
+                self.pipeline.detector.jails[i].forget(&target);
+            }
         }
         // Decisions from a first read (`read_from = start/findtime`) are real.
         self.handle_decisions();

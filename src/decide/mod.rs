@@ -164,6 +164,11 @@ impl Ledger {
         }
     }
 
+    /// Whether `target` is actively banned in `jail`.
+    pub fn is_banned(&self, jail: &str, target: &Target) -> bool {
+        self.bans.contains_key(&ban_key(jail, target))
+    }
+
     pub fn bans(&self) -> impl Iterator<Item = &Ban> {
         self.bans.values()
     }

@@ -514,6 +514,28 @@ impl Detector {
         }
     }
 
+    /// Like [`Detector::process`] for a line re-read after a restart: windows
+    /// and "already fired" state are rebuilt, counters are left as they are
+    /// (the line was counted in the run that first read it).
+    pub fn process_warm(
+        &mut self,
+        which: &[usize],
+        ev: &Event,
+        line: &str,
+        origin: Origin,
+        out: &mut Vec<Decision>,
+    ) {
+        let saved: smallvec::SmallVec<[JailStats; 8]> =
+            which.iter().map(|&j| self.jails[j].stats.clone()).collect();
+        let fleet = self.fleet_matches.len();
+        self.process(which, ev, line, origin, out);
+        for (&j, st) in which.iter().zip(saved) {
+            self.jails[j].stats = st;
+        }
+        // Already counted in the fleet when first read.
+        self.fleet_matches.truncate(fleet);
+    }
+
     /// Feeds one event to the jails `which`; decisions are appended to `out`.
     pub fn process(
         &mut self,
