@@ -319,3 +319,49 @@ pub fn digest(jail: &str, incidents: &[Incident]) -> (String, String) {
     }
     (subject, b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{Severity, Target};
+    use crate::state::incidents::EvidenceLine;
+
+    /// Issue 14, finding 10: a hostile key id reaches the mail escaped, and
+    /// the undo command is one shell word that means exactly that key.
+    #[test]
+    fn digest_escapes_and_quotes_hostile_key_ids() {
+        let key = "k$(touch /tmp/x)\x1b[31m";
+        let inc = Incident {
+            id: "20261123T100000-0001".into(),
+            jail: "keys".into(),
+            kind: "revoke".into(),
+            severity: Severity::Critical,
+            target: Target::Key(key.into()),
+            detected_at: 0,
+            first_seen: None,
+            last_seen: None,
+            count: 20,
+            evidence: vec![EvidenceLine {
+                file: "/var/log/nginx/access.log".into(),
+                offset: 0,
+                line: format!(
+                    "1.2.3.4 - - [...] \"GET / HTTP/1.1\" 200 0 \"-\" \"\x1b]0;pwned\x07\" {key}"
+                ),
+            }],
+            actions: vec![],
+            resolved_at: None,
+            resolution: None,
+        };
+        let (subject, body) = digest("keys", &[inc]);
+        assert!(!subject.contains('\x1b') && !body.contains('\x1b') && !body.contains('\x07'));
+        let undo = body
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("undo:"))
+            .unwrap()
+            .trim();
+        assert_eq!(
+            undo,
+            r"portcullis unban $'key:k$(touch /tmp/x)\x1b[31m' --jail keys"
+        );
+    }
+}
