@@ -340,7 +340,17 @@ fn main() -> ExitCode {
                 jail,
                 duration,
             },
-            |d| list_bans(&serde_json::json!([d]), "banned"),
+            |d| {
+                let mut out = list_bans(&serde_json::json!([d]), "banned");
+                if d["persisted"] == false {
+                    out.push_str(&format!(
+                        "\nWARNING: enforced, but NOT saved to the state store ({}); it is saved \
+                         when the store accepts writes again, and lost if the daemon restarts first",
+                        d["store_error"].as_str().unwrap_or("store error")
+                    ));
+                }
+                out
+            },
         ),
         Command::Reload { sock } => ctl(&sock, Request::Reload, |d| {
             format!(

@@ -171,6 +171,16 @@ pub fn status(data: &Value, one: bool) -> String {
             );
         }
     }
+    let store = &data["store"];
+    if let Some(since) = store["failing_since"].as_i64() {
+        let _ = writeln!(
+            out,
+            "state store: FAILING since {} UTC ({} writes waiting in memory, retried every second): {}",
+            time(Some(since)),
+            store["unsaved_writes"],
+            field(&store["health"]["last_error"]),
+        );
+    }
     let l = &data["ledger"];
     let _ = write!(
         out,

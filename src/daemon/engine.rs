@@ -82,6 +82,9 @@ pub struct Engine {
     new_incidents: u64,
     /// Store writes waiting for the next `persist`.
     pending: Vec<Write>,
+    /// Since when (unix seconds) writes have been waiting because the store
+    /// refused them: the store counts as failing until all are written.
+    unsaved_since: Option<i64>,
     latency: prometheus_client::metrics::histogram::Histogram,
     /// When the line behind each not-yet-enforced incident was read.
     read_at: HashMap<String, Instant>,
@@ -375,6 +378,7 @@ impl Engine {
             last_held_alert: None,
             new_incidents: 0,
             pending: Vec::new(),
+            unsaved_since: None,
             latency: super::metrics::latency_histogram(),
             read_at: HashMap::new(),
             poll_started: Instant::now(),
@@ -476,16 +480,27 @@ impl Engine {
         });
     }
 
-    fn persist(&mut self, extra: Vec<Write>) {
-        let mut writes = self.ledger.take_writes();
-        writes.append(&mut self.pending);
+    /// Writes what is pending in one transaction; `false` if the store
+    /// refused (a full disk): the writes are then kept, oldest first, and
+    /// retried with the next persist (every second at least), so nothing
+    /// decided is lost once the store works again. The store logs and counts.
+    fn persist(&mut self, extra: Vec<Write>) -> bool {
+        let mut writes = std::mem::take(&mut self.pending);
+        writes.append(&mut self.ledger.take_writes());
         writes.extend(extra);
         if writes.is_empty() {
-            return;
+            return true;
         }
-        if let Err(e) = self.store.apply(&writes) {
-            tracing::error!("cannot write state: {e}");
+        if self.store.apply(&writes).is_ok() {
+            self.unsaved_since = None;
+            return true;
         }
+        self.unsaved_since.get_or_insert_with(now_secs);
+        if writes.len() > 10_000 {
+            writes = crate::state::latest_only(writes);
+        }
+        self.pending = writes;
+        false
     }
 
     fn handle_decisions(&mut self) {
@@ -1093,9 +1108,15 @@ impl Engine {
                             f.publish("ban", &ban.jail, &ban.target, ban.expires, ban.count);
                         }
                         self.record_incident(&incident);
-                        self.persist(Vec::new());
+                        let saved = self.persist(Vec::new());
                         self.dispatch(&[Change::Add(ban.clone())]);
-                        Response::ok(json!(ban))
+                        let mut v = json!(ban);
+                        // The caller must know when a restart would lose it.
+                        v["persisted"] = json!(saved);
+                        if !saved {
+                            v["store_error"] = json!(self.store.health().last_error);
+                        }
+                        Response::ok(v)
                     }
                     Err(e) => Response::err(e),
                 }
@@ -1171,6 +1192,9 @@ impl Engine {
                 .get_or_create(&labels(&[("action", name), ("result", "failed")]))
                 .inc_by(a.batches_failed);
         }
+        let store = self.store.health();
+        m.store_errors.inc_by(store.errors);
+        m.store_unsaved.set(self.pending.len() as i64);
         let ledger = self.ledger.stats();
         m.active_bans.set(ledger.active as i64);
         m.held.set(ledger.held as i64);
@@ -1243,6 +1267,11 @@ impl Engine {
             "actions": self.supervisor.health(),
             "action_names": self.dispatcher.names().collect::<Vec<_>>(),
             "fleet": self.fleet.as_ref().map(|f| f.status()),
+            "store": {
+                "health": self.store.health(),
+                "unsaved_writes": self.pending.len(),
+                "failing_since": self.unsaved_since,
+            },
         }))
     }
 }

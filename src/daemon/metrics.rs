@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub action_failing: Family<Labels, Gauge>,
     pub action_drift: Family<Labels, Counter>,
     pub active_bans: Gauge,
+    pub store_errors: Counter,
+    pub store_unsaved: Gauge,
     pub held: Gauge,
     pub fleet_link: Gauge,
     pub fleet_lag_ms: Gauge,
@@ -70,6 +72,8 @@ impl Snapshot {
             action_failing: Family::default(),
             action_drift: Family::default(),
             active_bans: Gauge::default(),
+            store_errors: Counter::default(),
+            store_unsaved: Gauge::default(),
             held: Gauge::default(),
             fleet_link: Gauge::default(),
             fleet_lag_ms: Gauge::default(),
@@ -124,6 +128,16 @@ impl Snapshot {
             "enforcement_drift",
             "Times enforcement was changed behind portcullis's back (flushed set, deleted table) and repaired",
             s.action_drift.clone(),
+        );
+        registry.register(
+            "store_write_errors",
+            "Failed writes to the state store (a full disk, say)",
+            s.store_errors.clone(),
+        );
+        registry.register(
+            "store_unsaved_writes",
+            "Writes kept in memory until the state store accepts them again",
+            s.store_unsaved.clone(),
         );
         registry.register(
             "active_bans",

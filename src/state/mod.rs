@@ -40,6 +40,25 @@ impl Table {
     }
 }
 
+/// Collapses writes to the last one per (table, key), in their order: what
+/// a long outage of the store keeps in memory (positions are rewritten every
+/// second, so most writes supersede earlier ones).
+pub fn latest_only(writes: Vec<Write>) -> Vec<Write> {
+    let key = |w: &Write| match w {
+        Write::Put(t, k, _) | Write::Delete(t, k) => (format!("{t:?}"), k.clone()),
+    };
+    let mut last: std::collections::HashMap<(String, String), usize> = Default::default();
+    for (i, w) in writes.iter().enumerate() {
+        last.insert(key(w), i);
+    }
+    writes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, w)| last[&key(w)] == *i)
+        .map(|(_, w)| w)
+        .collect()
+}
+
 /// One pending write.
 #[derive(Debug, Clone)]
 pub enum Write {
@@ -57,8 +76,34 @@ impl Write {
     }
 }
 
+/// The embedded store. After a write fails (a full disk), redb refuses every
+/// later write ("Previous I/O error occurred"), so the next write first
+/// reopens the file (at most once a second), which recovers the last
+/// committed state; errors are counted for `status` and the metrics.
 pub struct Store {
-    db: Database,
+    path: std::path::PathBuf,
+    db: std::sync::RwLock<Option<Database>>,
+    health: std::sync::Mutex<StoreHealth>,
+}
+
+/// What `status` shows of the store.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StoreHealth {
+    /// Failed writes since start.
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// Since when (unix seconds) writes have been failing; `None` when fine.
+    pub failing_since: Option<i64>,
+    #[serde(skip)]
+    broken: bool,
+    #[serde(skip)]
+    last_reopen: Option<std::time::Instant>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -120,11 +165,17 @@ impl Store {
         let path = dir.join("state.redb");
         let store = guard(|| {
             let db = Database::create(&path).map_err(err)?;
-            Ok(Store { db })
+            Ok(Store {
+                path: path.clone(),
+                db: std::sync::RwLock::new(Some(db)),
+                health: std::sync::Mutex::new(StoreHealth::default()),
+            })
         })
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         // Create the tables so reads never meet a missing one.
-        store.apply(&[])?;
+        store
+            .with_db(|db| Store::apply_inner(db, &[]))
+            .map_err(|e| format!("cannot initialise {}: {e}", path.display()))?;
         Ok(store)
     }
 
@@ -172,8 +223,8 @@ impl Store {
     /// Reads every record of every table (and decodes nothing): finds a
     /// corrupted file.
     fn check(&self) -> Result<(), String> {
-        guard(|| {
-            let tx = self.db.begin_read().map_err(err)?;
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(err)?;
             for t in [BANS, POSITIONS, OFFENCES, INCIDENTS, WEBHOOKS] {
                 let t = tx.open_table(t).map_err(err)?;
                 for row in t.iter().map_err(err)? {
@@ -184,13 +235,89 @@ impl Store {
         })
     }
 
-    /// Applies writes in one atomic, durable transaction.
-    pub fn apply(&self, writes: &[Write]) -> Result<(), String> {
-        guard(|| self.apply_inner(writes))
+    /// The store's health, for `status` and metrics.
+    pub fn health(&self) -> StoreHealth {
+        self.health.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
-    fn apply_inner(&self, writes: &[Write]) -> Result<(), String> {
-        let tx = self.db.begin_write().map_err(err)?;
+    /// Reopens the file after a failed write (at most once a second).
+    fn reopen_if_broken(&self) {
+        let due = self.health.lock().is_ok_and(|mut h| {
+            let due = h.broken
+                && h.last_reopen
+                    .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+            if due {
+                h.last_reopen = Some(std::time::Instant::now());
+            }
+            due
+        });
+        if !due {
+            return;
+        }
+        let Ok(mut db) = self.db.write() else { return };
+        // The old handle must be closed before the file can be opened again.
+        drop(db.take());
+        let path = self.path.clone();
+        match guard(|| Database::create(&path).map_err(err)) {
+            Ok(d) => {
+                *db = Some(d);
+                if let Ok(mut h) = self.health.lock() {
+                    h.broken = false;
+                }
+            }
+            Err(e) => tracing::debug!("reopening {}: {e}", self.path.display()),
+        }
+    }
+
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, String>) -> Result<T, String> {
+        let db = self
+            .db
+            .read()
+            .map_err(|_| "store lock poisoned".to_string())?;
+        let db = db
+            .as_ref()
+            .ok_or("the store is closed after an I/O error; reopening")?;
+        guard(|| f(db))
+    }
+
+    /// Applies writes in one atomic, durable transaction.
+    pub fn apply(&self, writes: &[Write]) -> Result<(), String> {
+        if writes.is_empty() && !self.db.read().is_ok_and(|d| d.is_none()) {
+            return Ok(());
+        }
+        self.reopen_if_broken();
+        let r = self.with_db(|db| Store::apply_inner(db, writes));
+        if let Ok(mut h) = self.health.lock() {
+            match &r {
+                Ok(()) => {
+                    if let Some(since) = h.failing_since.take() {
+                        tracing::warn!(
+                            store = %self.path.display(),
+                            failing_for_secs = unix_now() - since,
+                            "state store writes work again"
+                        );
+                    }
+                }
+                Err(e) => {
+                    h.errors += 1;
+                    h.broken = true;
+                    if h.failing_since.is_none() {
+                        h.failing_since = Some(unix_now());
+                        tracing::error!(
+                            store = %self.path.display(),
+                            "cannot write the state store ({e}); bans stay enforced and are \
+                             kept in memory, and writing is retried every second"
+                        );
+                    }
+                    h.last_error = Some(e.clone());
+                }
+            }
+        }
+        r
+    }
+
+    fn apply_inner(db: &Database, writes: &[Write]) -> Result<(), String> {
+        let tx = db.begin_write().map_err(err)?;
         {
             let mut bans = tx.open_table(BANS).map_err(err)?;
             let mut positions = tx.open_table(POSITIONS).map_err(err)?;
@@ -223,8 +350,8 @@ impl Store {
 
     /// One record.
     pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, String> {
-        guard(|| {
-            let tx = self.db.begin_read().map_err(err)?;
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(err)?;
             let t = tx.open_table(table.def()).map_err(err)?;
             match t.get(key).map_err(err)? {
                 Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(err),
@@ -235,11 +362,11 @@ impl Store {
 
     /// Deletes the oldest records (by key order) beyond `keep`.
     pub fn prune(&self, table: Table, keep: usize) -> Result<usize, String> {
-        guard(|| self.prune_inner(table, keep))
+        self.with_db(|db| Store::prune_inner(db, table, keep))
     }
 
-    fn prune_inner(&self, table: Table, keep: usize) -> Result<usize, String> {
-        let tx = self.db.begin_write().map_err(err)?;
+    fn prune_inner(db: &Database, table: Table, keep: usize) -> Result<usize, String> {
+        let tx = db.begin_write().map_err(err)?;
         let removed;
         {
             let mut t = tx.open_table(table.def()).map_err(err)?;
@@ -263,11 +390,14 @@ impl Store {
     /// Every record of a table. Records that no longer decode are skipped
     /// with a warning rather than stopping the daemon.
     pub fn load<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, String> {
-        guard(|| self.load_inner(table))
+        self.with_db(|db| Store::load_inner(db, table))
     }
 
-    fn load_inner<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, String> {
-        let tx = self.db.begin_read().map_err(err)?;
+    fn load_inner<T: DeserializeOwned>(
+        db: &Database,
+        table: Table,
+    ) -> Result<Vec<(String, T)>, String> {
+        let tx = db.begin_read().map_err(err)?;
         let t = tx.open_table(table.def()).map_err(err)?;
         let mut out = Vec::new();
         for row in t.iter().map_err(err)? {
