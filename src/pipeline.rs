@@ -89,6 +89,8 @@ pub struct Source {
     /// `findtime` of the source's jails: where to re-read from after a restart
     /// so windows are rebuilt (see [`Source::warm_from`]).
     checkpoints: VecDeque<(u32, u64)>,
+    /// The same for the file rotated away last (its own offsets).
+    prev_checkpoints: VecDeque<(u32, u64)>,
     max_findtime: u32,
     /// Events older than this (ms) are parsed but not counted (`read_from = "findtime"`).
     pub skip_before: Option<i64>,
@@ -104,20 +106,37 @@ impl Source {
         self.checkpoints.front().map_or(current, |c| c.1)
     }
 
-    fn checkpoint(&mut self, time_ms: i64, offset: u64) {
+    fn checkpoint(&mut self, time_ms: i64, offset: u64, old: bool) {
         let sec = (time_ms / 1000).clamp(0, u32::MAX as i64) as u32;
-        match self.checkpoints.back() {
+        let list = if old {
+            &mut self.prev_checkpoints
+        } else {
+            &mut self.checkpoints
+        };
+        match list.back() {
             Some(&(last, _)) if sec <= last => {}
-            _ => self.checkpoints.push_back((sec, offset)),
+            _ => list.push_back((sec, offset)),
         }
-        let newest = self.checkpoints.back().map_or(0, |c| c.0);
-        while let Some(&(s, _)) = self.checkpoints.front() {
-            if newest - s.min(newest) >= self.max_findtime {
-                self.checkpoints.pop_front();
-            } else {
-                break;
+        let newest = self
+            .checkpoints
+            .back()
+            .map_or(0, |c| c.0)
+            .max(self.prev_checkpoints.back().map_or(0, |c| c.0));
+        for list in [&mut self.checkpoints, &mut self.prev_checkpoints] {
+            while let Some(&(s, _)) = list.front() {
+                if newest - s.min(newest) >= self.max_findtime {
+                    list.pop_front();
+                } else {
+                    break;
+                }
             }
         }
+    }
+
+    /// Where the windows start in the file rotated away last, if they reach
+    /// into it at all.
+    pub fn prev_warm_from(&self, _read_to: u64) -> Option<u64> {
+        self.prev_checkpoints.front().map(|c| c.1)
     }
 
     /// The longest `findtime` of this source's jails, in seconds.
@@ -129,6 +148,7 @@ impl Source {
     /// previous source (reload), so counters stay monotonic for the run.
     pub fn adopt(&mut self, old: &Source) {
         self.checkpoints = old.checkpoints.clone();
+        self.prev_checkpoints = old.prev_checkpoints.clone();
         self.newest = old.newest;
         for g in &mut self.groups {
             if let Some(o) = old
@@ -153,6 +173,11 @@ impl Source {
             out.merge(&g.stats);
         }
         out
+    }
+
+    /// The file was replaced: its checkpoints become the previous file's.
+    pub fn file_rotated(&mut self) {
+        self.prev_checkpoints = std::mem::take(&mut self.checkpoints);
     }
 
     /// Forgets checkpoints (the file was replaced; its offsets mean nothing now).
@@ -287,6 +312,7 @@ impl Pipeline {
             name: name.to_string(),
             groups,
             checkpoints: VecDeque::new(),
+            prev_checkpoints: VecDeque::new(),
             max_findtime,
             skip_before: None,
             newest: 0,
@@ -298,6 +324,12 @@ impl Pipeline {
     /// rebuilds window state (after a restart): its decisions are dropped,
     /// because the ledger already holds them.
     pub fn line(&mut self, source: u32, offset: u64, bytes: &[u8], warm: bool) {
+        self.line_in(source, offset, bytes, warm, false)
+    }
+
+    /// [`Pipeline::line`] for a line of the current file (`old = false`) or
+    /// of a rotated-away one, whose offsets are checkpointed apart.
+    pub fn line_in(&mut self, source: u32, offset: u64, bytes: &[u8], warm: bool, old: bool) {
         let lossy;
         let (text, bad_utf8) = match std::str::from_utf8(bytes) {
             Ok(s) => (s, false),
@@ -375,7 +407,7 @@ impl Pipeline {
             }
         }
         if let Some(t) = first_time {
-            src.checkpoint(t, offset);
+            src.checkpoint(t, offset, old);
         }
         if warm {
             self.warm_fired

@@ -714,3 +714,91 @@ fn a_full_disk_is_reported_and_the_store_recovers() {
         ["auth 198.51.100.70/32 0", "auth 198.51.100.71/32 3"]
     );
 }
+
+/// Issue 10, finding 5a: copytruncate while the daemon is stopped. The lines
+/// written after our last read are in `PATH.1` (the copy) and are read from
+/// there before the truncated file: 60 + 20 + 20 reach maxretry 100.
+#[test]
+fn copytruncate_while_stopped_reads_the_rest_from_the_copy() {
+    let mut d = Daemon::start(Daemon::config("ct-down", 100, ""));
+    d.append(&attacks("203.0.113.80", 60));
+    d.wait_matches("auth", 60);
+    d.stop();
+    d.append(&attacks("203.0.113.80", 20));
+    rotate(&d, Rotation::CopyTruncate);
+    d.append(&attacks("203.0.113.80", 20));
+    d.spawn();
+    wait_for(
+        || d.bans() == ["auth 203.0.113.80/32 100"],
+        "the ban at exactly 100",
+    );
+    assert_eq!(d.jail("auth")["matches"], 40);
+}
+
+/// Issue 10, finding 5c: two renames within the drain grace while the writer
+/// (holding its file open, as nginx does until it reopens its logs) still
+/// writes the first file: every line of every file is read, once.
+#[test]
+fn two_renames_within_the_grace_drain_every_file() {
+    let d = Daemon::start(Daemon::config("two-renames", 1_000_000, ""));
+    let log = d.log_path();
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+            for i in 0..20_000 {
+                f.write_all(attack_line("203.0.113.81").as_bytes()).unwrap();
+                if i % 10 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        })
+    };
+    let logs = d.dir.path().join("logs");
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::rename(&log, logs.join("access.log.1")).unwrap();
+    std::fs::write(&log, "").unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    std::fs::rename(logs.join("access.log.1"), logs.join("access.log.2")).unwrap();
+    std::fs::rename(&log, logs.join("access.log.1")).unwrap();
+    std::fs::write(&log, "").unwrap();
+    assert!(
+        !writer.is_finished(),
+        "the writer was still writing the first file"
+    );
+    writer.join().unwrap();
+    d.wait_matches("auth", 20_000);
+}
+
+/// Issue 10, finding 5b: a restart (TERM or kill -9) soon after a live rename
+/// rotation. The counts still in `PATH.1` are rebuilt by the re-read:
+/// 60 before the rotation + 10 after + 30 after the restart reach 100.
+#[test]
+fn restart_after_a_rename_rotation_keeps_the_counts_in_the_old_file() {
+    for kill in [false, true] {
+        let tag = if kill { "rot-kill" } else { "rot-term" };
+        let mut d = Daemon::start(Daemon::config(tag, 100, ""));
+        d.append(&attacks("203.0.113.82", 60));
+        d.wait_matches("auth", 60);
+        rotate(&d, Rotation::RenameCreate);
+        d.append(&attacks("203.0.113.82", 10));
+        d.wait_matches("auth", 70);
+        // Positions are saved every second.
+        std::thread::sleep(Duration::from_millis(1300));
+        if kill {
+            d.kill9();
+        } else {
+            d.stop();
+        }
+        d.spawn();
+        d.append(&attacks("203.0.113.82", 29));
+        d.wait_matches("auth", 29);
+        assert!(d.bans().is_empty(), "99 < 100 ({tag})");
+        d.append(&attacks("203.0.113.82", 1));
+        wait_for(
+            || d.bans() == ["auth 203.0.113.82/32 100"],
+            &format!("the ban at exactly 100 ({tag})"),
+        );
+    }
+}

@@ -308,9 +308,17 @@ fn feed(pipeline: &mut Pipeline, source: u32) -> impl FnMut(TailEvent) + '_ {
         TailEvent::WarmLine(Line::Complete { bytes, offset }) => {
             pipeline.line(source, offset, bytes, true)
         }
+        TailEvent::OldLine {
+            line: Line::Complete { bytes, offset },
+            warm,
+        } => pipeline.line_in(source, offset, bytes, warm, true),
         TailEvent::Line(Line::TooLong { offset })
-        | TailEvent::WarmLine(Line::TooLong { offset }) => pipeline.too_long(source, offset),
-        TailEvent::Reopened => pipeline.sources[source as usize].reset_checkpoints(),
+        | TailEvent::WarmLine(Line::TooLong { offset })
+        | TailEvent::OldLine {
+            line: Line::TooLong { offset },
+            ..
+        } => pipeline.too_long(source, offset),
+        TailEvent::Reopened => pipeline.sources[source as usize].file_rotated(),
     }
 }
 
@@ -721,7 +729,9 @@ impl Engine {
             .iter()
             .filter_map(|f| {
                 let src = &self.pipeline.sources[f.source as usize];
-                let pos = f.tail.position(|cur| src.warm_from(cur))?;
+                let pos = f
+                    .tail
+                    .position(|cur| src.warm_from(cur), |prev| src.prev_warm_from(prev))?;
                 Some(Write::put(
                     Table::Positions,
                     position_key(&f.tail.path),

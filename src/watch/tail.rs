@@ -4,7 +4,8 @@
 //! - **rename + create** (logrotate's default): the path names a new inode.
 //!   The old file stays open and is drained (nginx keeps writing to it until it
 //!   reopens its logs) until it has been quiet for [`OLD_FILE_GRACE`]; the new
-//!   file is read from its start.
+//!   file is read from its start. Several rotations within the grace keep
+//!   several old files draining, each until it goes quiet.
 //! - **delete + recreate**: the same, the old inode simply gets no more data.
 //! - **copytruncate**: same inode, but the file is shorter than our offset, or
 //!   its first bytes no longer match the fingerprint taken when we opened it.
@@ -41,6 +42,24 @@ pub struct Position {
     pub fp_len: u32,
     /// Offset from which to re-read, without acting, to rebuild windows.
     pub warm_from: u64,
+    /// The file rotated away last (now `PATH.1`), when part of it is still
+    /// inside the longest findtime: re-read after a restart too, so counts
+    /// from just before a rotation survive the restart.
+    #[serde(default)]
+    pub previous: Option<PreviousFile>,
+}
+
+/// A rotated-away file and the part of it a restart must re-read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousFile {
+    pub dev: u64,
+    pub ino: u64,
+    pub fingerprint: u64,
+    pub fp_len: u32,
+    /// Re-read (without acting) from here ...
+    pub warm_from: u64,
+    /// ... to here (what was read of it); the rest is read normally.
+    pub offset: u64,
 }
 
 /// What a poll hands to its sink.
@@ -49,6 +68,12 @@ pub enum TailEvent<'a> {
     Line(Line<'a>),
     /// A line re-read after a restart only to rebuild window state.
     WarmLine(Line<'a>),
+    /// A line of a rotated-away file (drained after the rotation, or re-read
+    /// after a restart, `warm`): its offsets are that file's.
+    OldLine {
+        line: Line<'a>,
+        warm: bool,
+    },
     /// A new file (or a truncated one) starts: offsets restart at 0.
     Reopened,
 }
@@ -124,6 +149,7 @@ impl OpenFile {
         buf: &mut [u8],
         sink: &mut dyn FnMut(TailEvent),
         warm_until: u64,
+        old: bool,
     ) -> io::Result<u64> {
         let mut total = 0;
         loop {
@@ -137,7 +163,10 @@ impl OpenFile {
                 let offset = match line {
                     Line::Complete { offset, .. } | Line::TooLong { offset } => offset,
                 };
-                if offset < warm_until {
+                let warm = offset < warm_until;
+                if old {
+                    sink(TailEvent::OldLine { line, warm })
+                } else if warm {
                     sink(TailEvent::WarmLine(line))
                 } else {
                     sink(TailEvent::Line(line))
@@ -166,12 +195,14 @@ fn rotated_copy(path: &Path) -> PathBuf {
 pub struct Tail {
     pub path: PathBuf,
     cur: Option<OpenFile>,
-    /// A rotated-away file still being drained, and when it last had data.
-    old: Option<(OpenFile, Instant)>,
+    /// Rotated-away files still being drained, and when each last had data.
+    old: Vec<(OpenFile, Instant)>,
     max_line: usize,
     buf: Vec<u8>,
     /// Lines before this offset of the current file are re-read to warm windows.
     warm_until: u64,
+    /// The file rotated away last, and how far it was read.
+    previous: Option<PreviousFile>,
 }
 
 impl Tail {
@@ -179,10 +210,11 @@ impl Tail {
         Tail {
             path,
             cur: None,
-            old: None,
+            old: Vec::new(),
             max_line,
             buf: vec![0; 256 * 1024],
             warm_until: 0,
+            previous: None,
         }
     }
 
@@ -221,6 +253,30 @@ impl Tail {
             return;
         };
         if cur.matches(pos) && size >= pos.offset && self.head_matches(&cur, pos) {
+            // The file rotated away just before the stop: re-read its part of
+            // the windows (and read what was written to it since), first.
+            if let Some(p) = &pos.previous
+                && let Ok(old) = OpenFile::open(&self.rotated_copy(), 0, self.max_line)
+                && old.ino != cur.ino
+                && (old.dev == p.dev && old.ino == p.ino
+                    || old
+                        .head(p.fp_len as usize)
+                        .is_ok_and(|h| p.fp_len > 0 && fnv1a(&h) == p.fingerprint))
+            {
+                let from = p.warm_from.min(p.offset);
+                let mut old = OpenFile {
+                    read_at: from,
+                    splitter: LineSplitter::new(self.max_line, from),
+                    ..old
+                };
+                let _ = old.drain(&mut self.buf, sink, p.offset, true);
+                self.previous = Some(PreviousFile {
+                    offset: old.splitter.committed_offset(),
+                    ..p.clone()
+                });
+                // Still drained while the writer may append to it.
+                self.old.push((old, Instant::now()));
+            }
             // Resume; re-read the tail of the windows first.
             let from = pos.warm_from.min(pos.offset);
             self.warm_until = pos.offset;
@@ -231,10 +287,20 @@ impl Tail {
             });
             return;
         }
-        // Rotated while we were down: finish the old file if it is still there.
-        if !cur.matches(pos) {
-            if let Ok(old) = OpenFile::open(&self.rotated_copy(), 0, self.max_line)
-                && old.matches(pos)
+        // Rotated while we were down: finish the old file if it is still
+        // there: renamed to `PATH.1` (same inode), or copied there before a
+        // truncation (another inode that starts with our bytes).
+        let copied = |old: &OpenFile| {
+            old.ino != cur.ino
+                && pos.fp_len > 0
+                && old
+                    .head(pos.fp_len as usize)
+                    .is_ok_and(|h| h.len() == pos.fp_len as usize && fnv1a(&h) == pos.fingerprint)
+        };
+        let old = OpenFile::open(&self.rotated_copy(), 0, self.max_line)
+            .ok()
+            .filter(|old| (!cur.matches(pos) && old.matches(pos)) || copied(old));
+        if let Some(old) = old {
             {
                 let from = pos.warm_from.min(pos.offset);
                 let mut old = OpenFile {
@@ -242,12 +308,20 @@ impl Tail {
                     splitter: LineSplitter::new(self.max_line, from),
                     ..old
                 };
-                let _ = old.drain(&mut self.buf, sink, pos.offset);
+                let _ = old.drain(&mut self.buf, sink, pos.offset, false);
                 Self::finish(&mut old, sink);
+                self.previous = Some(PreviousFile {
+                    dev: old.dev,
+                    ino: old.ino,
+                    fingerprint: pos.fingerprint,
+                    fp_len: pos.fp_len,
+                    warm_from: 0,
+                    offset: old.splitter.committed_offset(),
+                });
                 tracing::info!(path = %self.path.display(), "finished the file rotated while stopped");
             }
-        } else {
-            tracing::info!(path = %self.path.display(), "log file was truncated while stopped; reading from its start");
+        } else if cur.matches(pos) {
+            tracing::warn!(path = %self.path.display(), "log file was truncated while stopped and its copy is not in PATH.1; reading from its start");
         }
         sink(TailEvent::Reopened);
         self.cur = Some(cur);
@@ -275,14 +349,18 @@ impl Tail {
     }
 
     fn poll_inner(&mut self, sink: &mut dyn FnMut(TailEvent)) -> io::Result<()> {
-        // 1. The rotated-away file, until it goes quiet.
-        if let Some((old, last)) = &mut self.old {
-            if old.drain(&mut self.buf, sink, 0)? > 0 {
+        // 1. The rotated-away files, each until it goes quiet.
+        let mut i = 0;
+        while i < self.old.len() {
+            let (old, last) = &mut self.old[i];
+            if old.drain(&mut self.buf, sink, 0, true)? > 0 {
                 *last = Instant::now();
             } else if last.elapsed() >= OLD_FILE_GRACE {
                 Self::finish(old, sink);
-                self.old = None;
+                self.old.remove(i);
+                continue;
             }
+            i += 1;
         }
         // 2. A file that did not exist yet.
         let Some(cur) = &mut self.cur else {
@@ -311,8 +389,19 @@ impl Tail {
                         splitter: std::mem::replace(&mut cur.splitter, LineSplitter::new(0, 0)),
                         ..c
                     };
-                    c.drain(&mut self.buf, sink, 0)?;
+                    c.drain(&mut self.buf, sink, 0, false)?;
                     Self::finish(&mut c, sink);
+                    // The copy is the previous file now (same bytes, same offsets).
+                    self.previous = Some(PreviousFile {
+                        dev: c.dev,
+                        ino: c.ino,
+                        fingerprint: cur.fingerprint,
+                        fp_len: cur.fp_len,
+                        warm_from: 0,
+                        offset: c.splitter.committed_offset(),
+                    });
+                } else {
+                    self.previous = None;
                 }
             }
             tracing::info!(path = %self.path.display(), "log file was truncated; reading it from its start");
@@ -323,21 +412,27 @@ impl Tail {
         }
         // 4. New data.
         let warm_until = std::mem::take(&mut self.warm_until);
-        cur.drain(&mut self.buf, sink, warm_until)?;
+        cur.drain(&mut self.buf, sink, warm_until, false)?;
         // 5. Renamed or deleted and recreated?
         match std::fs::metadata(&self.path) {
             Ok(m) if m.dev() != cur.dev || m.ino() != cur.ino => {
                 let new = OpenFile::open(&self.path, 0, self.max_line)?;
                 tracing::info!(path = %self.path.display(), "log file was rotated; following the new file");
                 let old = std::mem::replace(cur, new);
-                if let Some((mut prev, _)) = self.old.replace((old, Instant::now())) {
-                    Self::finish(&mut prev, sink);
-                }
+                self.previous = Some(PreviousFile {
+                    dev: old.dev,
+                    ino: old.ino,
+                    fingerprint: old.fingerprint,
+                    fp_len: old.fp_len,
+                    warm_from: 0,
+                    offset: old.splitter.committed_offset(),
+                });
+                self.old.push((old, Instant::now()));
                 sink(TailEvent::Reopened);
                 self.cur
                     .as_mut()
                     .expect("just set")
-                    .drain(&mut self.buf, sink, 0)?;
+                    .drain(&mut self.buf, sink, 0, false)?;
             }
             _ => {}
         }
@@ -345,9 +440,29 @@ impl Tail {
     }
 
     /// The position to save, or `None` while the file does not exist.
-    pub fn position(&self, warm_from: impl Fn(u64) -> u64) -> Option<Position> {
+    /// `warm_from(offset)` and `prev_warm_from(offset)` say where the windows
+    /// start in the current and in the previous file (`None`: not inside).
+    pub fn position(
+        &self,
+        warm_from: impl Fn(u64) -> u64,
+        prev_warm_from: impl Fn(u64) -> Option<u64>,
+    ) -> Option<Position> {
         let cur = self.cur.as_ref()?;
         let offset = cur.splitter.committed_offset();
+        let previous = self.previous.as_ref().and_then(|p| {
+            // How far the previous file has been read, if it is still drained.
+            let offset = self
+                .old
+                .iter()
+                .find(|(f, _)| f.dev == p.dev && f.ino == p.ino)
+                .map_or(p.offset, |(f, _)| f.splitter.committed_offset());
+            let warm_from = prev_warm_from(offset)?;
+            Some(PreviousFile {
+                warm_from: warm_from.min(offset),
+                offset,
+                ..p.clone()
+            })
+        });
         Some(Position {
             dev: cur.dev,
             ino: cur.ino,
@@ -355,6 +470,7 @@ impl Tail {
             fingerprint: cur.fingerprint,
             fp_len: cur.fp_len,
             warm_from: warm_from(offset).min(offset),
+            previous,
         })
     }
 
