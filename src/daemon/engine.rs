@@ -2,9 +2,10 @@
 //! ledger, store) and runs the loop. Nothing on the hot path takes a lock;
 //! the control socket, inotify and actions reach it through one channel.
 
+use super::actions::{adopt_enforced, bans_for_action, build_actions, one_line};
 use crate::act::supervise::Supervisor;
-use crate::act::{Action, Change, Dispatcher, ExecAction, LogAction, Outcome, split_refused};
-use crate::config::{ActionConfig, Config, ConfigFiles, JailEntry};
+use crate::act::{Action, Change, Dispatcher, Outcome};
+use crate::config::{Config, ConfigFiles, JailEntry};
 use crate::control::server::Envelope;
 use crate::control::{Request, Response};
 use crate::decide::{Ban, Ledger, Policy, Verdict};
@@ -53,7 +54,7 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn now_secs() -> i64 {
+pub(super) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -91,197 +92,6 @@ pub struct Engine {
     /// When the current poll started reading.
     poll_started: Instant,
     fleet: Option<crate::fleet::Fleet>,
-}
-
-/// The active bans whose jail uses action `name`.
-fn bans_for_action<'a>(
-    config: &Config,
-    active: impl Iterator<Item = &'a Ban>,
-    name: &str,
-) -> Vec<Ban> {
-    active
-        .filter(|b| {
-            config
-                .jails
-                .iter()
-                .any(|j| j.spec.name == b.jail && j.actions.iter().any(|a| a == name))
-        })
-        .cloned()
-        .collect()
-}
-
-/// Builds every action, checks each can work here (a missing program is a
-/// clear error at start, like a config mistake), and reconciles it with the
-/// active bans of the jails that use it (one batch each). A reconcile that
-/// fails (nginx not up yet at boot) is not fatal: the supervisor retries it
-/// with backoff while detection and the other actions run. Bans an action
-/// cannot express are skipped by that action only.
-fn build_actions(
-    config: &Config,
-    tx: &Sender<Msg>,
-    active: &[Ban],
-    store: &Arc<Store>,
-    supervisor: &mut Supervisor,
-    skip_reconcile: &[String],
-) -> Result<(Dispatcher, Vec<Arc<dyn Action>>), String> {
-    let mut actions: BTreeMap<String, Arc<dyn Action>> = BTreeMap::new();
-    actions.insert("log".into(), Arc::new(LogAction));
-    if let Some(fw) = &config.main.firewall {
-        let backend: Arc<dyn Action> = match fw.backend {
-            crate::act::firewall::Backend::Nftables => {
-                Arc::new(crate::act::NftablesBackend::new(fw, &config.ignore))
-            }
-            crate::act::firewall::Backend::Ipset => {
-                Arc::new(crate::act::IpsetBackend::new(fw, &config.ignore))
-            }
-        };
-        actions.insert("firewall".into(), backend);
-    }
-    for (name, a) in &config.main.actions {
-        let action: Arc<dyn Action> = match a {
-            ActionConfig::Exec(c) => Arc::new(ExecAction::new(name, c.clone())?),
-            ActionConfig::Denylist(c) => Arc::new(crate::act::DenylistAction::new(name, c.clone())),
-            ActionConfig::Email(c) => Arc::new(crate::act::email::EmailAction::new(
-                name,
-                c.clone(),
-                store.clone(),
-            )?),
-            ActionConfig::Webhook(c) => Arc::new(crate::act::webhook::WebhookAction::new(
-                name,
-                c.clone(),
-                store.clone(),
-            )?),
-        };
-        actions.insert(name.clone(), action);
-    }
-    for (name, action) in &actions {
-        action
-            .check()
-            .map_err(|e| format!("action `{name}`: {e}"))?;
-    }
-    for (name, action) in &actions {
-        if skip_reconcile.contains(name) {
-            continue;
-        }
-        let mine = bans_for_action(config, active.iter(), name);
-        let (mine, refused) = split_refused(action.as_ref(), &mine);
-        if let Some(last) = refused.last() {
-            tracing::warn!(
-                action = name,
-                refused = refused.len(),
-                last = %last.target,
-                reason = last.reason,
-                "active bans this action cannot express are skipped by it"
-            );
-            supervisor.refused(
-                name,
-                refused.len(),
-                &format!("{}: {}", last.target, last.reason),
-            );
-        }
-        let t = Instant::now();
-        match action.reconcile(&mine) {
-            Ok(()) => {
-                supervisor.reconciled(name);
-                if !mine.is_empty() {
-                    tracing::info!(
-                        action = name,
-                        bans = mine.len(),
-                        elapsed_ms = t.elapsed().as_millis() as u64,
-                        "re-applied active bans"
-                    );
-                }
-            }
-            Err(e) => {
-                tracing::error!(
-                    action = name,
-                    bans = mine.len(),
-                    "action failed to re-apply active bans; retrying with backoff while \
-                     detection and the other actions run: {}",
-                    one_line(&e)
-                );
-                supervisor.reconcile_failed(name, e);
-            }
-        }
-    }
-    let names: Vec<&str> = actions.keys().map(String::as_str).collect();
-    supervisor.retain(&names);
-    let all: Vec<Arc<dyn Action>> = actions.values().cloned().collect();
-    let tx = std::sync::Mutex::new(tx.clone());
-    let report = Arc::new(move |o: Outcome| {
-        let _ = tx.lock().map(|t| t.send(Msg::ActionDone(o)));
-    });
-    Ok((Dispatcher::new(actions, report), all))
-}
-
-/// Reads back what the kernel enforces (the firewall action) into the
-/// ledger, for a store that is new. Returns the adopted bans and the actions
-/// whose enforcement could not be read: those are not reconciled at start,
-/// since a reconcile to an empty ledger would remove what they enforce.
-fn adopt_enforced(config: &Config, ledger: &mut Ledger) -> (Vec<Ban>, Vec<String>) {
-    let Some(fw) = &config.main.firewall else {
-        return (Vec::new(), Vec::new());
-    };
-    let action: Box<dyn Action> = match fw.backend {
-        crate::act::firewall::Backend::Nftables => {
-            Box::new(crate::act::NftablesBackend::new(fw, &config.ignore))
-        }
-        crate::act::firewall::Backend::Ipset => {
-            Box::new(crate::act::IpsetBackend::new(fw, &config.ignore))
-        }
-    };
-    let users: Vec<&str> = config
-        .jails
-        .iter()
-        .filter(|j| j.actions.iter().any(|a| a == "firewall"))
-        .map(|j| j.spec.name.as_str())
-        .collect();
-    let found = match action.adopt() {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::error!(
-                "the state store is new and the firewall's sets cannot be read ({}); \
-                 leaving the kernel as it is rather than emptying it",
-                one_line(&e)
-            );
-            return (Vec::new(), vec!["firewall".into()]);
-        }
-    };
-    let now = now_secs();
-    let mut adopted = Vec::new();
-    for a in found {
-        let jail = a
-            .jail
-            .filter(|j| users.contains(&j.as_str()))
-            .or_else(|| users.first().map(|j| j.to_string()));
-        let Some(jail) = jail else { continue };
-        let ban = Ban {
-            jail,
-            target: a.target,
-            since: now,
-            expires: a.expires,
-            count: 0,
-            offence: 1,
-            manual: false,
-            incident: None,
-            origin: Some("kernel".into()),
-        };
-        if ledger.remote_ban(ban.clone()) {
-            adopted.push(ban);
-        }
-    }
-    if !adopted.is_empty() {
-        tracing::warn!(
-            bans = adopted.len(),
-            "the state store is new: adopted the bans the kernel still enforces into the ledger"
-        );
-    }
-    (adopted, Vec::new())
-}
-
-/// An error on one log line (tools print several).
-fn one_line(e: &str) -> String {
-    e.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Paths to follow, each with the indices of the jails reading it.

@@ -4,7 +4,8 @@
 //! for the control socket and signals, notify's inotify thread, and one
 //! short-lived thread per action batch.
 
-pub mod engine;
+mod actions;
+mod engine;
 pub mod metrics;
 pub mod notify;
 
