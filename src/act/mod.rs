@@ -190,9 +190,12 @@ enum Job {
     Verify,
 }
 
-/// How long a worker waits for more changes before applying a batch, and
-/// how many changes one batch holds at most.
-const COALESCE: std::time::Duration = std::time::Duration::from_millis(3);
+/// How long a worker waits for more changes before applying a batch (by
+/// default not at all: it takes what is already queued, so a lone decision
+/// pays no fixed delay, and a burst arriving while a batch is applied becomes
+/// the next batch), and how many changes one batch holds at most. Actions
+/// that must debounce (a deny-list reloading nginx) set their own wait.
+const COALESCE: std::time::Duration = std::time::Duration::ZERO;
 const MAX_BATCH: usize = 20_000;
 
 /// Runs each action on its own worker thread, in order, and reports outcomes

@@ -331,8 +331,11 @@ impl Engine {
         for d in decisions {
             self.decide(d, now, &mut changes);
         }
-        self.persist(Vec::new());
+        // Enforcement first, then the fsync: a crash in between loses
+        // nothing, since the saved read position still precedes the line
+        // that decided, which is read (and decides) again at the restart.
         self.dispatch(&changes);
+        self.persist(Vec::new());
     }
 
     fn incident_for(&self, d: &Decision) -> Incident {
