@@ -199,6 +199,37 @@ struct Match<'a> {
     /// The time and status as validated, so they are not parsed twice.
     time: Option<i64>,
     status: Option<u16>,
+    /// Raw `"` positions (for `escape=json`, unescaped ones), found once:
+    /// each split attempt asks where the next one is.
+    quotes: Vec<u32>,
+    /// Per literal segment, where it occurs in the line (overlaps included),
+    /// listed on first use: each split attempt then asks for the next one
+    /// by binary search, so a line costs a scan per literal, not per attempt.
+    occurrences: Vec<Option<Vec<u32>>>,
+}
+
+impl Match<'_> {
+    /// Where a free value starting at `from` must end at the latest.
+    fn quote_limit(&self, from: usize) -> usize {
+        let i = self.quotes.partition_point(|&q| (q as usize) < from);
+        self.quotes.get(i).map_or(self.b.len(), |&q| q as usize)
+    }
+
+    /// The next occurrence at or after `at` of literal segment `seg`.
+    fn find_lit(&mut self, seg: usize, finder: &memmem::Finder, at: usize) -> Option<usize> {
+        let b = self.b;
+        let occ = self.occurrences[seg].get_or_insert_with(|| {
+            let mut out = Vec::new();
+            let mut from = 0;
+            while let Some(n) = finder.find(&b[from..]) {
+                out.push((from + n) as u32);
+                from += n + 1;
+            }
+            out
+        });
+        let i = occ.partition_point(|&o| (o as usize) < at);
+        occ.get(i).map(|&o| o as usize)
+    }
 }
 
 impl Template {
@@ -443,7 +474,7 @@ impl Template {
                         try_end(m, end, times)
                     }
                     (Shape::List, next) => {
-                        let limit = self.quote_limit(b, pos);
+                        let limit = m.quote_limit(pos);
                         let mut ends = Template::list_ends(b, pos, limit);
                         if b[pos..].starts_with(b"-") && !ends.contains(&(pos + 1)) {
                             ends.push(pos + 1);
@@ -454,12 +485,12 @@ impl Template {
                         })
                     }
                     (Shape::Free, None) => {
-                        let end = self.quote_limit(b, pos);
+                        let end = m.quote_limit(pos);
                         end == b.len() && try_end(m, end, times)
                     }
                     (Shape::Free, Some((text, finder))) => {
                         // A free value never holds a raw quote (module docs).
-                        let limit = self.quote_limit(b, pos);
+                        let limit = m.quote_limit(pos);
                         if text.starts_with('"') && self.escape != Escape::Json {
                             // A quoted field: it ends at that quote or nowhere.
                             return b[limit..].starts_with(text.as_bytes())
@@ -467,7 +498,7 @@ impl Template {
                         }
                         let json_quote = self.escape == Escape::Json && text.starts_with('"');
                         let mut at = pos;
-                        while let Some(end) = finder.find(&b[at..]).map(|n| at + n) {
+                        while let Some(end) = m.find_lit(seg + 1, finder, at) {
                             if end > limit || m.budget == 0 {
                                 return false;
                             }
@@ -548,6 +579,11 @@ impl Template {
             budget: 256 + b.len() as u32,
             time: None,
             status: None,
+            quotes: memchr::memchr_iter(b'"', b)
+                .filter(|&i| !(self.escape == Escape::Json && escaped(b, 0, i)))
+                .map(|i| i as u32)
+                .collect(),
+            occurrences: vec![None; self.segs.len()],
         };
         if !self.go(&mut m, 0, 0, times) {
             return Err(if m.budget == 0 {
@@ -713,6 +749,8 @@ impl Template {
             budget: 0,
             time: None,
             status: None,
+            quotes: Vec::new(),
+            occurrences: Vec::new(),
         };
         let mut pos = 0;
         for (i, seg) in self.segs.iter().enumerate() {
