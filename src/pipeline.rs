@@ -226,6 +226,22 @@ pub struct Pipeline {
 /// match after it "too late" to count.
 pub const FUTURE_TOLERANCE_MS: i64 = 30_000;
 
+/// Counts a time more than [`FUTURE_TOLERANCE_MS`] ahead of the wall clock
+/// at `newest` (the source's newest accepted time; the clock if none yet).
+/// `clock_ms` is the clock as last read, read again only when a time looks
+/// ahead of it. Returns whether `time` was clamped.
+fn clamp_future(time: &mut i64, newest: i64, clock_ms: &mut i64) -> bool {
+    if *time <= *clock_ms + FUTURE_TOLERANCE_MS {
+        return false;
+    }
+    *clock_ms = wall_clock_ms();
+    if *time <= *clock_ms + FUTURE_TOLERANCE_MS {
+        return false;
+    }
+    *time = if newest > 0 { newest } else { *clock_ms };
+    true
+}
+
 fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -346,16 +362,7 @@ impl Pipeline {
                 g.stats.warm += 1;
                 if let Ok(Outcome::Event) = g.parser.parse(text, &mut g.event) {
                     // The same clamp as when the line was first read.
-                    if g.event.time > self.clock_ms + FUTURE_TOLERANCE_MS {
-                        self.clock_ms = wall_clock_ms();
-                        if g.event.time > self.clock_ms + FUTURE_TOLERANCE_MS {
-                            g.event.time = if src.newest > 0 {
-                                src.newest
-                            } else {
-                                self.clock_ms
-                            };
-                        }
-                    }
+                    clamp_future(&mut g.event.time, src.newest, &mut self.clock_ms);
                     first_time.get_or_insert(g.event.time);
                     src.newest = src.newest.max(g.event.time);
                     let origin = Origin { source, offset };
@@ -382,16 +389,8 @@ impl Pipeline {
             match g.parser.parse(text, &mut g.event) {
                 Ok(Outcome::Event) => {
                     g.stats.parsed += 1;
-                    if g.event.time > self.clock_ms + FUTURE_TOLERANCE_MS {
-                        self.clock_ms = wall_clock_ms();
-                        if g.event.time > self.clock_ms + FUTURE_TOLERANCE_MS {
-                            g.stats.note(reason::FUTURE_TIME, &src.name, offset, text);
-                            g.event.time = if src.newest > 0 {
-                                src.newest
-                            } else {
-                                self.clock_ms
-                            };
-                        }
+                    if clamp_future(&mut g.event.time, src.newest, &mut self.clock_ms) {
+                        g.stats.note(reason::FUTURE_TIME, &src.name, offset, text);
                     }
                     src.newest = src.newest.max(g.event.time);
                     first_time.get_or_insert(g.event.time);

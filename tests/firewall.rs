@@ -166,36 +166,7 @@ impl Net {
     }
 
     fn nft_elements(&self, set: &str) -> Vec<String> {
-        let out = self.nft(&["-j", "list", "set", "inet", "portcullis", set]);
-        if !out.status.success() {
-            return vec![];
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let mut elems = Vec::new();
-        for item in v["nftables"].as_array().unwrap() {
-            for e in item["set"]["elem"].as_array().into_iter().flatten() {
-                let val = &e["elem"]["val"];
-                let text = match val {
-                    serde_json::Value::String(s) => s.clone(),
-                    _ if val["prefix"].is_object() => format!(
-                        "{}/{}",
-                        val["prefix"]["addr"].as_str().unwrap(),
-                        val["prefix"]["len"]
-                    ),
-                    _ if e.is_string() => e.as_str().unwrap().to_string(),
-                    other => other.to_string(),
-                };
-                elems.push(text);
-            }
-            if let Some(arr) = item["set"]["elem"].as_array() {
-                for e in arr.iter().filter(|e| e.is_string()) {
-                    elems.push(e.as_str().unwrap().to_string());
-                }
-            }
-        }
-        elems.sort();
-        elems.dedup();
-        elems
+        nft_elements(&self.srv, set)
     }
 }
 
@@ -597,6 +568,33 @@ fn fleet_ban_on_one_host_is_enforced_by_another_hosts_firewall() {
     let _ = redis.wait();
 }
 
+/// Runs `fault` (a command) in the server namespace: traffic from the banned
+/// 192.0.2.2 passes right after, is dropped again within 5 s, and the repair
+/// is the `drifts`-th one counted.
+fn repaired_within_five_seconds(net: &Net, d: &Daemon, fault: &[&str], drifts: u64) {
+    let mut all = vec!["ip", "netns", "exec", &net.srv];
+    all.extend_from_slice(fault);
+    must(&all);
+    assert!(
+        net.get("192.0.2.2", "192.0.2.1"),
+        "traffic passes right after {fault:?}"
+    );
+    let t = std::time::Instant::now();
+    wait_for(
+        || !net.get("192.0.2.2", "192.0.2.1"),
+        &format!("the ban to be repaired after {fault:?}"),
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "repaired after {:?}",
+        t.elapsed()
+    );
+    wait_for(
+        || d.json(&["status"])["actions"]["firewall"]["drifts"] == drifts,
+        "the drift to be counted",
+    );
+}
+
 /// Issue 10, finding 1: `nft flush ruleset` (what restarting Debian's
 /// nftables service does), a flushed set or a deleted table is noticed and
 /// repaired within 5 s, logged once per event, counted and shown in `status`.
@@ -623,26 +621,9 @@ fn nft_changes_behind_our_back_are_repaired_within_five_seconds() {
         &["delete", "table", "inet", "portcullis"],
     ];
     for (n, args) in events.iter().enumerate() {
-        let out = net.nft(args);
-        assert!(out.status.success(), "nft {args:?}: {}", stderr(&out));
-        assert!(
-            net.get("192.0.2.2", "192.0.2.1"),
-            "traffic passes right after nft {args:?}"
-        );
-        let t = std::time::Instant::now();
-        wait_for(
-            || !net.get("192.0.2.2", "192.0.2.1"),
-            &format!("the ban to be repaired after nft {args:?}"),
-        );
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "repaired after {:?}",
-            t.elapsed()
-        );
-        wait_for(
-            || d.json(&["status"])["actions"]["firewall"]["drifts"] == n as u64 + 1,
-            "the drift to be counted",
-        );
+        let mut all = vec!["nft"];
+        all.extend_from_slice(args);
+        repaired_within_five_seconds(&net, &d, &all, n as u64 + 1);
     }
     // New bans work after the repairs.
     d.append(&(0..3).map(|_| attack_line("192.0.2.4")).collect::<String>());
@@ -691,27 +672,7 @@ fn ipset_changes_behind_our_back_are_repaired_within_five_seconds() {
         &["iptables", "-F", "INPUT"],
     ];
     for (n, args) in events.iter().enumerate() {
-        let mut all = vec!["ip", "netns", "exec", &net.srv];
-        all.extend_from_slice(args);
-        must(&all);
-        assert!(
-            net.get("192.0.2.2", "192.0.2.1"),
-            "traffic passes after {args:?}"
-        );
-        let t = std::time::Instant::now();
-        wait_for(
-            || !net.get("192.0.2.2", "192.0.2.1"),
-            &format!("the ban to be repaired after {args:?}"),
-        );
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "repaired after {:?}",
-            t.elapsed()
-        );
-        wait_for(
-            || d.json(&["status"])["actions"]["firewall"]["drifts"] == n as u64 + 1,
-            "the drift to be counted",
-        );
+        repaired_within_five_seconds(&net, &d, args, n as u64 + 1);
     }
 }
 

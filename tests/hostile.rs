@@ -78,22 +78,11 @@ impl Nginx {
 
     /// A request from `from` (a loopback address); returns the status.
     fn get(&self, from: &str, path: &str, args: &[&str]) -> u16 {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "3",
-            ])
-            .args(["--interface", from])
-            .args(args)
-            .arg(format!("http://127.0.0.1:{}{path}", self.port))
-            .output()
-            .unwrap();
-        stdout(&out).parse().unwrap_or(0)
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let mut all = vec!["--interface", from];
+        all.extend_from_slice(args);
+        all.push(&url);
+        curl_status(&all)
     }
 
     fn with_key(&self, from: &str, key: &str) -> u16 {
@@ -412,23 +401,7 @@ fn hostile_fixture_gives_its_exact_decisions() {
         args.push(fx.join(file).display().to_string());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (decisions, summary) = replay_json(&args);
-        let want_keys: Vec<(String, String, u64, String)> = {
-            let mut v: Vec<_> = w["decisions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| {
-                    (
-                        d["jail"].as_str().unwrap().to_string(),
-                        d["target"].as_str().unwrap().to_string(),
-                        d["count"].as_u64().unwrap(),
-                        d["time"].as_str().unwrap().to_string(),
-                    )
-                })
-                .collect();
-            v.sort();
-            v
-        };
+        let want_keys = decision_keys(w["decisions"].as_array().unwrap());
         assert_eq!(decision_keys(&decisions), want_keys, "{file}");
         let f = &summary["formats"][w["format"].as_str().unwrap()];
         assert_eq!(f["lines"], w["lines"], "{file}: {f}");

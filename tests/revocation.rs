@@ -53,22 +53,11 @@ impl Nginx {
     }
 
     fn status(&self, key: &str) -> u16 {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "2",
-                "-H",
-            ])
-            .arg(format!("X-Api-Key-Id: {key}"))
-            .arg(format!("http://127.0.0.1:{}/", self.port))
-            .output()
-            .unwrap();
-        stdout(&out).parse().unwrap_or(0)
+        curl_status(&[
+            "-H",
+            &format!("X-Api-Key-Id: {key}"),
+            &format!("http://127.0.0.1:{}/", self.port),
+        ])
     }
 
     fn test_config(&self) -> bool {

@@ -246,28 +246,7 @@ fn sixty_seconds_of_rotations_restarts_flushes_and_a_full_disk() {
     let j = &status["jails"][0];
     assert_eq!(j["unparsed"], 0, "{j}");
     // The kernel holds exactly the ledger's bans.
-    let out = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns,
-        "nft",
-        "-j",
-        "list",
-        "set",
-        "inet",
-        "portcullis",
-        "addr4",
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut kernel: Vec<String> = Vec::new();
-    for item in v["nftables"].as_array().unwrap() {
-        for e in item["set"]["elem"].as_array().into_iter().flatten() {
-            let val = if e.is_string() { e } else { &e["elem"]["val"] };
-            kernel.push(val.as_str().unwrap().to_string());
-        }
-    }
-    kernel.sort();
+    let kernel = nft_elements(&ns, "addr4");
     let mut want_kernel = attackers.clone();
     want_kernel.sort();
     assert_eq!(kernel, want_kernel);

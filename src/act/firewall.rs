@@ -226,6 +226,14 @@ fn probes(holders: &Mutex<Holders>) -> Vec<(SetKind, IpNet)> {
     out
 }
 
+/// An element the kernel holds, as a ban target (address or prefix, in the
+/// canonical form `Target::parse` gives); `None` for anything else.
+fn address(text: &str) -> Option<Target> {
+    Target::parse(text)
+        .ok()
+        .filter(|t| matches!(t, Target::Address(_)))
+}
+
 /// Runs a program with arguments; an error carries its stderr.
 fn probe(program: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(program)
@@ -466,23 +474,19 @@ impl Action for NftablesBackend {
                         serde_json::Value::Null => (e, &serde_json::Value::Null),
                         m => (&m["val"], m),
                     };
-                    let net = match val {
-                        serde_json::Value::String(a) => a
-                            .parse::<IpNet>()
-                            .ok()
-                            .or_else(|| a.parse::<std::net::IpAddr>().ok().map(IpNet::from)),
-                        v if v["prefix"].is_object() => format!(
+                    let text = match val {
+                        serde_json::Value::String(a) => a.clone(),
+                        v => format!(
                             "{}/{}",
                             v["prefix"]["addr"].as_str().unwrap_or(""),
                             v["prefix"]["len"]
-                        )
-                        .parse()
-                        .ok(),
-                        _ => None,
+                        ),
                     };
-                    let Some(net) = net else { continue };
+                    let Some(target) = address(&text) else {
+                        continue;
+                    };
                     out.push(super::Adopted {
-                        target: Target::Address(crate::parse::addr::canonical_net(net)),
+                        target,
                         expires: meta["expires"].as_i64().map(|s| now + s.max(1)),
                         jail: meta["comment"].as_str().map(String::from),
                     });
@@ -702,11 +706,7 @@ impl Action for IpsetBackend {
                 if w.next() != Some("add") || w.next() != Some(set.as_str()) {
                     continue;
                 }
-                let Some(net) = w.next().and_then(|a| {
-                    a.parse::<IpNet>()
-                        .ok()
-                        .or_else(|| a.parse::<std::net::IpAddr>().ok().map(IpNet::from))
-                }) else {
+                let Some(target) = w.next().and_then(address) else {
                     continue;
                 };
                 let timeout = match (w.next(), w.next()) {
@@ -714,7 +714,7 @@ impl Action for IpsetBackend {
                     _ => None,
                 };
                 out.push(super::Adopted {
-                    target: Target::Address(crate::parse::addr::canonical_net(net)),
+                    target,
                     expires: timeout.map(|t| now + t),
                     jail: None,
                 });

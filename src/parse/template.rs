@@ -602,28 +602,44 @@ impl Template {
             if raw == "-" || raw.is_empty() {
                 continue;
             }
-            match *slot {
-                Slot::Peer => peer = Some(raw),
-                Slot::ForwardedFor { keep } => {
-                    xff = Some(raw);
-                    if keep {
-                        self.store(ev, Target::Std(StdField::ForwardedFor), raw);
-                    }
-                }
-                Slot::Time(_) => ev.time = m.time.ok_or(reason::BAD_TIME)?,
-                Slot::Request => self.split_request(ev, raw),
-                Slot::Status => ev.status = Some(m.status.ok_or(reason::BAD_STATUS)?),
-                Slot::Bytes => ev.bytes = raw.parse().ok(),
-                Slot::RequestSeconds => ev.request_time = raw.parse().ok(),
-                Slot::RequestMillis => {
-                    ev.request_time = raw.parse::<f64>().ok().map(|ms| ms / 1000.0)
-                }
-                Slot::Text(f) => self.store(ev, Target::Std(f), raw),
-                Slot::Extra(id) => self.store(ev, Target::Extra(id), raw),
-                Slot::Skip => {}
-            }
+            self.put(ev, *slot, raw, m.time, m.status, &mut peer, &mut xff)?;
         }
         self.finish(ev, peer, xff, trusted)
+    }
+
+    /// Stores one value of `slot` (neither `-` nor empty). `time` and
+    /// `status` are what the caller parsed for those slots; the client's
+    /// parts come back through `peer` and `xff`.
+    #[allow(clippy::too_many_arguments)]
+    fn put<'l>(
+        &self,
+        ev: &mut Event,
+        slot: Slot,
+        raw: &'l str,
+        time: Option<i64>,
+        status: Option<u16>,
+        peer: &mut Option<&'l str>,
+        xff: &mut Option<&'l str>,
+    ) -> Result<(), ParseError> {
+        match slot {
+            Slot::Peer => *peer = Some(raw),
+            Slot::ForwardedFor { keep } => {
+                *xff = Some(raw);
+                if keep {
+                    self.store(ev, Target::Std(StdField::ForwardedFor), raw);
+                }
+            }
+            Slot::Time(_) => ev.time = time.ok_or(reason::BAD_TIME)?,
+            Slot::Request => self.split_request(ev, raw),
+            Slot::Status => ev.status = Some(status.ok_or(reason::BAD_STATUS)?),
+            Slot::Bytes => ev.bytes = raw.parse().ok(),
+            Slot::RequestSeconds => ev.request_time = raw.parse().ok(),
+            Slot::RequestMillis => ev.request_time = raw.parse::<f64>().ok().map(|ms| ms / 1000.0),
+            Slot::Text(f) => self.store(ev, Target::Std(f), raw),
+            Slot::Extra(id) => self.store(ev, Target::Extra(id), raw),
+            Slot::Skip => {}
+        }
+        Ok(())
     }
 
     /// Sets the client from the peer and X-Forwarded-For values.
@@ -714,26 +730,13 @@ impl Template {
             if raw == "-" || raw.is_empty() {
                 continue;
             }
-            match slot {
-                Slot::Peer => peer = Some(raw),
-                Slot::ForwardedFor { keep } => {
-                    xff = Some(raw);
-                    if keep {
-                        self.store(ev, Target::Std(StdField::ForwardedFor), raw);
-                    }
-                }
-                Slot::Time(shape) => ev.time = times.parse(raw, shape)?,
-                Slot::Request => self.split_request(ev, raw),
-                Slot::Status => ev.status = Some(parse_status(raw).ok()?),
-                Slot::Bytes => ev.bytes = raw.parse().ok(),
-                Slot::RequestSeconds => ev.request_time = raw.parse().ok(),
-                Slot::RequestMillis => {
-                    ev.request_time = raw.parse::<f64>().ok().map(|ms| ms / 1000.0)
-                }
-                Slot::Text(f) => self.store(ev, Target::Std(f), raw),
-                Slot::Extra(id) => self.store(ev, Target::Extra(id), raw),
-                Slot::Skip => {}
-            }
+            let (time, status) = match slot {
+                Slot::Time(shape) => (Some(times.parse(raw, shape)?), None),
+                Slot::Status => (None, Some(parse_status(raw).ok()?)),
+                _ => (None, None),
+            };
+            self.put(ev, slot, raw, time, status, &mut peer, &mut xff)
+                .ok()?;
         }
         (pos == b.len() || b[pos] == b' ').then_some((peer, xff))
     }

@@ -335,3 +335,70 @@ impl Drop for Service {
         self.stop();
     }
 }
+
+/// The elements of set `set` of table `inet portcullis` in network namespace
+/// `ns`, as text (`192.0.2.2`, `2001:db8::/64`), sorted; empty if there is
+/// no such set.
+pub fn nft_elements(ns: &str, set: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "-j",
+            "list",
+            "set",
+            "inet",
+            "portcullis",
+            set,
+        ])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return vec![];
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut elems = Vec::new();
+    for item in v["nftables"].as_array().unwrap() {
+        for e in item["set"]["elem"].as_array().into_iter().flatten() {
+            // A bare value, or an object with timeout, expiry and comment.
+            let val = if e["elem"].is_object() {
+                &e["elem"]["val"]
+            } else {
+                e
+            };
+            let text = match val {
+                serde_json::Value::String(s) => s.clone(),
+                _ if val["prefix"].is_object() => format!(
+                    "{}/{}",
+                    val["prefix"]["addr"].as_str().unwrap(),
+                    val["prefix"]["len"]
+                ),
+                other => other.to_string(),
+            };
+            elems.push(text);
+        }
+    }
+    elems.sort();
+    elems.dedup();
+    elems
+}
+
+/// The HTTP status curl gets for `args` (options and URL); 0 if none came.
+pub fn curl_status(args: &[&str]) -> u16 {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "3",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    stdout(&out).parse().unwrap_or(0)
+}
