@@ -51,12 +51,7 @@ fn restore_100k() {
     drop(store);
     let t = Instant::now();
     let store = Store::open(&dir.join("state")).unwrap();
-    let bans: Vec<Ban> = store
-        .load(Table::Bans)
-        .unwrap()
-        .into_iter()
-        .map(|(_, b)| b)
-        .collect();
+    let bans: Vec<(String, Ban)> = store.load(Table::Bans).unwrap();
     let mut ledger = Ledger::new(NetSet::default(), vec![], 300);
     let active = ledger.restore(bans, vec![], now + 1);
     let batch: Vec<portcullis::act::Change> = active

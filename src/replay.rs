@@ -83,6 +83,13 @@ impl Replay {
         self.pipeline.line(source, offset, bytes, false);
     }
 
+    /// The decisions made since the last call (after [`Replay::line`]).
+    pub fn take_decisions(&mut self) -> Vec<Decision> {
+        let d = self.pipeline.take_decisions();
+        self.decision_count += d.len() as u64;
+        d
+    }
+
     /// Reads a whole stream as source `name`, calling `emit` for each decision.
     pub fn read(
         &mut self,

@@ -615,10 +615,11 @@ fn nft_changes_behind_our_back_are_repaired_within_five_seconds() {
         || !net.get("192.0.2.2", "192.0.2.1"),
         "the ban to drop packets",
     );
-    let events: [&[&str]; 3] = [
+    let events: [&[&str]; 4] = [
         &["flush", "ruleset"],
         &["flush", "set", "inet", "portcullis", "addr4"],
         &["delete", "table", "inet", "portcullis"],
+        &["flush", "chain", "inet", "portcullis", "input"],
     ];
     for (n, args) in events.iter().enumerate() {
         let mut all = vec!["nft"];
@@ -633,7 +634,7 @@ fn nft_changes_behind_our_back_are_repaired_within_five_seconds() {
     );
     let human = stdout(&d.cli(&["status"]));
     assert!(
-        human.contains("action firewall: enforcement changed behind our back 3 time(s)"),
+        human.contains("action firewall: enforcement changed behind our back 4 time(s)"),
         "{human}"
     );
     let log = std::fs::read_to_string(
@@ -644,7 +645,7 @@ fn nft_changes_behind_our_back_are_repaired_within_five_seconds() {
     .unwrap();
     assert_eq!(
         log.matches("enforcement changed behind").count(),
-        3,
+        4,
         "logged once per event"
     );
 }
@@ -771,4 +772,87 @@ fn a_lost_or_corrupted_store_never_empties_the_kernel() {
                 .starts_with("state.redb.corrupt-")
         });
     assert!(aside, "the corrupted file is kept aside");
+}
+
+/// The verifier's netlink lookups (`src/act/nft_netlink.rs`), which replace
+/// `nft get element` and `nft list chain` (both read every element of every
+/// set first): right answers for present and missing addresses, a prefix in
+/// an interval set, 100,000 elements looked up at once, a missing set or
+/// table, and the sets a chain's rules look up.
+#[test]
+fn netlink_lookups_answer_like_nft() {
+    if !prerequisites() {
+        return;
+    }
+    let net = Net::new();
+    let mut script = String::from(
+        "add table inet pt\n\
+         add set inet pt a4 { type ipv4_addr; flags timeout; }\n\
+         add set inet pt n6 { type ipv6_addr; flags interval, timeout; }\n\
+         add chain inet pt input { type filter hook input priority 0; }\n\
+         add rule inet pt input ip saddr @a4 drop\n\
+         add rule inet pt input ip6 saddr @n6 counter drop\n\
+         add element inet pt n6 { 2001:db8:5::/64 timeout 1h }\n",
+    );
+    for chunk in (0..100_000u32).collect::<Vec<_>>().chunks(1000) {
+        let elems: Vec<String> = chunk
+            .iter()
+            .map(|i| format!("{} timeout 1h", std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        script.push_str(&format!(
+            "add element inet pt a4 {{ {} }}\n",
+            elems.join(", ")
+        ));
+    }
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &net.srv, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success());
+    let ns = format!("/var/run/netns/{}", net.srv);
+    // setns changes only the calling thread: a thread of its own.
+    std::thread::spawn(move || {
+        use portcullis::act::nft_netlink::{chain_lookups, has_all, has_element, table_exists};
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(ns).unwrap();
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let v4 = |i: u32| {
+            ipnet::IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::from(
+                0x0a00_0000 + i,
+            )))
+        };
+        let all: Vec<ipnet::IpNet> = (0..100_000).map(v4).collect();
+        assert_eq!(has_all("pt", "a4", &all), Ok(true));
+        assert_eq!(has_element("pt", "a4", &v4(99_999)), Ok(true));
+        assert_eq!(has_element("pt", "a4", &v4(100_000)), Ok(false));
+        let mut one_missing = all.clone();
+        one_missing.push(v4(200_000));
+        assert_eq!(has_all("pt", "a4", &one_missing), Ok(false));
+        assert_eq!(
+            has_element("pt", "n6", &"2001:db8:5::/64".parse().unwrap()),
+            Ok(true)
+        );
+        assert_eq!(
+            has_element("pt", "n6", &"2001:db8:6::/64".parse().unwrap()),
+            Ok(false)
+        );
+        assert_eq!(has_element("pt", "nope", &v4(1)), Ok(false));
+        assert_eq!(has_element("nope", "a4", &v4(1)), Ok(false));
+        assert_eq!(table_exists("pt"), Ok(true));
+        assert_eq!(table_exists("nope"), Ok(false));
+        let mut sets = chain_lookups("pt", "input").unwrap();
+        sets.sort();
+        assert_eq!(sets, vec!["a4".to_string(), "n6".to_string()]);
+        assert_eq!(chain_lookups("pt", "nochain"), Ok(vec![]));
+        assert_eq!(chain_lookups("nope", "input"), Ok(vec![]));
+    })
+    .join()
+    .unwrap();
 }

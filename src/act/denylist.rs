@@ -186,10 +186,10 @@ impl Action for DenylistAction {
         }
     }
 
-    fn reconcile(&self, active: &[Ban]) -> Result<(), String> {
+    fn reconcile(&self, active: &[&Ban]) -> Result<(), String> {
         let mut keys = self.keys.lock().map_err(|_| "denylist state poisoned")?;
         keys.clear();
-        let adds: Vec<Change> = active.iter().cloned().map(Change::Add).collect();
+        let adds: Vec<Change> = active.iter().map(|b| Change::Add((*b).clone())).collect();
         let refused = self.fold(&mut keys, &adds);
         self.write_and_reload(&keys)?;
         if refused.is_empty() {

@@ -114,7 +114,7 @@ impl Action for EmailAction {
     }
 
     /// Bans re-applied at start were mailed when they happened.
-    fn reconcile(&self, _active: &[crate::decide::Ban]) -> Result<(), String> {
+    fn reconcile(&self, _active: &[&crate::decide::Ban]) -> Result<(), String> {
         let _ = &self.config;
         Ok(())
     }

@@ -11,6 +11,7 @@ pub mod denylist;
 pub mod email;
 mod exec;
 pub mod firewall;
+pub mod nft_netlink;
 pub mod supervise;
 pub mod webhook;
 
@@ -47,8 +48,8 @@ pub trait Action: Send + Sync {
         Ok(())
     }
     /// At start (and reload): makes the world hold exactly `active`, in one batch.
-    fn reconcile(&self, active: &[Ban]) -> Result<(), String> {
-        let adds: Vec<Change> = active.iter().cloned().map(Change::Add).collect();
+    fn reconcile(&self, active: &[&Ban]) -> Result<(), String> {
+        let adds: Vec<Change> = active.iter().map(|b| Change::Add((*b).clone())).collect();
         if adds.is_empty() {
             Ok(())
         } else {
@@ -99,7 +100,7 @@ impl Action for LogAction {
     }
 
     /// At start, one line: the bans were logged when they began.
-    fn reconcile(&self, active: &[Ban]) -> Result<(), String> {
+    fn reconcile(&self, active: &[&Ban]) -> Result<(), String> {
         if !active.is_empty() {
             tracing::info!(bans = active.len(), "active bans restored");
         }
@@ -165,12 +166,15 @@ pub struct Outcome {
 }
 
 /// Splits bans into those `action` can express and those it refuses.
-pub fn split_refused(action: &dyn Action, bans: &[Ban]) -> (Vec<Ban>, Vec<Refusal>) {
-    let mut ok = Vec::with_capacity(bans.len());
+pub fn split_refused<'a>(
+    action: &dyn Action,
+    bans: impl IntoIterator<Item = &'a Ban>,
+) -> (Vec<&'a Ban>, Vec<Refusal>) {
+    let mut ok = Vec::new();
     let mut refused = Vec::new();
     for b in bans {
         match action.refuses(b) {
-            None => ok.push(b.clone()),
+            None => ok.push(b),
             Some(reason) => refused.push(Refusal {
                 target: b.target.clone(),
                 incident: b.incident.clone(),
@@ -181,11 +185,26 @@ pub fn split_refused(action: &dyn Action, bans: &[Ban]) -> (Vec<Ban>, Vec<Refusa
     (ok, refused)
 }
 
+/// The bans a reconcile makes an action hold: those of `all` whose jail is
+/// one of `jails`. `all` is shared, so a million restored bans are not copied
+/// once per action on the engine thread; each worker picks its own.
+pub struct Holding {
+    pub all: Arc<[Ban]>,
+    pub jails: Vec<String>,
+}
+
+impl Holding {
+    pub fn bans(&self) -> impl Iterator<Item = &Ban> {
+        self.all.iter().filter(|b| self.jails.contains(&b.jail))
+    }
+}
+
 /// Work for an action's worker thread.
 enum Job {
     Batch(Vec<Change>),
-    /// Make the world hold exactly these bans (a repair after a failure).
-    Reconcile(Vec<Ban>),
+    /// Make the world hold exactly these bans (at start and reload, and as a
+    /// repair after a failure).
+    Reconcile(Holding),
     /// Check that enforcement is still in place.
     Verify,
 }
@@ -218,12 +237,22 @@ fn run_job(action: &dyn Action, job: Job) -> Outcome {
             reconcile: false,
             verify: true,
         },
-        Job::Reconcile(bans) => {
-            let (ok, refused) = split_refused(action, &bans);
+        Job::Reconcile(holding) => {
+            let (ok, refused) = split_refused(action, holding.bans());
+            let t = std::time::Instant::now();
+            let result = action.reconcile(&ok);
+            if result.is_ok() && !ok.is_empty() {
+                tracing::info!(
+                    action = action.name(),
+                    bans = ok.len(),
+                    elapsed_ms = t.elapsed().as_millis() as u64,
+                    "re-applied active bans"
+                );
+            }
             Outcome {
                 action: action.name().to_string(),
                 changes: ok.len(),
-                result: action.reconcile(&ok),
+                result,
                 incidents: Vec::new(),
                 refused,
                 reconcile: true,
@@ -361,9 +390,9 @@ impl Dispatcher {
     }
 
     /// Asks `action` to reconcile with `bans` (a repair), off the engine thread.
-    pub fn reconcile(&self, action: &str, bans: Vec<Ban>) {
+    pub fn reconcile(&self, action: &str, holding: Holding) {
         if let Some(w) = self.workers.get(action)
-            && w.send(Job::Reconcile(bans)).is_err()
+            && w.send(Job::Reconcile(holding)).is_err()
         {
             tracing::error!(action, "action worker is gone; cannot repair");
         }

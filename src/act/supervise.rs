@@ -37,6 +37,9 @@ pub struct ActionHealth {
     /// deleted table) and repaired; and when (unix seconds) the last was.
     pub drifts: u64,
     pub last_drift: Option<i64>,
+    /// Active bans being re-applied (at start or reload), until that
+    /// reconcile reports; `None` otherwise.
+    pub restoring: Option<usize>,
     #[serde(skip)]
     next_retry: Option<Instant>,
     #[serde(skip)]
@@ -68,6 +71,14 @@ impl Supervisor {
     /// Forgets actions no longer configured (after a reload).
     pub fn retain(&mut self, names: &[&str]) {
         self.actions.retain(|n, _| names.contains(&n.as_str()));
+    }
+
+    /// An action was asked to re-apply `bans` active bans (start, reload).
+    pub fn restoring(&mut self, action: &str, bans: usize) {
+        self.actions
+            .entry(action.to_string())
+            .or_default()
+            .restoring = Some(bans);
     }
 
     /// An action's first reconcile failed (at start or reload).
@@ -103,6 +114,9 @@ impl Supervisor {
                 Self::drift(&o.action, h, e);
             }
             return;
+        }
+        if o.reconcile {
+            h.restoring = None;
         }
         if let Some(r) = o.refused.last() {
             h.refused_targets += o.refused.len() as u64;

@@ -251,7 +251,7 @@ impl Action for WebhookAction {
     }
 
     /// Bans re-applied at start were sent when they happened; the queue resumes on its own.
-    fn reconcile(&self, _active: &[crate::decide::Ban]) -> Result<(), String> {
+    fn reconcile(&self, _active: &[&crate::decide::Ban]) -> Result<(), String> {
         Ok(())
     }
 }

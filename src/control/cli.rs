@@ -145,6 +145,12 @@ pub fn status(data: &Value, one: bool) -> String {
         );
     }
     for (name, a) in data["actions"].as_object().into_iter().flatten() {
+        if let Some(n) = a["restoring"].as_u64() {
+            let _ = writeln!(
+                out,
+                "action {name}: re-applying {n} active ban(s) (start or reload), not all enforced yet"
+            );
+        }
         if let Some(since) = a["failing_since"].as_i64() {
             let _ = writeln!(
                 out,

@@ -5,42 +5,35 @@
 
 use super::engine::{Msg, now_secs};
 use crate::act::supervise::Supervisor;
-use crate::act::{Action, Dispatcher, ExecAction, LogAction, Outcome, split_refused};
+use crate::act::{Action, Dispatcher, ExecAction, Holding, LogAction, Outcome};
 use crate::config::{ActionConfig, Config};
 use crate::decide::{Ban, Ledger};
 use crate::state::Store;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
-use std::time::Instant;
 
-/// The active bans whose jail uses action `name`.
-pub(super) fn bans_for_action<'a>(
-    config: &Config,
-    active: impl Iterator<Item = &'a Ban>,
-    name: &str,
-) -> Vec<Ban> {
-    active
-        .filter(|b| {
-            config
-                .jails
-                .iter()
-                .any(|j| j.spec.name == b.jail && j.actions.iter().any(|a| a == name))
-        })
-        .cloned()
+/// The jails that use action `name`.
+pub(super) fn jails_using(config: &Config, name: &str) -> Vec<String> {
+    config
+        .jails
+        .iter()
+        .filter(|j| j.actions.iter().any(|a| a == name))
+        .map(|j| j.spec.name.clone())
         .collect()
 }
 
 /// Builds every action, checks each can work here (a missing program is a
-/// clear error at start, like a config mistake), and reconciles it with the
-/// active bans of the jails that use it (one batch each). A reconcile that
-/// fails (nginx not up yet at boot) is not fatal: the supervisor retries it
-/// with backoff while detection and the other actions run. Bans an action
-/// cannot express are skipped by that action only.
+/// clear error at start, like a config mistake), and has it reconcile with
+/// the active bans of the jails that use it (one batch each, on the action's
+/// own worker). A reconcile that fails (nginx not up yet at boot) is not
+/// fatal: the supervisor retries it with backoff while detection and the
+/// other actions run. Bans an action cannot express are skipped by that
+/// action only.
 pub(super) fn build_actions(
     config: &Config,
     tx: &Sender<Msg>,
-    active: &[Ban],
+    active: Arc<[Ban]>,
     store: &Arc<Store>,
     supervisor: &mut Supervisor,
     skip_reconcile: &[String],
@@ -80,59 +73,29 @@ pub(super) fn build_actions(
             .check()
             .map_err(|e| format!("action `{name}`: {e}"))?;
     }
-    for (name, action) in &actions {
-        if skip_reconcile.contains(name) {
-            continue;
-        }
-        let mine = bans_for_action(config, active.iter(), name);
-        let (mine, refused) = split_refused(action.as_ref(), &mine);
-        if let Some(last) = refused.last() {
-            tracing::warn!(
-                action = name,
-                refused = refused.len(),
-                last = %last.target,
-                reason = last.reason,
-                "active bans this action cannot express are skipped by it"
-            );
-            supervisor.refused(
-                name,
-                refused.len(),
-                &format!("{}: {}", last.target, last.reason),
-            );
-        }
-        let t = Instant::now();
-        match action.reconcile(&mine) {
-            Ok(()) => {
-                supervisor.reconciled(name);
-                if !mine.is_empty() {
-                    tracing::info!(
-                        action = name,
-                        bans = mine.len(),
-                        elapsed_ms = t.elapsed().as_millis() as u64,
-                        "re-applied active bans"
-                    );
-                }
-            }
-            Err(e) => {
-                tracing::error!(
-                    action = name,
-                    bans = mine.len(),
-                    "action failed to re-apply active bans; retrying with backoff while \
-                     detection and the other actions run: {}",
-                    one_line(&e)
-                );
-                supervisor.reconcile_failed(name, e);
-            }
-        }
-    }
-    let names: Vec<&str> = actions.keys().map(String::as_str).collect();
-    supervisor.retain(&names);
+    let names: Vec<String> = actions.keys().cloned().collect();
+    supervisor.retain(&names.iter().map(String::as_str).collect::<Vec<_>>());
     let all: Vec<Arc<dyn Action>> = actions.values().cloned().collect();
     let tx = std::sync::Mutex::new(tx.clone());
     let report = Arc::new(move |o: Outcome| {
         let _ = tx.lock().map(|t| t.send(Msg::ActionDone(o)));
     });
-    Ok((Dispatcher::new(actions, report), all))
+    let dispatcher = Dispatcher::new(actions, report);
+    // The re-apply runs on each action's worker, so the control socket
+    // answers while a million bans load into the kernel; decisions made
+    // meanwhile queue behind it.
+    for name in &names {
+        if skip_reconcile.contains(name) {
+            continue;
+        }
+        let holding = Holding {
+            all: active.clone(),
+            jails: jails_using(config, name),
+        };
+        supervisor.restoring(name, holding.bans().count());
+        dispatcher.reconcile(name, holding);
+    }
+    Ok((dispatcher, all))
 }
 
 /// Reads back what the kernel enforces (the firewall action) into the

@@ -2,9 +2,9 @@
 //! ledger, store) and runs the loop. Nothing on the hot path takes a lock;
 //! the control socket, inotify and actions reach it through one channel.
 
-use super::actions::{adopt_enforced, bans_for_action, build_actions, one_line};
+use super::actions::{adopt_enforced, build_actions, jails_using, one_line};
 use crate::act::supervise::Supervisor;
-use crate::act::{Action, Change, Dispatcher, Outcome};
+use crate::act::{Action, Change, Dispatcher, Holding, Outcome};
 use crate::config::{Config, ConfigFiles, JailEntry};
 use crate::control::server::Envelope;
 use crate::control::{Request, Response};
@@ -149,11 +149,7 @@ impl Engine {
             config.main.max_bans_per_minute.unwrap_or(300),
         );
         let t = Instant::now();
-        let bans: Vec<Ban> = store
-            .load(Table::Bans)?
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect();
+        let bans: Vec<(String, Ban)> = store.load(Table::Bans)?;
         let offences: Vec<(String, u32)> = store.load(Table::Offences)?;
         let mut active = ledger.restore(bans, offences, now_secs());
         // A new store knows no bans, but the kernel may hold many: adopt
@@ -174,7 +170,7 @@ impl Engine {
         let (dispatcher, actions) = build_actions(
             &config,
             &tx,
-            &active,
+            active.into(),
             &store,
             &mut supervisor,
             &skip_reconcile,
@@ -570,14 +566,21 @@ impl Engine {
         }
         self.persist(Vec::new());
         self.dispatch(&changes);
-        for name in self.supervisor.due(Instant::now()) {
-            let bans = bans_for_action(&self.config, self.ledger.bans(), &name);
-            tracing::info!(
-                action = name,
-                bans = bans.len(),
-                "retrying a failing action"
-            );
-            self.dispatcher.reconcile(&name, bans);
+        let due = self.supervisor.due(Instant::now());
+        if !due.is_empty() {
+            let all: Arc<[Ban]> = self.ledger.bans().cloned().collect();
+            for name in due {
+                let holding = Holding {
+                    all: all.clone(),
+                    jails: jails_using(&self.config, &name),
+                };
+                tracing::info!(
+                    action = name,
+                    bans = holding.bans().count(),
+                    "retrying a failing action"
+                );
+                self.dispatcher.reconcile(&name, holding);
+            }
         }
     }
 
@@ -736,13 +739,26 @@ impl Engine {
             };
             self.update_incidents(&ids, |inc| inc.actions.push(record.clone()));
         }
-        for r in &o.refused {
-            tracing::warn!(
-                action = o.action,
-                target = %r.target,
-                "target refused by this action (skipped; other actions and detection go on): {}",
-                r.reason
-            );
+        if o.reconcile {
+            // A re-apply may skip thousands: one line for all of them.
+            if let Some(last) = o.refused.last() {
+                tracing::warn!(
+                    action = o.action,
+                    refused = o.refused.len(),
+                    last = %last.target,
+                    "active bans this action cannot express are skipped by it: {}",
+                    last.reason
+                );
+            }
+        } else {
+            for r in &o.refused {
+                tracing::warn!(
+                    action = o.action,
+                    target = %r.target,
+                    "target refused by this action (skipped; other actions and detection go on): {}",
+                    r.reason
+                );
+            }
         }
         let refused_at: Vec<(String, String)> = o
             .refused
@@ -786,11 +802,11 @@ impl Engine {
                 .join("\n")
         })?;
         let jails = select_jails(&config, &[])?;
-        let active: Vec<Ban> = self.ledger.bans().cloned().collect();
+        let active: Arc<[Ban]> = self.ledger.bans().cloned().collect();
         let (dispatcher, actions) = build_actions(
             &config,
             &self.tx,
-            &active,
+            active,
             &self.store,
             &mut self.supervisor,
             &[],

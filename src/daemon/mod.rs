@@ -75,7 +75,8 @@ pub fn run(config_dir: Option<PathBuf>, config: Config, recover: bool) -> Result
             .map_err(|e| format!("cannot start the control thread: {e}"))?;
     }
     tracing::info!(socket = %socket.display(), "portcullis running");
-    // Sources are open and the firewall is reconciled (Engine::start).
+    // Sources are open and the engine answers; active bans are being
+    // re-applied on the action workers (`status` shows `restoring` until done).
     notify::notify("READY=1\nSTATUS=running");
 
     rt.block_on(async move {

@@ -135,18 +135,32 @@ impl Ledger {
         self.cap_per_minute = cap_per_minute.max(1);
     }
 
-    /// Loads persisted bans and offence counts; expired bans are dropped (and
-    /// deleted from the store). Returns the active bans, to re-apply in one batch.
-    pub fn restore(&mut self, bans: Vec<Ban>, offences: Vec<(String, u32)>, now: i64) -> Vec<Ban> {
+    /// Loads persisted bans (with their store keys, [`Ban::key`]) and offence
+    /// counts; expired bans are dropped (and deleted from the store). Returns
+    /// the active bans, to re-apply in one batch.
+    pub fn restore(
+        &mut self,
+        bans: Vec<(String, Ban)>,
+        offences: Vec<(String, u32)>,
+        now: i64,
+    ) -> Vec<Ban> {
         self.offences.extend(offences);
-        let mut active = Vec::new();
-        for ban in bans {
+        let mut active = Vec::with_capacity(bans.len());
+        let mut kept = Vec::with_capacity(bans.len());
+        for (key, ban) in bans {
             if ban.expires.is_some_and(|e| e <= now) {
-                self.writes.push(Write::Delete(Table::Bans, ban.key()));
+                self.writes.push(Write::Delete(Table::Bans, key));
             } else {
                 active.push(ban.clone());
-                self.bans.insert(ban.key(), ban);
+                kept.push((key, ban));
             }
+        }
+        // The store yields keys in order, and a map built from sorted
+        // entries is built in one pass (a million bans: no rebalancing).
+        if self.bans.is_empty() {
+            self.bans = kept.into_iter().collect();
+        } else {
+            self.bans.extend(kept);
         }
         active
     }

@@ -139,7 +139,14 @@ fn unban_by_cidr_and_jail_and_restore() {
     expired.target = Target::parse("203.0.113.1").unwrap();
     expired.expires = Some(5);
     let mut r = ledger();
-    let active = r.restore(vec![remaining[0].clone(), expired], vec![], 10);
+    let active = r.restore(
+        vec![
+            (remaining[0].key(), remaining[0].clone()),
+            (expired.key(), expired),
+        ],
+        vec![],
+        10,
+    );
     assert_eq!(active, remaining);
     assert_eq!(
         r.take_writes().len(),

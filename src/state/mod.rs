@@ -389,25 +389,58 @@ impl Store {
 
     /// Every record of a table. Records that no longer decode are skipped
     /// with a warning rather than stopping the daemon.
-    pub fn load<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, String> {
+    pub fn load<T: DeserializeOwned + Send>(
+        &self,
+        table: Table,
+    ) -> Result<Vec<(String, T)>, String> {
         self.with_db(|db| Store::load_inner(db, table))
     }
 
-    fn load_inner<T: DeserializeOwned>(
+    /// Every record of `table`. The rows are read in one pass and decoded on
+    /// every core when there are many (a million bans at start).
+    fn load_inner<T: DeserializeOwned + Send>(
         db: &Database,
         table: Table,
     ) -> Result<Vec<(String, T)>, String> {
         let tx = db.begin_read().map_err(err)?;
         let t = tx.open_table(table.def()).map_err(err)?;
-        let mut out = Vec::new();
+        let mut rows: Vec<(String, Vec<u8>)> = Vec::new();
         for row in t.iter().map_err(err)? {
             let (k, v) = row.map_err(err)?;
-            match serde_json::from_slice(v.value()) {
-                Ok(rec) => out.push((k.value().to_string(), rec)),
-                Err(e) => tracing::warn!(key = k.value(), "skipping unreadable state record: {e}"),
-            }
+            rows.push((k.value().to_string(), v.value().to_vec()));
         }
-        Ok(out)
+        let decode = |rows: Vec<(String, Vec<u8>)>| -> Vec<(String, T)> {
+            rows.into_iter()
+                .filter_map(|(k, v)| match serde_json::from_slice(&v) {
+                    Ok(rec) => Some((k, rec)),
+                    Err(e) => {
+                        tracing::warn!(key = k, "skipping unreadable state record: {e}");
+                        None
+                    }
+                })
+                .collect()
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        if cores < 2 || rows.len() < 20_000 {
+            return Ok(decode(rows));
+        }
+        let per = rows.len().div_ceil(cores);
+        let mut parts = Vec::new();
+        while rows.len() > per {
+            parts.push(rows.split_off(rows.len() - per));
+        }
+        parts.push(rows);
+        parts.reverse();
+        Ok(std::thread::scope(|scope| {
+            let running: Vec<_> = parts
+                .into_iter()
+                .map(|part| scope.spawn(move || decode(part)))
+                .collect();
+            running
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        }))
     }
 }
 
