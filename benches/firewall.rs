@@ -1,7 +1,11 @@
-//! Time for 10,000 distinct addresses crossing their thresholds at once to be
-//! in the nftables set: the real daemon in a network namespace made here,
-//! 10,000 attack lines appended in one write, `nft` polled until the set holds
-//! them all. Needs root and nft. `cargo bench --bench firewall`.
+//! The real daemon in a network namespace made here, with the `firewall`
+//! action. Needs root and nft. `cargo bench --bench firewall`.
+//!
+//! 1. 10,000 distinct addresses crossing their thresholds at once (one write
+//!    of 10,000 attack lines): time until the nftables set holds them all.
+//! 2. Latency, 300 trials: append of one threshold line -> its address is an
+//!    element of the set (looked up over netlink every 50 µs from inside the
+//!    namespace), p50 / p99.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -115,8 +119,49 @@ fn main() {
         "10,000 distinct addresses over threshold at once: all in the nft set after {:.0} ms (poll resolution ~ms)",
         elapsed.as_secs_f64() * 1e3
     );
+    latency(&ns, &dir);
     let _ = daemon.kill();
     let _ = daemon.wait();
     let _ = Command::new("ip").args(["netns", "del", &ns]).status();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Append of the threshold line -> element in the kernel set, 300 trials.
+fn latency(ns: &str, dir: &std::path::Path) {
+    // This thread joins the namespace to look elements up over netlink.
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("logs/access.log"))
+        .unwrap();
+    let mut samples = Vec::new();
+    for i in 0..300u32 {
+        let ip = std::net::Ipv4Addr::from(0xcb00_7100 + i);
+        let net = ipnet::IpNet::from(std::net::IpAddr::V4(ip));
+        let line = format!(
+            "{ip} - - [22/Nov/2026:08:00:00 +0000] \"POST /login HTTP/1.1\" 401 0 \"-\" \"b\"\n"
+        );
+        let t = Instant::now();
+        log.write_all(line.as_bytes()).unwrap();
+        while !portcullis::act::nft_netlink::has_element("portcullis", "addr4", &net).unwrap() {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{ip} not in the set within 5 s"
+            );
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        samples.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    println!(
+        "latency (append threshold line -> element in the nft set), {} trials: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        samples.len(),
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        samples.last().unwrap().as_secs_f64() * 1e3
+    );
 }

@@ -372,9 +372,25 @@ pub struct NftablesBackend {
     remove_on_stop: bool,
     allow: Vec<IpNet>,
     holders: Mutex<Holders>,
+    /// libnftables, when installed (see [`super::libnft`]); `nft` otherwise.
+    lib: Mutex<Option<super::libnft::Context>>,
 }
 
 impl NftablesBackend {
+    /// Runs a script as one transaction: in-process through libnftables
+    /// when it is installed, else with the `nft` program.
+    fn nft(&self, script: &str) -> Result<(), String> {
+        if let Ok(mut lib) = self.lib.lock() {
+            if lib.is_none() {
+                *lib = super::libnft::Context::new();
+            }
+            if let Some(ctx) = lib.as_mut() {
+                return ctx.run(script);
+            }
+        }
+        run("nft", &["-f", "-"], script)
+    }
+
     pub fn new(cfg: &FirewallConfig, allow: &NetSet) -> NftablesBackend {
         NftablesBackend {
             table: cfg.table.clone().unwrap_or_else(|| "portcullis".into()),
@@ -384,6 +400,7 @@ impl NftablesBackend {
             remove_on_stop: cfg.remove_on_stop,
             allow: allow.nets().to_vec(),
             holders: Mutex::new(Holders::default()),
+            lib: Mutex::new(None),
         }
     }
 
@@ -502,14 +519,14 @@ impl NftablesBackend {
         if ops.is_empty() {
             return Ok(());
         }
-        if run("nft", &["-f", "-"], &self.script(ops)).is_ok() {
+        if self.nft(&self.script(ops)).is_ok() {
             return Ok(());
         }
         // One bad element must not block the rest: retry one by one.
         let errors: Vec<String> = ops
             .iter()
             .filter_map(|op| {
-                run("nft", &["-f", "-"], &self.script(std::slice::from_ref(op)))
+                self.nft(&self.script(std::slice::from_ref(op)))
                     .err()
                     .map(|e| format!("{}: {e}", op.0))
             })
@@ -645,9 +662,9 @@ impl Action for NftablesBackend {
         let gone = !super::nft_netlink::table_exists(t).unwrap_or(true);
         if !gone || parallel < 2 || ops.len() < PARALLEL_FROM {
             s.push_str(&self.script(&ops));
-            return run("nft", &["-f", "-"], &s);
+            return self.nft(&s);
         }
-        run("nft", &["-f", "-"], &s)?;
+        self.nft(&s)?;
         let parts = ops.chunks(ops.len().div_ceil(parallel));
         let errors: Vec<String> = std::thread::scope(|scope| {
             let running: Vec<_> = parts

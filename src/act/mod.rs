@@ -11,6 +11,7 @@ pub mod denylist;
 pub mod email;
 mod exec;
 pub mod firewall;
+mod libnft;
 pub mod nft_netlink;
 pub mod supervise;
 pub mod webhook;
