@@ -83,9 +83,8 @@ pub struct Engine {
     new_incidents: u64,
     /// Store writes waiting for the next `persist`.
     pending: Vec<Write>,
-    /// Since when (unix seconds) writes have been waiting because the store
-    /// refused them: the store counts as failing until all are written.
-    unsaved_since: Option<i64>,
+    /// Commits store writes off this thread (see `state::Writer`).
+    writer: crate::state::Writer,
     latency: prometheus_client::metrics::histogram::Histogram,
     /// When the line behind each not-yet-enforced incident was read.
     read_at: HashMap<String, Instant>,
@@ -176,7 +175,9 @@ impl Engine {
             &skip_reconcile,
         )?;
         let jails = select_jails(&config, &[])?;
+        let writer = crate::state::Writer::new(Arc::clone(&store));
         let mut engine = Engine {
+            writer,
             config_dir,
             pipeline: Pipeline::new(&config, jails),
             config,
@@ -192,7 +193,6 @@ impl Engine {
             last_held_alert: None,
             new_incidents: 0,
             pending: Vec::new(),
-            unsaved_since: None,
             latency: super::metrics::latency_histogram(),
             read_at: HashMap::new(),
             poll_started: Instant::now(),
@@ -298,23 +298,12 @@ impl Engine {
     /// refused (a full disk): the writes are then kept, oldest first, and
     /// retried with the next persist (every second at least), so nothing
     /// decided is lost once the store works again. The store logs and counts.
-    fn persist(&mut self, extra: Vec<Write>) -> bool {
+    /// Hands the writes made so far to the store writer (never blocks).
+    fn persist(&mut self, extra: Vec<Write>) {
         let mut writes = std::mem::take(&mut self.pending);
         writes.append(&mut self.ledger.take_writes());
         writes.extend(extra);
-        if writes.is_empty() {
-            return true;
-        }
-        if self.store.apply(&writes).is_ok() {
-            self.unsaved_since = None;
-            return true;
-        }
-        self.unsaved_since.get_or_insert_with(now_secs);
-        if writes.len() > 10_000 {
-            writes = crate::state::latest_only(writes);
-        }
-        self.pending = writes;
-        false
+        self.writer.submit(writes);
     }
 
     fn handle_decisions(&mut self) {
@@ -672,6 +661,13 @@ impl Engine {
         self.poll_files();
         let p = self.positions();
         self.persist(p);
+        if !self.writer.flush() {
+            tracing::error!(
+                unsaved = self.writer.unsaved(),
+                "stopping with state writes the store refused; bans stay in the kernel and \
+                 the logs are read again from the last saved position"
+            );
+        }
         for a in &self.actions {
             a.shutdown();
         }
@@ -693,14 +689,12 @@ impl Engine {
     fn update_incidents(&mut self, ids: &[String], edit: impl Fn(&mut Incident)) {
         let mut writes = Vec::new();
         for id in ids {
-            if let Ok(Some(mut inc)) = self.store.get::<Incident>(Table::Incidents, id) {
+            if let Ok(Some(mut inc)) = self.writer.get::<Incident>(Table::Incidents, id) {
                 edit(&mut inc);
                 writes.push(Write::put(Table::Incidents, id.clone(), &inc));
             }
         }
-        if let Err(e) = self.store.apply(&writes) {
-            tracing::error!("cannot update incidents: {e}");
-        }
+        self.writer.submit(writes);
     }
 
     fn resolve(&mut self, bans: &[Ban], how: &str) {
@@ -947,8 +941,9 @@ impl Engine {
                             f.publish("ban", &ban.jail, &ban.target, ban.expires, ban.count);
                         }
                         self.record_incident(&incident);
-                        let saved = self.persist(Vec::new());
                         self.dispatch(&[Change::Add(ban.clone())]);
+                        self.persist(Vec::new());
+                        let saved = self.writer.flush();
                         let mut v = json!(ban);
                         // The caller must know when a restart would lose it.
                         v["persisted"] = json!(saved);
@@ -972,6 +967,8 @@ impl Engine {
                     Some(Err(e)) => return Response::err(e),
                     None => 0,
                 };
+                // Queued writes first, so the list is current.
+                self.writer.flush();
                 match self.store.load::<Incident>(Table::Incidents) {
                     Ok(all) => {
                         let mut list: Vec<Incident> = all
@@ -985,7 +982,7 @@ impl Engine {
                     Err(e) => Response::err(e),
                 }
             }
-            Request::Incident { id } => match self.store.get::<Incident>(Table::Incidents, &id) {
+            Request::Incident { id } => match self.writer.get::<Incident>(Table::Incidents, &id) {
                 Ok(Some(i)) => Response::ok(json!(i)),
                 Ok(None) => Response::err(format!("no incident `{id}`")),
                 Err(e) => Response::err(e),
@@ -1033,7 +1030,7 @@ impl Engine {
         }
         let store = self.store.health();
         m.store_errors.inc_by(store.errors);
-        m.store_unsaved.set(self.pending.len() as i64);
+        m.store_unsaved.set(self.writer.unsaved() as i64);
         let ledger = self.ledger.stats();
         m.active_bans.set(ledger.active as i64);
         m.held.set(ledger.held as i64);
@@ -1108,8 +1105,8 @@ impl Engine {
             "fleet": self.fleet.as_ref().map(|f| f.status()),
             "store": {
                 "health": self.store.health(),
-                "unsaved_writes": self.pending.len(),
-                "failing_since": self.unsaved_since,
+                "unsaved_writes": self.writer.unsaved(),
+                "failing_since": self.writer.failing_since(),
             },
         }))
     }

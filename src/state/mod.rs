@@ -7,6 +7,9 @@
 //! its records evolve by adding fields.
 
 pub mod incidents;
+mod writer;
+
+pub use writer::Writer;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
@@ -19,7 +22,7 @@ const INCIDENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("incidents"
 const WEBHOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhook_queue");
 
 /// Which table a write goes to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
     Bans,
     Positions,
