@@ -137,6 +137,10 @@ enum Command {
         /// JSON lines: one per decision, then a summary.
         #[arg(long)]
         json: bool,
+        /// Threads to use (default: every core): one feeds the jails in log
+        /// order, the others parse. The decisions do not depend on it.
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
         /// Log files; `-` reads stdin.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
@@ -407,6 +411,7 @@ fn main() -> ExitCode {
             format,
             wrap,
             json,
+            threads,
             files,
         } => {
             let config = match load_config(&config) {
@@ -421,7 +426,7 @@ fn main() -> ExitCode {
                 format,
                 wrap,
             };
-            match run_replay(&config, &sel, &files, json) {
+            match run_replay(&config, &sel, &files, json, threads) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis: {e}");
@@ -437,8 +442,12 @@ fn run_replay(
     sel: &Selection,
     files: &[PathBuf],
     json: bool,
+    threads: Option<usize>,
 ) -> Result<(), String> {
     let mut replay = Replay::new(config, sel)?;
+    if let Some(n) = threads {
+        replay.set_threads(n);
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for path in files {

@@ -75,6 +75,8 @@ impl ParseStats {
 struct Group {
     format: String,
     wrap: Wrap,
+    /// The format as configured: what a [`ParseKit`] compiles again.
+    spec: FormatSpec,
     parser: LineParser,
     jails: Vec<usize>,
     event: Event,
@@ -200,6 +202,64 @@ impl Source {
     }
 }
 
+/// What a thread needs to parse one source's lines as its [`Pipeline`] does
+/// (`portcullis replay` parses on every core and detects in log order).
+#[derive(Clone)]
+pub struct ParseKit {
+    specs: Vec<FormatSpec>,
+    wanted: Wanted,
+    trusted: crate::parse::addr::NetSet,
+    max_line: usize,
+}
+
+/// One line parsed by a [`ParseKit`] parser, for one format group.
+pub struct Preparsed {
+    pub result: Result<Outcome, crate::parse::ParseError>,
+    pub event: Event,
+}
+
+impl ParseKit {
+    /// One parser per format group, in group order.
+    pub fn parsers(&self) -> Vec<LineParser> {
+        self.specs
+            .iter()
+            .map(|spec| {
+                let format = spec
+                    .compile(&self.wanted)
+                    .expect("compiled once already, by the pipeline");
+                LineParser::new(format, Wrap::None, self.trusted.clone(), self.max_line)
+            })
+            .collect()
+    }
+
+    /// An empty entry per group: storage for one line.
+    pub fn slot(&self) -> Vec<Preparsed> {
+        self.specs
+            .iter()
+            .map(|_| Preparsed {
+                result: Ok(Outcome::Pending),
+                event: Event::new(&self.wanted),
+            })
+            .collect()
+    }
+
+    /// Parses one line (as [`Pipeline::line`] would) into `out` (one entry
+    /// per group).
+    pub fn parse(parsers: &mut [LineParser], bytes: &[u8], out: &mut [Preparsed]) {
+        let lossy;
+        let text = match std::str::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(_) => {
+                lossy = String::from_utf8_lossy(bytes);
+                &lossy
+            }
+        };
+        for (p, o) in parsers.iter_mut().zip(out) {
+            o.result = p.parse(text, &mut o.event);
+        }
+    }
+}
+
 /// Parsers and jails over any number of sources.
 pub struct Pipeline {
     pub detector: Detector,
@@ -316,6 +376,7 @@ impl Pipeline {
                 .compile(&self.wanted)
                 .map_err(|e| format!("format `{format}`: {e}"))?;
             groups.push(Group {
+                spec: spec.clone(),
                 parser: LineParser::new(compiled, wrap, self.trusted.clone(), self.max_line),
                 format,
                 wrap,
@@ -346,6 +407,47 @@ impl Pipeline {
     /// [`Pipeline::line`] for a line of the current file (`old = false`) or
     /// of a rotated-away one, whose offsets are checkpointed apart.
     pub fn line_in(&mut self, source: u32, offset: u64, bytes: &[u8], warm: bool, old: bool) {
+        self.line_inner(source, offset, bytes, warm, old, None)
+    }
+
+    /// A kit for parsing `source`'s lines on other threads exactly as this
+    /// pipeline would, or `None` when its parsing carries state from line to
+    /// line (container records split over several lines).
+    pub fn parse_kit(&self, source: u32) -> Option<ParseKit> {
+        let src = self.sources.get(source as usize)?;
+        if src.groups.iter().any(|g| g.wrap != Wrap::None) {
+            return None;
+        }
+        Some(ParseKit {
+            specs: src.groups.iter().map(|g| g.spec.clone()).collect(),
+            wanted: self.wanted.clone(),
+            trusted: self.trusted.clone(),
+            max_line: self.max_line,
+        })
+    }
+
+    /// [`Pipeline::line`] for a line already parsed by a [`ParseKit`]'s
+    /// parsers: `pre` holds one entry per format group, in order. The events
+    /// are swapped in, so `pre` gets back buffers to reuse.
+    pub fn line_preparsed(
+        &mut self,
+        source: u32,
+        offset: u64,
+        bytes: &[u8],
+        pre: &mut [Preparsed],
+    ) {
+        self.line_inner(source, offset, bytes, false, false, Some(pre))
+    }
+
+    fn line_inner(
+        &mut self,
+        source: u32,
+        offset: u64,
+        bytes: &[u8],
+        warm: bool,
+        old: bool,
+        mut pre: Option<&mut [Preparsed]>,
+    ) {
         let lossy;
         let (text, bad_utf8) = match std::str::from_utf8(bytes) {
             Ok(s) => (s, false),
@@ -356,7 +458,7 @@ impl Pipeline {
         };
         let src = &mut self.sources[source as usize];
         let mut first_time = None;
-        for g in &mut src.groups {
+        for (gi, g) in src.groups.iter_mut().enumerate() {
             if warm {
                 // Counted in the run that first read it; only windows are rebuilt.
                 g.stats.warm += 1;
@@ -386,7 +488,14 @@ impl Pipeline {
                     .or_default()
                     .count += 1;
             }
-            match g.parser.parse(text, &mut g.event) {
+            let parsed = match pre.as_deref_mut().and_then(|p| p.get_mut(gi)) {
+                Some(p) => {
+                    std::mem::swap(&mut g.event, &mut p.event);
+                    p.result
+                }
+                None => g.parser.parse(text, &mut g.event),
+            };
+            match parsed {
                 Ok(Outcome::Event) => {
                     g.stats.parsed += 1;
                     if clamp_future(&mut g.event.time, src.newest, &mut self.clock_ms) {

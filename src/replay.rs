@@ -3,11 +3,13 @@
 use crate::config::Config;
 use crate::detect::{Decision, JailStats};
 use crate::parse::wrap::Wrap;
-use crate::pipeline::{ParseStats, Pipeline, select_jails};
+use crate::pipeline::{ParseKit, ParseStats, Pipeline, Preparsed, select_jails};
 use crate::watch::lines::{Line, LineSplitter};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
+use std::sync::{Arc, Mutex};
 
 /// Summary of a replay, printed at the end (or as the last JSON line).
 #[derive(Debug, Serialize)]
@@ -34,6 +36,97 @@ pub struct Replay {
     selection: Selection,
     bytes: u64,
     decision_count: u64,
+    /// Threads parsing lines (the detecting thread comes on top); 0 reads
+    /// single-threaded.
+    parsers: usize,
+}
+
+/// Lines per chunk handed to a parser thread.
+const CHUNK_LINES: usize = 4096;
+
+/// A run of complete lines, copied out of the input, for a parser thread.
+#[derive(Default)]
+struct Chunk {
+    data: Vec<u8>,
+    /// (offset in the source, start, end in `data`); `start == end ==
+    /// usize::MAX` for a line over the length cap.
+    lines: Vec<(u64, usize, usize)>,
+}
+
+/// A chunk back from a parser thread: its number, its lines, and per line
+/// one parsed entry per format group.
+type Parsed = (u64, Chunk, Vec<Preparsed>);
+
+/// A parser thread: takes chunks until the queue closes, parses every line.
+fn parse_chunks(
+    kit: &ParseKit,
+    groups: usize,
+    work: &Mutex<Receiver<(u64, Chunk)>>,
+    done: &Sender<Parsed>,
+    spare: &Mutex<Receiver<Vec<Preparsed>>>,
+) {
+    let mut parsers = kit.parsers();
+    loop {
+        let next = work.lock().ok().and_then(|rx| rx.recv().ok());
+        let Some((seq, chunk)) = next else { break };
+        // Entries come back from the detecting thread with their buffers.
+        let mut pre = spare
+            .lock()
+            .ok()
+            .and_then(|rx| rx.try_recv().ok())
+            .unwrap_or_default();
+        while pre.len() < chunk.lines.len() * groups {
+            pre.extend(kit.slot());
+        }
+        for (i, &(_, start, end)) in chunk.lines.iter().enumerate() {
+            if start != usize::MAX {
+                let out = &mut pre[i * groups..(i + 1) * groups];
+                ParseKit::parse(&mut parsers, &chunk.data[start..end], out);
+            }
+        }
+        if done.send((seq, chunk, pre)).is_err() {
+            break;
+        }
+    }
+}
+
+/// Puts parsed chunks back in log order and feeds them to the jails.
+struct InOrder {
+    source: u32,
+    groups: usize,
+    waiting: BTreeMap<u64, (Chunk, Vec<Preparsed>)>,
+    /// The chunk the jails need next.
+    next: u64,
+    spare_chunks: Vec<Chunk>,
+    spare_tx: Sender<Vec<Preparsed>>,
+}
+
+impl InOrder {
+    fn accept(&mut self, r: &mut Replay, emit: &mut impl FnMut(&Replay, Decision), p: Parsed) {
+        let (seq, chunk, pre) = p;
+        self.waiting.insert(seq, (chunk, pre));
+        let g = self.groups;
+        while let Some((mut chunk, mut pre)) = self.waiting.remove(&self.next) {
+            self.next += 1;
+            for (i, &(offset, start, end)) in chunk.lines.iter().enumerate() {
+                if start == usize::MAX {
+                    r.pipeline.too_long(self.source, offset);
+                } else {
+                    let (line, entries) = (&chunk.data[start..end], &mut pre[i * g..(i + 1) * g]);
+                    r.pipeline
+                        .line_preparsed(self.source, offset, line, entries);
+                }
+            }
+            for d in r.pipeline.take_decisions() {
+                r.decision_count += 1;
+                emit(r, d);
+            }
+            let _ = self.spare_tx.send(pre);
+            chunk.data.clear();
+            chunk.lines.clear();
+            self.spare_chunks.push(chunk);
+        }
+    }
 }
 
 impl Replay {
@@ -59,7 +152,15 @@ impl Replay {
             selection: sel.clone(),
             bytes: 0,
             decision_count: 0,
+            parsers: std::thread::available_parallelism().map_or(0, |n| n.get() - 1),
         })
+    }
+
+    /// Uses `threads` threads in all (one detects in log order, the others
+    /// parse); 1 reads everything on the calling thread. The decisions are
+    /// the same either way.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.parsers = threads.saturating_sub(1);
     }
 
     /// The name of source `id` (a file name, or `(stdin)`).
@@ -98,6 +199,11 @@ impl Replay {
         mut emit: impl FnMut(&Replay, Decision),
     ) -> Result<(), String> {
         let source = self.add_source(name)?;
+        if self.parsers > 0
+            && let Some(kit) = self.pipeline.parse_kit(source)
+        {
+            return self.read_parallel(source, name, kit, input, emit);
+        }
         let mut splitter = LineSplitter::new(self.pipeline.max_line(), 0);
         let mut buf = vec![0u8; 1 << 20];
         let mut eof = false;
@@ -128,6 +234,116 @@ impl Replay {
             }
         }
         Ok(())
+    }
+
+    /// [`Replay::read`] with lines parsed on `self.parsers` threads: this
+    /// thread reads and splits the input into chunks of lines, parser threads
+    /// turn each chunk into events, and this thread feeds the events to the
+    /// jails in log order, so decisions, counters and samples are exactly
+    /// those of a single-threaded read.
+    fn read_parallel(
+        &mut self,
+        source: u32,
+        name: &str,
+        kit: ParseKit,
+        mut input: impl Read,
+        mut emit: impl FnMut(&Replay, Decision),
+    ) -> Result<(), String> {
+        let groups = kit.slot().len();
+        let in_flight = 4 * self.parsers;
+        let (work_tx, work_rx) = sync_channel::<(u64, Chunk)>(in_flight);
+        let work_rx = Arc::new(Mutex::new(work_rx));
+        let (done_tx, done_rx) = channel::<Parsed>();
+        let (spare_tx, spare_rx) = channel::<Vec<Preparsed>>();
+        let spare_rx = Arc::new(Mutex::new(spare_rx));
+        std::thread::scope(|scope| {
+            // Owned here, so that any return closes the queue and the
+            // parser threads end before the scope waits for them.
+            let work_tx = work_tx;
+            for _ in 0..self.parsers {
+                let (work_rx, done_tx, spare_rx, kit) = (
+                    work_rx.clone(),
+                    done_tx.clone(),
+                    spare_rx.clone(),
+                    kit.clone(),
+                );
+                scope.spawn(move || parse_chunks(&kit, groups, &work_rx, &done_tx, &spare_rx));
+            }
+            drop(done_tx);
+            let mut order = InOrder {
+                source,
+                groups,
+                waiting: BTreeMap::new(),
+                next: 0,
+                spare_chunks: Vec::new(),
+                spare_tx,
+            };
+            let mut splitter = LineSplitter::new(self.pipeline.max_line(), 0);
+            let mut buf = vec![0u8; 1 << 20];
+            let mut chunk = Chunk::default();
+            let mut sent = 0u64;
+            let mut result = Ok(());
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        result = Err(format!("reading {name}: {e}"));
+                        break;
+                    }
+                };
+                self.bytes += n as u64;
+                let mut full: Vec<Chunk> = Vec::new();
+                let mut add = |line: Line| {
+                    match line {
+                        Line::Complete { bytes, offset } => {
+                            let start = chunk.data.len();
+                            chunk.data.extend_from_slice(bytes);
+                            chunk.lines.push((offset, start, chunk.data.len()));
+                        }
+                        Line::TooLong { offset } => {
+                            chunk.lines.push((offset, usize::MAX, usize::MAX))
+                        }
+                    }
+                    if chunk.lines.len() >= CHUNK_LINES {
+                        let fresh = order.spare_chunks.pop().unwrap_or_default();
+                        full.push(std::mem::replace(&mut chunk, fresh));
+                    }
+                };
+                if n == 0 {
+                    // A last line without a newline still counts in a replay.
+                    if splitter.pending() > 0 {
+                        splitter.push(b"\n", &mut add);
+                    }
+                    if !chunk.lines.is_empty() {
+                        full.push(std::mem::take(&mut chunk));
+                    }
+                } else {
+                    splitter.push(&buf[..n], &mut add);
+                }
+                for c in full {
+                    // At most `in_flight` chunks between reading and the
+                    // jails: memory stays bounded when parsing outpaces them.
+                    while sent - order.next >= in_flight as u64 {
+                        let r = done_rx.recv().map_err(|_| "a parser thread stopped")?;
+                        order.accept(self, &mut emit, r);
+                    }
+                    work_tx
+                        .send((sent, c))
+                        .map_err(|_| "the parser threads stopped")?;
+                    sent += 1;
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            drop(work_tx);
+            while order.next < sent {
+                let r = done_rx.recv().map_err(|_| "a parser thread stopped")?;
+                order.accept(self, &mut emit, r);
+            }
+            result
+        })
     }
 
     pub fn summary(&self) -> Summary {

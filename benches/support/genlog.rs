@@ -51,6 +51,18 @@ fn clf_time(epoch: u64) -> String {
 
 /// Writes `n` lines into `out`.
 pub fn generate(n: usize, out: &mut Vec<u8>) {
+    generate_as(n, out, false)
+}
+
+/// Writes `n` lines of the seed's `api_audit` format (combined, then
+/// `$request_length $request_time $upstream_response_time
+/// $http_x_api_key_id`): the same traffic, each ordinary client with its own
+/// key, and one key leaked to many addresses.
+pub fn generate_api_audit(n: usize, out: &mut Vec<u8>) {
+    generate_as(n, out, true)
+}
+
+fn generate_as(n: usize, out: &mut Vec<u8>, api_audit: bool) {
     use std::io::Write;
     let mut rng = Rng::new(0x5eed);
     let paths = [
@@ -135,10 +147,24 @@ pub fn generate(n: usize, out: &mut Vec<u8>) {
             }
         };
         let bytes = rng.below(20000);
-        writeln!(
+        write!(
             out,
             "{ip} - - [{time_str}] \"{method} {path} HTTP/1.1\" {status} {bytes} \"-\" \"{ua}\""
         )
         .unwrap();
+        if api_audit {
+            let rt = rng.below(900) + 10;
+            let key = match roll {
+                // 0.2%: one key leaked to many addresses, all accepted
+                29..=30 => "key_leaked".to_string(),
+                0..=28 => "-".to_string(),
+                _ => format!(
+                    "key_{:x}",
+                    ip.bytes().fold(7u32, |h, b| h.wrapping_mul(31) ^ b as u32)
+                ),
+            };
+            write!(out, " {} 0.{rt:03} 0.{rt:03} {key}", 200 + rng.below(800),).unwrap();
+        }
+        out.push(b'\n');
     }
 }

@@ -178,7 +178,7 @@ pub enum Format {
 }
 
 /// What became of one physical line.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Event,
     /// A partial container-runtime record; the event comes with a later line.
