@@ -14,6 +14,7 @@
 
 mod evidence;
 pub mod filter;
+pub mod fingerprint;
 pub mod jail;
 mod tracker;
 pub mod window;
@@ -24,6 +25,7 @@ pub use jail::{JailConfig, Severity, TargetKind};
 use crate::parse::addr::{NetSet, key_to_net, masked_key};
 use crate::parse::{Event, FieldRef, Millis, StdField, Wanted};
 use evidence::EvidenceRing;
+use fingerprint::TextKey;
 use foldhash::fast::RandomState;
 use hashbrown::HashMap;
 use ipnet::IpNet;
@@ -233,8 +235,8 @@ impl<K: Hash + Eq, C: Counter> Keyed<K, C> {
 enum State {
     Addr(Keyed<AddrKey, SlidingWindow>),
     AddrDistinct(Keyed<AddrKey, DistinctValues>),
-    Text(Keyed<String, SlidingWindow>),
-    TextDistinct(Keyed<String, DistinctValues>),
+    Text(Keyed<TextKey, SlidingWindow>),
+    TextDistinct(Keyed<TextKey, DistinctValues>),
 }
 
 impl State {
@@ -339,8 +341,8 @@ impl Jail {
             Target::Key(k) => k.as_str(),
         };
         match &mut self.state {
-            State::Text(k) => k.quiet.remove(text),
-            State::TextDistinct(k) => k.quiet.remove(text),
+            State::Text(k) => k.quiet.remove(&fingerprint::of(text.as_bytes())),
+            State::TextDistinct(k) => k.quiet.remove(&fingerprint::of(text.as_bytes())),
             _ => None,
         };
     }
@@ -403,7 +405,7 @@ impl Jail {
 struct Seen<'a> {
     sec: u32,
     /// The distinct-counted field's value, for distinct jails.
-    value: Option<&'a str>,
+    value: Option<TextKey>,
     line: &'a str,
     origin: Origin,
     /// The key as bytes, to match evidence lines to it.
@@ -567,19 +569,14 @@ impl Detector {
                 // Distinct clients are counted by the jail's prefixes: an IPv6
                 // /64 (one subscriber) is one client, not 2^64 of them.
                 Some(FieldRef::Std(StdField::Client)) => match ev.client {
-                    Some(ip) => {
-                        self.value_buf.clear();
-                        let net = key_to_net(masked_key(ip, jail.v4, jail.v6), jail.v4, jail.v6);
-                        let _ = write!(self.value_buf, "{net}");
-                        Some(self.value_buf.as_str())
-                    }
+                    Some(ip) => Some(fingerprint::of_addr(masked_key(ip, jail.v4, jail.v6))),
                     None => {
                         jail.stats.keyless += 1;
                         continue;
                     }
                 },
                 Some(f) => match ev.value(f, &mut self.value_buf) {
-                    Some(v) => Some(v),
+                    Some(v) => Some(fingerprint::of(v.as_bytes())),
                     None => {
                         jail.stats.keyless += 1;
                         continue;
@@ -628,7 +625,11 @@ impl Detector {
                 ring_key,
             };
             let (ring, stats) = (&mut jail.ring, &mut jail.stats);
-            let text_key = self.key_buf.as_str();
+            let text_key = if by_addr {
+                fingerprint::of_addr(0)
+            } else {
+                fingerprint::of(self.key_buf.as_bytes())
+            };
             let fired = match &mut jail.state {
                 State::Addr(k) => {
                     observe(k, ring, &addr_key.expect("checked"), &seen, limits, stats)
@@ -636,8 +637,8 @@ impl Detector {
                 State::AddrDistinct(k) => {
                     observe(k, ring, &addr_key.expect("checked"), &seen, limits, stats)
                 }
-                State::Text(k) => observe(k, ring, text_key, &seen, limits, stats),
-                State::TextDistinct(k) => observe(k, ring, text_key, &seen, limits, stats),
+                State::Text(k) => observe(k, ring, &text_key, &seen, limits, stats),
+                State::TextDistinct(k) => observe(k, ring, &text_key, &seen, limits, stats),
             };
             let Some((count, first)) = fired else {
                 continue;

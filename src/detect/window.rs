@@ -6,6 +6,7 @@
 //! `findtime` seconds). Out-of-order lines count in their own second if they
 //! still fall inside the window, and are dropped as late otherwise.
 
+use super::fingerprint::TextKey;
 use smallvec::SmallVec;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,7 +19,7 @@ struct Bucket {
 pub trait Counter: Default {
     /// Records one match at `sec` (with the distinct-counted value, for
     /// distinct counters); returns the count inside the window.
-    fn add(&mut self, sec: u32, value: Option<&str>, findtime: u32) -> u32;
+    fn add(&mut self, sec: u32, value: Option<TextKey>, findtime: u32) -> u32;
     /// Second of the newest match held.
     fn newest(&self) -> u32;
     /// Second of the oldest match held.
@@ -52,7 +53,7 @@ impl SlidingWindow {
 }
 
 impl Counter for SlidingWindow {
-    fn add(&mut self, sec: u32, _value: Option<&str>, findtime: u32) -> u32 {
+    fn add(&mut self, sec: u32, _value: Option<TextKey>, findtime: u32) -> u32 {
         let end = self.newest().max(sec);
         if expired(sec, end, findtime) {
             return self.total();
@@ -93,15 +94,17 @@ impl Counter for SlidingWindow {
     }
 }
 
-/// Distinct values of a field per key, each with the last second it was seen.
-/// Holds at most the threshold's number of values: the jail fires at that point.
+/// Distinct values of a field per key (as fingerprints, see
+/// `detect::fingerprint`), each with the last second it was seen. Holds at
+/// most the threshold's number of values: the jail fires at that point. One
+/// value fits inline, so the common key (one client) costs no heap.
 #[derive(Clone, Debug, Default)]
 pub struct DistinctValues {
-    values: Vec<(Box<str>, u32)>,
+    values: SmallVec<[(TextKey, u32); 1]>,
 }
 
 impl Counter for DistinctValues {
-    fn add(&mut self, sec: u32, value: Option<&str>, findtime: u32) -> u32 {
+    fn add(&mut self, sec: u32, value: Option<TextKey>, findtime: u32) -> u32 {
         let Some(value) = value else {
             return self.values.len() as u32;
         };
@@ -110,9 +113,9 @@ impl Counter for DistinctValues {
             return self.values.len() as u32;
         }
         self.values.retain(|(_, s)| !expired(*s, end, findtime));
-        match self.values.iter_mut().find(|(v, _)| &**v == value) {
+        match self.values.iter_mut().find(|(v, _)| *v == value) {
             Some((_, s)) => *s = (*s).max(sec),
-            None => self.values.push((value.into(), sec)),
+            None => self.values.push((value, sec)),
         }
         self.values.len() as u32
     }
@@ -145,7 +148,8 @@ mod tests {
 
     impl DistinctValues {
         fn add_str(&mut self, v: &str, sec: u32, findtime: u32) -> u32 {
-            self.add(sec, Some(v), findtime)
+            let v = v.bytes().fold(0u128, |h, b| h * 257 + b as u128);
+            self.add(sec, Some(super::super::fingerprint::of_addr(v)), findtime)
         }
     }
 
