@@ -8,10 +8,12 @@
 //!
 //! `cargo bench --bench daemon`. Figures go to stdout; nothing asserts on time.
 
+#[path = "support/shared.rs"]
+mod shared;
+
 use portcullis::decide::{Ban, Ledger};
-use portcullis::detect::Target;
 use portcullis::parse::addr::NetSet;
-use portcullis::state::{Store, Table, Write};
+use portcullis::state::{Store, Table};
 use std::io::{BufRead, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,27 +30,8 @@ fn tmp(tag: &str) -> PathBuf {
 
 fn restore_100k() {
     let dir = tmp("restore");
-    let store = Store::open(&dir.join("state")).unwrap();
     let now = 1_800_000_000;
-    let writes: Vec<Write> = (0..100_000u32)
-        .map(|i| {
-            let ban = Ban {
-                jail: "auth".into(),
-                target: Target::parse(&std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string())
-                    .unwrap(),
-                since: now,
-                expires: Some(now + 3600),
-                count: 100,
-                offence: 1,
-                manual: false,
-                incident: None,
-                origin: None,
-            };
-            Write::put(Table::Bans, ban.key(), &ban)
-        })
-        .collect();
-    store.apply(&writes).unwrap();
-    drop(store);
+    shared::store_with_bans(&dir.join("state"), 100_000, now);
     let t = Instant::now();
     let store = Store::open(&dir.join("state")).unwrap();
     let bans: Vec<(String, Ban)> = store.load(Table::Bans).unwrap();
@@ -175,15 +158,7 @@ fn latency() {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    samples.sort();
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    println!(
-        "latency (append threshold line -> decision logged), {} trials: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        samples.len(),
-        pct(0.50).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3,
-        samples.last().unwrap().as_secs_f64() * 1e3
-    );
+    shared::print_latency("append threshold line -> decision logged", &mut samples);
 }
 
 fn cpu_ticks(pid: u32) -> u64 {

@@ -7,6 +7,9 @@
 //!    element of the set (looked up over netlink every 50 µs from inside the
 //!    namespace), p50 / p99.
 
+#[path = "support/shared.rs"]
+mod shared;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -155,13 +158,8 @@ fn latency(ns: &str, dir: &std::path::Path) {
         samples.push(t.elapsed());
         std::thread::sleep(Duration::from_millis(10));
     }
-    samples.sort();
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    println!(
-        "latency (append threshold line -> element in the nft set), {} trials: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        samples.len(),
-        pct(0.50).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3,
-        samples.last().unwrap().as_secs_f64() * 1e3
+    shared::print_latency(
+        "append threshold line -> element in the nft set",
+        &mut samples,
     );
 }

@@ -13,9 +13,9 @@
 //! `cargo bench --bench scale` (N = 100,000 and 1,000,000), or
 //! `cargo bench --bench scale -- 200000` for other sizes.
 
-use portcullis::decide::Ban;
-use portcullis::detect::Target;
-use portcullis::state::{Store, Table, Write};
+#[path = "support/shared.rs"]
+mod shared;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -65,25 +65,7 @@ fn setup(n: u32) -> Netns {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let store = Store::open(&dir.join("state")).unwrap();
-    let writes: Vec<Write> = (0..n)
-        .map(|i| {
-            let ban = Ban {
-                jail: "auth".into(),
-                target: Target::parse(&addr(i).to_string()).unwrap(),
-                since: now,
-                expires: Some(now + 3600),
-                count: 5,
-                offence: 1,
-                manual: false,
-                incident: None,
-                origin: None,
-            };
-            Write::put(Table::Bans, ban.key(), &ban)
-        })
-        .collect();
-    store.apply(&writes).unwrap();
-    drop(store);
+    shared::store_with_bans(&dir.join("state"), n, now);
     assert!(
         Command::new("ip")
             .args(["netns", "add", &name])

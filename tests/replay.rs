@@ -148,18 +148,20 @@ fn log_injection_bans_only_the_real_client() {
     );
 }
 
+/// The fixtures `fixtures/DIR/sample.log`, one per format and wrapping.
+const FORMAT_FIXTURES: [&str; 7] = [
+    "api_audit",
+    "combined",
+    "docker_combined",
+    "envoy_cri",
+    "envoy_json_cri",
+    "traefik_json",
+    "kong_json",
+];
+
 #[test]
 fn every_format_fixture_gives_its_exact_decisions() {
-    let formats = [
-        "api_audit",
-        "combined",
-        "docker_combined",
-        "envoy_cri",
-        "envoy_json_cri",
-        "traefik_json",
-        "kong_json",
-    ];
-    for dir in formats {
+    for dir in FORMAT_FIXTURES {
         let (want, want_keys) = expected(&format!("fixtures/{dir}/expected.json"));
         let log = repo().join(format!("fixtures/{dir}/sample.log"));
         let (fmt, wrap) = (
@@ -243,15 +245,7 @@ fn same_with_threads(what: &str, args: &[&str]) {
 #[test]
 fn parallel_replay_decides_exactly_as_one_thread() {
     let repo_dir = repo().to_str().unwrap();
-    for dir in [
-        "api_audit",
-        "combined",
-        "docker_combined",
-        "envoy_cri",
-        "envoy_json_cri",
-        "traefik_json",
-        "kong_json",
-    ] {
+    for dir in FORMAT_FIXTURES {
         let (want, _) = expected(&format!("fixtures/{dir}/expected.json"));
         let log = repo().join(format!("fixtures/{dir}/sample.log"));
         let (fmt, wrap) = (

@@ -194,16 +194,7 @@ fn plan<'a>(
             let held = matches!(&entry, std::collections::hash_map::Entry::Occupied(_));
             touched.push((net, held));
         }
-        let h = entry.or_default();
-        let at = h.iter().position(|(j, _)| *j == ban.jail);
-        match (added, at) {
-            (true, Some(i)) => h[i].1 = ban.expires,
-            (true, None) => h.push((ban.jail.clone(), ban.expires)),
-            (false, Some(i)) => {
-                h.swap_remove(i);
-            }
-            (false, None) => {}
-        }
+        hold(entry.or_default(), ban, added);
     }
     touched
         .into_iter()
@@ -219,6 +210,19 @@ fn plan<'a>(
         .collect()
 }
 
+/// Records in `h` (an address's holders) that `ban` was added or removed.
+fn hold(h: &mut SmallVec<[(String, Option<i64>); 1]>, ban: &Ban, added: bool) {
+    let at = h.iter().position(|(j, _)| *j == ban.jail);
+    match (added, at) {
+        (true, Some(i)) => h[i].1 = ban.expires,
+        (true, None) => h.push((ban.jail.clone(), ban.expires)),
+        (false, Some(i)) => {
+            h.swap_remove(i);
+        }
+        (false, None) => {}
+    }
+}
+
 /// The holders of every active ban, and the element each address needs:
 /// [`plan`] for a reconcile, where nothing is held before, in one hash
 /// operation per ban.
@@ -226,11 +230,7 @@ fn plan_all(active: &[&Ban], now: i64) -> (Holders, Vec<(IpNet, Op)>) {
     let mut holders = Holders::with_capacity_and_hasher(active.len(), Default::default());
     for ban in active {
         if let Target::Address(net) = ban.target {
-            let h = holders.entry(net).or_default();
-            match h.iter_mut().find(|(j, _)| *j == ban.jail) {
-                Some(held) => held.1 = ban.expires,
-                None => h.push((ban.jail.clone(), ban.expires)),
-            }
+            hold(holders.entry(net).or_default(), ban, true);
         }
     }
     let ops = holders

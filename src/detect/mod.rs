@@ -625,11 +625,7 @@ impl Detector {
                 ring_key,
             };
             let (ring, stats) = (&mut jail.ring, &mut jail.stats);
-            let text_key = if by_addr {
-                fingerprint::of_addr(0)
-            } else {
-                fingerprint::of(self.key_buf.as_bytes())
-            };
+            let text_key = || fingerprint::of(self.key_buf.as_bytes());
             let fired = match &mut jail.state {
                 State::Addr(k) => {
                     observe(k, ring, &addr_key.expect("checked"), &seen, limits, stats)
@@ -637,8 +633,8 @@ impl Detector {
                 State::AddrDistinct(k) => {
                     observe(k, ring, &addr_key.expect("checked"), &seen, limits, stats)
                 }
-                State::Text(k) => observe(k, ring, &text_key, &seen, limits, stats),
-                State::TextDistinct(k) => observe(k, ring, &text_key, &seen, limits, stats),
+                State::Text(k) => observe(k, ring, &text_key(), &seen, limits, stats),
+                State::TextDistinct(k) => observe(k, ring, &text_key(), &seen, limits, stats),
             };
             let Some((count, first)) = fired else {
                 continue;

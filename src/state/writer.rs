@@ -106,7 +106,8 @@ impl Writer {
         };
         let target = s.submitted;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while s.attempted < target && s.committed < target {
+        // A commit covering `target` was tried (committed implies attempted).
+        while s.attempted < target {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 break;

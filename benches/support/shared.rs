@@ -1,0 +1,47 @@
+//! Pieces several benches use (each bench includes this file with `#[path]`
+//! and uses some of it).
+#![allow(dead_code)]
+
+use portcullis::decide::Ban;
+use portcullis::detect::Target;
+use portcullis::state::{Store, Table, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// Writes a store at `dir` holding `n` active bans of jail `auth`, on
+/// 10.0.0.0 + i, each with an hour left after `now`.
+pub fn store_with_bans(dir: &Path, n: u32, now: i64) {
+    let store = Store::open(dir).unwrap();
+    let writes: Vec<Write> = (0..n)
+        .map(|i| {
+            let ban = Ban {
+                jail: "auth".into(),
+                target: Target::parse(&std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string())
+                    .unwrap(),
+                since: now,
+                expires: Some(now + 3600),
+                count: 5,
+                offence: 1,
+                manual: false,
+                incident: None,
+                origin: None,
+            };
+            Write::put(Table::Bans, ban.key(), &ban)
+        })
+        .collect();
+    store.apply(&writes).unwrap();
+}
+
+/// Prints `what`'s p50, p99 and max over `samples`.
+pub fn print_latency(what: &str, samples: &mut [Duration]) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    println!(
+        "latency ({what}), {} trials: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        samples.len(),
+        ms(pct(0.50)),
+        ms(pct(0.99)),
+        ms(samples[samples.len() - 1])
+    );
+}
