@@ -102,6 +102,8 @@ fn tracked_memory() {
             name: "bench.toml".into(),
             text: main.into(),
         },
+        main_local: None,
+        ignored: Vec::new(),
         jails: vec![portcullis::config::SourceFile {
             name: "jails.toml".into(),
             text: "[auth]\nfilter = \"auth\"\nmaxretry = 100\nfindtime = \"1h\"\n".into(),

@@ -108,6 +108,13 @@ enum Command {
     /// Write the man page and shell completions into DIR (for packaging).
     #[command(hide = true)]
     GenerateAssets { dir: PathBuf },
+    /// Delete the kernel rules and sets `[firewall]` made, bans included
+    /// (for the package's removal script, once the daemon has stopped).
+    #[command(hide = true)]
+    FirewallRemove {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Remove every ban.
     Flush {
         /// Confirm.
@@ -116,10 +123,14 @@ enum Command {
         #[command(flatten)]
         sock: SocketArg,
     },
-    /// Validate the config; print every error with file, line and column.
+    /// Validate the config; print every error with file, line and column,
+    /// then warnings (ignored files, missing log directories, ...).
     Check {
         #[command(flatten)]
         config: ConfigArg,
+        /// Print `{"ok", "errors", "warnings", ...}` as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the jails over log files (or `-` for stdin) and print what would be done.
     Replay {
@@ -184,8 +195,12 @@ fn config_dir(arg: &ConfigArg) -> Option<PathBuf> {
 }
 
 fn load_config(arg: &ConfigArg) -> Result<Config, Vec<ConfigError>> {
+    Config::load(&config_files(arg)?)
+}
+
+fn config_files(arg: &ConfigArg) -> Result<ConfigFiles, Vec<ConfigError>> {
     let default_dir = default_config_dir();
-    let files = match config_dir(arg) {
+    Ok(match config_dir(arg) {
         Some(dir) => ConfigFiles::read_dir(&dir).map_err(|e| vec![e])?,
         None => {
             eprintln!(
@@ -194,8 +209,61 @@ fn load_config(arg: &ConfigArg) -> Result<Config, Vec<ConfigError>> {
             );
             embedded::files()
         }
+    })
+}
+
+/// `portcullis check`: every error (parse, cross-reference, and what would
+/// stop `run`), then warnings; exit 1 on any error.
+fn check(arg: &ConfigArg, json: bool) -> ExitCode {
+    use portcullis::config::lint;
+    let (config, errors, warnings) = match config_files(arg) {
+        Err(errors) => (None, errors, Vec::new()),
+        Ok(files) => match Config::load(&files) {
+            Ok(c) => {
+                let errors = lint::start_errors(&c, &files);
+                let warnings = lint::warnings(&c, &files);
+                (Some(c), errors, warnings)
+            }
+            Err(errors) => (None, errors, Vec::new()),
+        },
     };
-    Config::load(&files)
+    let config = config.filter(|_| errors.is_empty());
+    if json {
+        let v = serde_json::json!({
+            "ok": config.is_some(),
+            "errors": errors,
+            "warnings": warnings,
+            "jails": config.as_ref().map(|c| c.jails.len()),
+            "enabled_jails": config.as_ref().map(|c| c.jails.iter().filter(|j| j.enabled).count()),
+            "filters": config.as_ref().map(|c| c.filter_count),
+            "formats": config.as_ref().map(|c| c.formats.len()),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        if let Some(c) = &config {
+            let enabled = c.jails.iter().filter(|j| j.enabled).count();
+            println!(
+                "config OK: {} jails ({enabled} enabled), {} filters, {} custom formats{}",
+                c.jails.len(),
+                c.filter_count,
+                c.formats.len(),
+                match warnings.len() {
+                    0 => String::new(),
+                    n => format!("; {n} warning{}", if n == 1 { "" } else { "s" }),
+                }
+            );
+        } else {
+            print_errors(&errors);
+        }
+    }
+    if config.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn print_errors(errors: &[ConfigError]) {
@@ -209,24 +277,6 @@ fn print_errors(errors: &[ConfigError]) {
     );
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal());
-    // The journal stamps its own time.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// The control socket named by the config's main file. Only that file is
 /// read: a broken jail must not stop `portcullis reload` from reaching the
 /// daemon to be told about it.
@@ -235,6 +285,14 @@ fn socket_from_config(arg: &ConfigArg) -> PathBuf {
     let Some(dir) = config_dir(arg) else {
         return default;
     };
+    // `portcullis.local.toml` wins, as it does for the daemon.
+    let local = std::fs::read_to_string(dir.join("portcullis.local.toml")).unwrap_or_default();
+    if let Some(path) = toml::from_str::<toml::Table>(&local)
+        .ok()
+        .and_then(|t| t.get("control_socket")?.as_str().map(PathBuf::from))
+    {
+        return path;
+    }
     let text = std::fs::read_to_string(dir.join("portcullis.toml")).unwrap_or_default();
     match toml::from_str::<portcullis::config::MainConfig>(&text) {
         Ok(main) => main.control_socket.unwrap_or(default),
@@ -259,14 +317,20 @@ fn ctl(sock: &SocketArg, req: Request, show: impl Fn(&serde_json::Value) -> Stri
     match client::call(&socket, &req) {
         Err(e) => {
             eprintln!("portcullis: {e}");
-            ExitCode::from(2)
+            ExitCode::from(e.exit_code())
         }
         Ok(resp) if !resp.ok => {
             if sock.json {
                 println!("{}", serde_json::to_string(&resp).unwrap_or_default());
             }
-            eprintln!("portcullis: {}", resp.error.unwrap_or_default());
-            ExitCode::FAILURE
+            let error = resp.error.unwrap_or_default();
+            eprintln!("portcullis: {error}");
+            // The daemon refuses a peer by its credentials before reading.
+            if error.starts_with("permission denied") {
+                ExitCode::from(4)
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Ok(resp) => {
             if sock.json {
@@ -297,24 +361,32 @@ fn list_bans(data: &serde_json::Value, verb: &str) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // `portcullis bans | head` ends quietly, as other commands do,
+        // instead of panicking on a write to a closed pipe.
+        // SAFETY: no other thread exists yet.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Run {
             config: arg,
             recover,
         } => {
-            init_logging();
+            portcullis::daemon::logging::init();
             let config = match load_config(&arg) {
                 Ok(c) => c,
                 Err(errors) => {
-                    print_errors(&errors);
+                    for e in &errors {
+                        tracing::error!("{e}");
+                    }
+                    tracing::error!("{} error(s) in the config; not started", errors.len());
                     return ExitCode::FAILURE;
                 }
             };
             match portcullis::daemon::run(config_dir(&arg), config, recover) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("portcullis: {e}");
+                    tracing::error!("not started: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -378,6 +450,25 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::FirewallRemove { config } => {
+            let config = match load_config(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    print_errors(&errors);
+                    return ExitCode::FAILURE;
+                }
+            };
+            let Some(fw) = &config.main.firewall else {
+                return ExitCode::SUCCESS;
+            };
+            match portcullis::act::firewall::remove_rules(fw, &config.ignore) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Flush { yes, sock } => {
             if !yes {
                 eprintln!(
@@ -389,22 +480,7 @@ fn main() -> ExitCode {
                 format!("removed {} bans", d["removed"])
             })
         }
-        Command::Check { config } => match load_config(&config) {
-            Ok(c) => {
-                let enabled = c.jails.iter().filter(|j| j.enabled).count();
-                println!(
-                    "config OK: {} jails ({enabled} enabled), {} filters, {} custom formats",
-                    c.jails.len(),
-                    c.filter_count,
-                    c.formats.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                print_errors(&errors);
-                ExitCode::FAILURE
-            }
-        },
+        Command::Check { config, json } => check(&config, json),
         Command::Replay {
             config,
             jail,

@@ -81,6 +81,10 @@ struct Group {
     jails: Vec<usize>,
     event: Event,
     stats: ParseStats,
+    /// Said once that most lines do not parse (a log_format that does not
+    /// match the jail's `format` protects nothing, and would otherwise only
+    /// show in `status`).
+    warned_unparsed: bool,
 }
 
 /// One stream of lines and the jails reading it.
@@ -383,6 +387,7 @@ impl Pipeline {
                 jails: vec![i],
                 event: Event::new(&self.wanted),
                 stats: ParseStats::default(),
+                warned_unparsed: false,
             });
         }
         self.sources.push(Source {
@@ -511,7 +516,25 @@ impl Pipeline {
                         .process(&g.jails, &g.event, text, origin, &mut self.decisions);
                 }
                 Ok(Outcome::Pending) => g.stats.partial += 1,
-                Err(why) => g.stats.refuse(why, &src.name, offset, text),
+                Err(why) => {
+                    g.stats.refuse(why, &src.name, offset, text);
+                    let st = &g.stats;
+                    if !g.warned_unparsed && st.unparsed >= 100 && st.unparsed * 2 > st.lines {
+                        g.warned_unparsed = true;
+                        tracing::warn!(
+                            source = src.name,
+                            format = g.format,
+                            "{} of the first {} lines do not parse as format `{}` ({}, e.g. {}): \
+                             they are not counted by any jail; set the jails' `format` to what \
+                             the proxy writes (`portcullis replay` shows which one parses)",
+                            st.unparsed,
+                            st.lines,
+                            g.format,
+                            why.0,
+                            crate::text::printable(&text.chars().take(120).collect::<String>()),
+                        );
+                    }
+                }
             }
         }
         if let Some(t) = first_time {

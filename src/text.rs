@@ -58,6 +58,14 @@ pub fn shell_quote(s: &str) -> String {
     out
 }
 
+/// When a ban ends (Unix seconds), for a log line: RFC 3339 UTC, or `never`.
+pub fn expiry(secs: Option<i64>) -> String {
+    match secs.and_then(|s| chrono::DateTime::from_timestamp(s, 0)) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        None => "never".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,3 +154,144 @@ fn missing_directory_is_a_clear_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn one_run_reports_every_mistake_of_one_table() {
+    // Three mistakes in one jail and two in one section of the main file:
+    // serde stops at the first of each, `check` must not.
+    let main = "[defaults]\nformat = \"combined\"\nmaxretyr = 3\nfindtime = \"often\"\n";
+    let jails =
+        "[j]\nfilter = \"auth\"\nmaxretry = \"five\"\nbantme = \"1h\"\nfindtime = \"10 minutes\"\n";
+    let (ok, out) = check(&[
+        ("portcullis.toml", main),
+        ("jails.d/a.toml", jails),
+        ("filters.d/f.toml", "[auth]\nstatus = 401\n"),
+    ]);
+    assert!(!ok);
+    let has = |needle: &str| assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
+    has("portcullis.toml:3:1: unknown field `maxretyr`");
+    has("portcullis.toml:4:12: invalid duration `often`");
+    has("jails.d/a.toml:3:12: invalid type");
+    has("jails.d/a.toml:4:1: unknown field `bantme`");
+    has("jails.d/a.toml:5:12: invalid duration `10 minutes`");
+    assert!(out.contains("5 errors"), "{out}");
+}
+
+#[test]
+fn local_files_change_shipped_jails_and_point_errors_at_themselves() {
+    let jails =
+        "[auth]\nfilter = \"auth\"\nlogpath = \"/tmp/a.log\"\nmaxretry = 100\nfindtime = \"60s\"\n";
+    let filters = "[auth]\nstatus = 401\n";
+    let tmp = TempDir::new("layers");
+    tmp.write("portcullis.toml", MAIN);
+    tmp.write("jails.d/api.toml", jails);
+    tmp.write("filters.d/f.toml", filters);
+    // Tuned threshold, and a new jail, in a local file; a stray file too.
+    tmp.write(
+        "jails.d/api.local.toml",
+        "[auth]\nmaxretry = 3\n\n[extra]\nfilter = \"auth\"\nlogpath = \"/tmp/b.log\"\n",
+    );
+    tmp.write("jails.d/jail.local", "[auth]\nmaxretry = 1\n");
+    tmp.write("portcullis.local.toml", "[defaults]\nbantime = \"2h\"\n");
+    let config = portcullis::config::Config::load_dir(tmp.path()).expect("valid");
+    let auth = config.jails.iter().find(|j| j.spec.name == "auth").unwrap();
+    assert_eq!(auth.spec.maxretry, 3, "the local file's threshold");
+    assert_eq!(
+        auth.spec.findtime.as_secs(),
+        60,
+        "keys it does not set are kept"
+    );
+    assert_eq!(
+        auth.policy.bantime.as_secs(),
+        7200,
+        "portcullis.local.toml applies"
+    );
+    assert!(config.jails.iter().any(|j| j.spec.name == "extra"));
+
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("jails.d/jail.local: ignored"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("2 jails"), "{}", stdout(&out));
+
+    // A mistake in the local file is reported there, with its own line.
+    tmp.write("jails.d/api.local.toml", "[auth]\n\nmaxretry = \"3\"\n");
+    let (ok, out) = check_dir(tmp.path());
+    assert!(!ok);
+    assert!(
+        out.contains("jails.d/api.local.toml:3:12: invalid type"),
+        "{out}"
+    );
+    // Two shipped files may not both define it.
+    tmp.write("jails.d/api.local.toml", "");
+    tmp.write("jails.d/other.toml", jails);
+    let (ok, out) = check_dir(tmp.path());
+    assert!(!ok);
+    assert!(out.contains("jail `auth` is already defined in"), "{out}");
+    assert!(out.contains(".local.toml"), "{out}");
+}
+
+fn check_dir(dir: &std::path::Path) -> (bool, String) {
+    let out = bin().args(["check", "--config"]).arg(dir).output().unwrap();
+    (out.status.success(), stderr(&out) + &stdout(&out))
+}
+
+#[test]
+fn check_warns_and_speaks_json() {
+    let jails = "[auth]\nfilter = \"auth\"\nlogpath = [\"/nonexistent-portcullis/access.log\", \"/tmp/[x.log\"]\n";
+    let main = "max_line_bytes = 0\ncontrol_group = \"no-such-group-pc\"\n[defaults]\nformat = \"combined\"\n";
+    let tmp = TempDir::new("lint");
+    tmp.write(
+        "portcullis.toml",
+        "max_line_bytes = 0\n[defaults]\nformat = \"combined\"\n",
+    );
+    tmp.write("jails.d/a.toml", jails);
+    tmp.write("filters.d/f.toml", "[auth]\nstatus = 401\n");
+    let (ok, out) = check_dir(tmp.path());
+    assert!(ok, "warnings do not fail check: {out}");
+    for w in [
+        "warning: max_line_bytes = 0",
+        "directory /nonexistent-portcullis does not exist",
+        "`/tmp/[x.log` is not a valid glob",
+        "3 warnings",
+    ] {
+        assert!(out.contains(w), "missing `{w}` in:\n{out}");
+    }
+    let out = bin()
+        .args(["check", "--json", "--config"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(v["jails"], 1);
+
+    // What would stop `run` fails `check` too.
+    tmp.write("portcullis.toml", main);
+    let out = bin()
+        .args(["check", "--json", "--config"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["ok"], false);
+    let e = &v["errors"][0];
+    assert!(
+        e["message"].as_str().unwrap().contains("no-such-group-pc"),
+        "{v}"
+    );
+    assert!(
+        e["file"].as_str().unwrap().ends_with("portcullis.toml"),
+        "{v}"
+    );
+    assert!(e["column"].is_number(), "{v}");
+}

@@ -24,6 +24,8 @@ fn config() -> Config {
             name: "portcullis.toml".into(),
             text: "[defaults]\nformat = \"combined\"\nmax_tracked = 1000000\n".into(),
         },
+        main_local: None,
+        ignored: Vec::new(),
         jails: vec![SourceFile {
             name: "jails.toml".into(),
             text: "[auth]\nfilter = \"auth\"\nmaxretry = 1\nfindtime = \"1h\"\nbantime = \"1h\"\n"

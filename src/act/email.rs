@@ -225,7 +225,11 @@ fn run(rx: Receiver<(String, String)>, mailer: Mailer, store: Arc<Store>, interv
                 }
                 Err(e) => {
                     j.backoff = (j.backoff * 2).clamp(Duration::from_secs(5), MAX_BACKOFF);
-                    tracing::warn!(jail, retry_in = ?j.backoff, "alert mail not sent: {e}");
+                    tracing::warn!(
+                        jail,
+                        retry_in_secs = j.backoff.as_secs(),
+                        "alert mail not sent: {e}"
+                    );
                     j.due = Some(now + j.backoff);
                 }
             }

@@ -690,15 +690,25 @@ impl Action for NftablesBackend {
     }
 
     fn shutdown(&self) {
-        if !self.remove_on_stop {
-            return;
+        if self.remove_on_stop
+            && let Err(e) = self.remove_rules()
+        {
+            tracing::error!("removing the nftables table: {e}");
         }
-        if let Err(e) = run(
+    }
+}
+
+impl NftablesBackend {
+    /// Deletes the table and with it every set, chain and ban in it. A table
+    /// that is not there is not an error.
+    pub fn remove_rules(&self) -> Result<(), String> {
+        match run(
             "nft",
             &["-f", "-"],
             &format!("delete table inet {}\n", self.table),
         ) {
-            tracing::error!("removing the nftables table: {e}");
+            Err(e) if e.contains("No such file or directory") => Ok(()),
+            r => r,
         }
     }
 }
@@ -971,9 +981,18 @@ impl Action for IpsetBackend {
     }
 
     fn shutdown(&self) {
-        if !self.remove_on_stop {
-            return;
+        if self.remove_on_stop
+            && let Err(e) = self.remove_rules()
+        {
+            tracing::error!("removing ipsets: {e}");
         }
+    }
+}
+
+impl IpsetBackend {
+    /// Deletes the iptables rules that use the sets, then the sets. Rules
+    /// or sets that are not there are not an error.
+    pub fn remove_rules(&self) -> Result<(), String> {
         let target = if self.verdict == Verdict::Drop {
             "DROP"
         } else {
@@ -1010,19 +1029,30 @@ impl Action for IpsetBackend {
                 }
             }
         }
-        let mut s = String::new();
-        for k in SetKind::ALL {
-            let _ = writeln!(s, "destroy {}", self.set(k));
+        // One set at a time: `ipset restore` stops at the first set that is
+        // not there.
+        let mut sets: Vec<String> = SetKind::ALL.iter().map(|k| self.set(*k)).collect();
+        sets.extend([self.allow_set(false), self.allow_set(true)]);
+        let errors: Vec<String> = sets
+            .iter()
+            .filter_map(|set| run("ipset", &["destroy", set], "").err())
+            .filter(|e| !e.contains("does not exist"))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
         }
-        let _ = writeln!(
-            s,
-            "destroy {}\ndestroy {}",
-            self.allow_set(false),
-            self.allow_set(true)
-        );
-        if let Err(e) = run("ipset", &["restore"], &s) {
-            tracing::error!("removing ipsets: {e}");
-        }
+    }
+}
+
+/// Removes what `[firewall]` put in the kernel, whatever the daemon's state:
+/// for the package's removal script (`portcullis firewall-remove`), after the
+/// daemon has stopped.
+pub fn remove_rules(cfg: &FirewallConfig, allow: &NetSet) -> Result<(), String> {
+    match cfg.backend {
+        Backend::Nftables => NftablesBackend::new(cfg, allow).remove_rules(),
+        Backend::Ipset => IpsetBackend::new(cfg, allow).remove_rules(),
     }
 }
 

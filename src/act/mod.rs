@@ -123,7 +123,7 @@ impl Action for LogAction {
             match c {
                 Change::Add(_) => tracing::warn!(
                     jail = %b.jail, target = %b.target, count = b.count, offence = b.offence,
-                    expires = ?b.expires, manual = b.manual, "ban"
+                    expires = %crate::text::expiry(b.expires), manual = b.manual, "ban"
                 ),
                 Change::Remove { reason, .. } => {
                     tracing::info!(jail = %b.jail, target = %b.target, reason, "unban")

@@ -299,7 +299,13 @@ fn deliver(name: &str, store: &Store, wake: Receiver<()>, timeout: Duration) {
                     failures += 1;
                     backoff = Duration::from_secs(1 << (failures - 1).min(5))
                         .min(Duration::from_secs(30));
-                    tracing::warn!(action = name, url = p.url, attempts = p.attempts, retry_in = ?backoff, "webhook not delivered: {e}");
+                    tracing::warn!(
+                        action = name,
+                        url = p.url,
+                        attempts = p.attempts,
+                        retry_in_secs = backoff.as_secs(),
+                        "webhook not delivered: {e}"
+                    );
                     let _ = store.apply(&[Write::put(Table::Webhooks, key, &p)]);
                     // In order: later requests wait for this one.
                     break;

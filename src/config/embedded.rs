@@ -52,6 +52,8 @@ fn file((name, text): &(&str, &str)) -> SourceFile {
 pub fn files() -> ConfigFiles {
     ConfigFiles {
         main: file(&("portcullis.toml", MAIN)),
+        main_local: None,
+        ignored: Vec::new(),
         jails: JAILS.iter().map(file).collect(),
         filters: FILTERS.iter().map(file).collect(),
     }

@@ -3,11 +3,12 @@
 use super::SourceFile;
 use std::fmt;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConfigError {
     pub file: String,
     /// 1-based; 0 when the error is about the whole file.
     pub line: usize,
+    #[serde(rename = "column")]
     pub col: usize,
     pub message: String,
 }
@@ -37,6 +38,15 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// A TOML error's message, with a suggestion for a misspelt key.
+pub(super) fn toml_message(e: &toml::de::Error) -> String {
+    let mut message = e.message().trim().to_string();
+    if let Some(hint) = unknown_field_hint(&message) {
+        message.push_str(&hint);
+    }
+    message
+}
+
 impl ConfigError {
     pub fn at(file: &SourceFile, span: std::ops::Range<usize>, message: String) -> ConfigError {
         let (line, col) = line_col(&file.text, span.start);
@@ -49,10 +59,7 @@ impl ConfigError {
     }
 
     pub fn from_toml(file: &SourceFile, e: &toml::de::Error) -> ConfigError {
-        let mut message = e.message().trim().to_string();
-        if let Some(hint) = unknown_field_hint(&message) {
-            message.push_str(&hint);
-        }
+        let message = toml_message(e);
         match e.span() {
             Some(span) => ConfigError::at(file, span, message),
             None => ConfigError {

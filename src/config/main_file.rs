@@ -13,8 +13,8 @@
 //! nginx = '$remote_addr - $remote_user [$time_local] "$request" ...'
 //! ```
 
+use super::ConfigError;
 use super::de::{BanDuration, Cidr, ConfigDuration, OneOrMany};
-use super::{ConfigError, SourceFile};
 use crate::parse::template::Escape;
 use crate::parse::{FormatSpec, envoy, nginx};
 use serde::Deserialize;
@@ -135,7 +135,7 @@ pub struct FormatConfig {
 impl MainConfig {
     pub fn compile_formats(
         &self,
-        file: &SourceFile,
+        layers: &super::layers::Layers,
         errors: &mut Vec<ConfigError>,
     ) -> BTreeMap<String, FormatSpec> {
         let mut out = BTreeMap::new();
@@ -157,8 +157,7 @@ impl MainConfig {
             .next()
             .unwrap_or(0..0);
             if kinds.iter().filter(|k| **k).count() != 1 {
-                errors.push(ConfigError::at(
-                    file,
+                errors.push(layers.error(
                     span,
                     format!(
                         "format `{name}` needs exactly one of `nginx`, `envoy`, `json`, `regex`"
@@ -213,7 +212,7 @@ impl MainConfig {
                 Ok(s) => {
                     out.insert(name.clone(), s);
                 }
-                Err(e) => errors.push(ConfigError::at(file, span, format!("format `{name}`: {e}"))),
+                Err(e) => errors.push(layers.error(span, format!("format `{name}`: {e}"))),
             }
         }
         out

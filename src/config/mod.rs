@@ -9,6 +9,8 @@
 pub mod de;
 pub mod embedded;
 mod error;
+mod layers;
+pub mod lint;
 mod main_file;
 
 pub use error::ConfigError;
@@ -21,10 +23,12 @@ use crate::parse::FormatSpec;
 use crate::parse::addr::NetSet;
 use crate::parse::wrap::Wrap;
 use error::suggest;
+use layers::Layers;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use toml::de::{DeTable, ValueDeserializer};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 /// One config file's name and text.
 #[derive(Debug, Clone)]
@@ -37,31 +41,51 @@ pub struct SourceFile {
 #[derive(Debug, Clone)]
 pub struct ConfigFiles {
     pub main: SourceFile,
+    /// `portcullis.local.toml`: keys laid over the main file's.
+    pub main_local: Option<SourceFile>,
+    /// `jails.d/*.toml` by name, then `jails.d/*.local.toml` by name.
     pub jails: Vec<SourceFile>,
     pub filters: Vec<SourceFile>,
+    /// Files in `jails.d/` or `filters.d/` that are not read (a pasted
+    /// `jail.local`, a `.dpkg-dist`), for `check` to warn about.
+    pub ignored: Vec<PathBuf>,
 }
 
 impl ConfigFiles {
-    /// Reads `DIR/portcullis.toml`, `DIR/jails.d/*.toml`, `DIR/filters.d/*.toml`.
+    /// Reads `DIR/portcullis.toml` (then `portcullis.local.toml`),
+    /// `DIR/jails.d/*.toml` and `DIR/filters.d/*.toml`, each directory's
+    /// `*.local.toml` files last.
     pub fn read_dir(dir: &Path) -> Result<ConfigFiles, ConfigError> {
         let main_path = dir.join("portcullis.toml");
         let main = read_file(&main_path)?;
-        let list = |sub: &str| -> Result<Vec<SourceFile>, ConfigError> {
+        let local_path = dir.join("portcullis.local.toml");
+        let main_local = if local_path.exists() {
+            Some(read_file(&local_path)?)
+        } else {
+            None
+        };
+        let mut ignored = Vec::new();
+        let mut list = |sub: &str| -> Result<Vec<SourceFile>, ConfigError> {
             let d = dir.join(sub);
             let Ok(rd) = std::fs::read_dir(&d) else {
                 return Ok(Vec::new());
             };
-            let mut paths: Vec<PathBuf> = rd
+            let (mut paths, other): (Vec<PathBuf>, Vec<PathBuf>) = rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                .collect();
-            paths.sort();
+                .partition(|p| p.extension().is_some_and(|x| x == "toml"));
+            ignored.extend(other.into_iter().filter(|p| !p.is_dir()));
+            paths.sort_by_key(|p| (layers::is_local(&p.to_string_lossy()), p.clone()));
             paths.iter().map(|p| read_file(p)).collect()
         };
+        let jails = list("jails.d")?;
+        let filters = list("filters.d")?;
+        ignored.sort();
         Ok(ConfigFiles {
             main,
-            jails: list("jails.d")?,
-            filters: list("filters.d")?,
+            main_local,
+            jails,
+            filters,
+            ignored,
         })
     }
 }
@@ -133,24 +157,33 @@ impl Config {
     /// Parses and validates; returns every error found.
     pub fn load(files: &ConfigFiles) -> Result<Config, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        let main = match toml::from_str::<MainConfig>(&files.main.text) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                errors.push(ConfigError::from_toml(&files.main, &e));
-                None
-            }
-        };
+        let main_files: Vec<SourceFile> = std::iter::once(files.main.clone())
+            .chain(files.main_local.clone())
+            .collect();
+        let main_layers = Layers::new(&main_files);
+        let main = read_main(&main_files, &main_layers, &mut errors);
         let formats = match &main {
-            Some(m) => m.compile_formats(&files.main, &mut errors),
+            Some(m) => m.compile_formats(&main_layers, &mut errors),
             None => BTreeMap::new(),
         };
-        let filters = read_tables::<FilterConfig>(&files.filters, "filter", &mut errors);
-        let jails = read_tables::<JailConfig>(&files.jails, "jail", &mut errors);
+        let filter_layers = Layers::new(&files.filters);
+        let filters =
+            read_tables::<FilterConfig>(&files.filters, &filter_layers, "filter", &mut errors);
+        let jail_layers = Layers::new(&files.jails);
+        let jails = read_tables::<JailConfig>(&files.jails, &jail_layers, "jail", &mut errors);
         let Some(main) = main else { return Err(errors) };
 
         let mut entries = Vec::new();
         for (name, jail) in &jails {
-            if let Some(entry) = resolve_jail(name, jail, &main, &formats, &filters, &mut errors) {
+            if let Some(entry) = resolve_jail(
+                name,
+                jail,
+                &jail_layers,
+                &main,
+                &formats,
+                &filters,
+                &mut errors,
+            ) {
                 entries.push(entry);
             }
         }
@@ -173,22 +206,56 @@ impl Config {
     }
 }
 
-/// A named top-level table read from a file.
-struct Table<'a, T> {
-    file: &'a SourceFile,
-    /// Where its name stands, for errors that have no better place.
+/// A named top-level table, read from its file and any `.local.toml` laid over it.
+struct Table<T> {
+    /// Where its name stands (a global offset, see [`Layers`]), for errors
+    /// that have no better place.
     header: std::ops::Range<usize>,
     value: T,
 }
 
-/// Reads every top-level table of every file as one `T`, by name.
-fn read_tables<'a, T: for<'de> Deserialize<'de>>(
+/// The main file, with `portcullis.local.toml` laid over it.
+fn read_main(
+    files: &[SourceFile],
+    layers: &Layers,
+    errors: &mut Vec<ConfigError>,
+) -> Option<MainConfig> {
+    let mut doc: Option<Spanned<DeValue>> = None;
+    for (i, file) in files.iter().enumerate() {
+        let mut table = match DeTable::parse(&file.text) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(ConfigError::from_toml(file, &e));
+                return None;
+            }
+        };
+        let span = table.span();
+        let mut value = Spanned::new(span, DeValue::Table(std::mem::take(table.get_mut())));
+        layers::shift(&mut value, layers.offset(i));
+        match &mut doc {
+            None => doc = Some(value),
+            Some(base) => {
+                if let (DeValue::Table(b), DeValue::Table(o)) = (base.get_mut(), value.into_inner())
+                {
+                    layers::merge(b, o);
+                }
+            }
+        }
+    }
+    layers::deserialize_all(doc?, layers, errors)
+}
+
+/// Reads every top-level table of every file as one `T`, by name; a table
+/// in a `.local.toml` file changes the keys it sets of a table of the same
+/// name, or defines a new one.
+fn read_tables<'a, T: Deserialize<'a>>(
     files: &'a [SourceFile],
+    layers: &Layers,
     what: &str,
     errors: &mut Vec<ConfigError>,
-) -> BTreeMap<String, Table<'a, T>> {
-    let mut out: BTreeMap<String, Table<'a, T>> = BTreeMap::new();
-    for file in files {
+) -> BTreeMap<String, Table<T>> {
+    let mut raw: BTreeMap<String, (std::ops::Range<usize>, Spanned<DeValue<'a>>)> = BTreeMap::new();
+    for (i, file) in files.iter().enumerate() {
         let table = match DeTable::parse(&file.text) {
             Ok(t) => t.into_inner(),
             Err(e) => {
@@ -196,56 +263,65 @@ fn read_tables<'a, T: for<'de> Deserialize<'de>>(
                 continue;
             }
         };
-        for (key, value) in table {
+        let by = layers.offset(i);
+        let local = layers::is_local(&file.name);
+        for (key, mut value) in table {
             let name = key.get_ref().to_string();
-            let span = key.span();
+            let span = key.span().start + by..key.span().end + by;
             if !value.get_ref().is_table() {
-                errors.push(ConfigError::at(
-                    file,
+                errors.push(layers.error(
                     span,
                     format!("`{name}` must be a table: write `[{name}]` followed by its options"),
                 ));
                 continue;
             }
-            if let Some(other) = out.get(&name) {
-                errors.push(ConfigError::at(
-                    file,
-                    span,
-                    format!("{what} `{name}` is already defined in {}", other.file.name),
-                ));
-                continue;
-            }
-            match T::deserialize(ValueDeserializer::from(value)) {
-                Ok(value) => {
-                    out.insert(
-                        name,
-                        Table {
-                            file,
-                            header: span,
-                            value,
-                        },
-                    );
+            layers::shift(&mut value, by);
+            match raw.get_mut(&name) {
+                Some((_, base)) if local => {
+                    if let (DeValue::Table(b), DeValue::Table(o)) =
+                        (base.get_mut(), value.into_inner())
+                    {
+                        layers::merge(b, o);
+                    }
                 }
-                Err(e) => errors.push(ConfigError::from_toml(file, &e)),
+                Some((header, _)) => {
+                    errors.push(layers.error(
+                        span,
+                        format!(
+                            "{what} `{name}` is already defined in {}; to change some of its \
+                             keys, set them in a `.local.toml` file",
+                            layers.name_at(header.start)
+                        ),
+                    ));
+                }
+                None => {
+                    raw.insert(name, (span, value));
+                }
             }
         }
     }
-    out
+    raw.into_iter()
+        .filter_map(|(name, (header, value))| {
+            let value = layers::deserialize_all(value, layers, errors)?;
+            Some((name, Table { header, value }))
+        })
+        .collect()
 }
 
 fn resolve_jail(
     name: &str,
     table: &Table<JailConfig>,
+    layers: &Layers,
     main: &MainConfig,
     formats: &BTreeMap<String, FormatSpec>,
     filters: &BTreeMap<String, Table<FilterConfig>>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<JailEntry> {
-    let (file, jail, header) = (table.file, &table.value, table.header.clone());
+    let (jail, header) = (&table.value, table.header.clone());
     let d = &main.defaults;
     let n0 = errors.len();
     let mut err = |span: std::ops::Range<usize>, msg: String| {
-        errors.push(ConfigError::at(file, span, format!("jail `{name}`: {msg}")));
+        errors.push(layers.error(span, format!("jail `{name}`: {msg}")));
     };
 
     let filter = match filters.get(jail.filter.get_ref()) {

@@ -6,20 +6,50 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+/// Why a request got no answer: each is its own exit status of the CLI.
+#[derive(Debug)]
+pub enum CallError {
+    /// Nothing listens on the socket (exit status 3).
+    NotRunning(String),
+    /// The socket's permissions keep this user out (exit status 4).
+    Denied(String),
+    /// Anything else between the CLI and the daemon (exit status 1).
+    Other(String),
+}
+
+impl CallError {
+    /// The CLI's exit status for this failure (documented in portcullis(1)).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CallError::NotRunning(_) => 3,
+            CallError::Denied(_) => 4,
+            CallError::Other(_) => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::NotRunning(s) | CallError::Denied(s) | CallError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
 /// Sends `req` and waits for the answer. Errors are sentences for the operator.
-pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {
+pub fn call(socket: &Path, req: &Request) -> Result<Response, CallError> {
     let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            format!(
+            CallError::NotRunning(format!(
                 "portcullis is not running (nothing listens on {})",
                 socket.display()
-            )
+            ))
         }
-        std::io::ErrorKind::PermissionDenied => format!(
+        std::io::ErrorKind::PermissionDenied => CallError::Denied(format!(
             "permission denied on {}: run as root, or as a member of `control_group`",
             socket.display()
-        ),
-        _ => format!("cannot connect to {}: {e}", socket.display()),
+        )),
+        _ => CallError::Other(format!("cannot connect to {}: {e}", socket.display())),
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(60))).ok();
     let mut w = &stream;
@@ -31,10 +61,13 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {
     let read = BufReader::new(&stream).read_line(&mut answer);
     if answer.is_empty() {
         if let Err(e) = sent {
-            return Err(format!("sending to the daemon: {e}"));
+            return Err(CallError::Other(format!("sending to the daemon: {e}")));
         }
-        read.map_err(|e| format!("reading the daemon's answer: {e}"))?;
-        return Err("the daemon closed the connection without answering".into());
+        read.map_err(|e| CallError::Other(format!("reading the daemon's answer: {e}")))?;
+        return Err(CallError::Other(
+            "the daemon closed the connection without answering".into(),
+        ));
     }
-    serde_json::from_str(&answer).map_err(|e| format!("unreadable answer from the daemon: {e}"))
+    serde_json::from_str(&answer)
+        .map_err(|e| CallError::Other(format!("unreadable answer from the daemon: {e}")))
 }

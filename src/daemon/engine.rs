@@ -826,7 +826,7 @@ impl Engine {
         self.actions = actions;
         self.config = config;
         self.open_sources(&HashMap::new(), &mut kept)?;
-        tracing::info!(kept = ?kept_jails, "config reloaded");
+        tracing::info!(kept = kept_jails.join(","), "config reloaded");
         Ok(json!({ "jails": self.pipeline.entries.len(), "kept_counters": kept_jails }))
     }
 

@@ -6,6 +6,7 @@
 
 mod actions;
 mod engine;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 

@@ -234,7 +234,7 @@ impl Tail {
         let cur = match OpenFile::open(&self.path, 0, self.max_line) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                tracing::info!(path = %self.path.display(), "log file does not exist yet; waiting for it");
+                tracing::warn!(path = %self.path.display(), "log file does not exist (yet): nothing is read from it until it appears; check the jail's logpath");
                 return;
             }
             Err(e) => {

@@ -1,0 +1,117 @@
+//! What `portcullis check` says beyond parse errors: mistakes that only
+//! show when the daemon starts (an `exec` action it cannot run, a
+//! `control_group` that does not exist), and warnings about a config that is
+//! valid but probably not what the operator meant.
+
+use super::{ActionConfig, Config, ConfigError, ConfigFiles};
+use std::path::Path;
+
+/// Errors that would stop `portcullis run` although the files parse.
+pub fn start_errors(config: &Config, files: &ConfigFiles) -> Vec<ConfigError> {
+    let at_main = |message: String| ConfigError {
+        file: files.main.name.clone(),
+        line: 0,
+        col: 0,
+        message,
+    };
+    let mut errors = Vec::new();
+    if let Some(group) = &config.main.control_group
+        && let Err(e) = crate::control::server::group_id(group)
+    {
+        errors.push(at_main(e));
+    }
+    for (name, action) in &config.main.actions {
+        if let ActionConfig::Exec(c) = action
+            && let Err(e) = crate::act::ExecAction::new(name, c.clone())
+        {
+            errors.push(at_main(format!("action `{name}`: {e}")));
+        }
+    }
+    errors
+}
+
+/// Sentences about what is valid but probably wrong.
+pub fn warnings(config: &Config, files: &ConfigFiles) -> Vec<String> {
+    let mut out = Vec::new();
+    for path in &files.ignored {
+        out.push(format!(
+            "{}: ignored: only `*.toml` files are read here (site changes go in a \
+             `NAME.local.toml` file, see portcullis.toml(5))",
+            path.display()
+        ));
+    }
+    if config.main.max_line_bytes == Some(0) {
+        out.push(
+            "max_line_bytes = 0: every line is too long and none is parsed; \
+             remove it for the default (256 KiB)"
+                .into(),
+        );
+    }
+    for jail in config.jails.iter().filter(|j| j.enabled) {
+        if jail.logpath.is_empty() {
+            out.push(format!(
+                "jail `{}`: no logpath: it reads nothing",
+                jail.spec.name
+            ));
+        }
+        for pattern in &jail.logpath {
+            out.extend(logpath_warning(&jail.spec.name, pattern));
+        }
+    }
+    out
+}
+
+/// An invalid glob, or a directory that does not exist (a typo there means
+/// the jail waits forever for a file that never appears).
+fn logpath_warning(jail: &str, pattern: &str) -> Option<String> {
+    let is_glob = pattern.contains(['*', '?', '[']);
+    if is_glob && let Err(e) = glob::Pattern::new(pattern) {
+        return Some(format!(
+            "jail `{jail}`: logpath `{pattern}` is not a valid glob: {}",
+            e.msg
+        ));
+    }
+    // The directory part before any wildcard must exist.
+    let fixed: &str = match pattern.find(['*', '?', '[']) {
+        Some(i) => &pattern[..i],
+        None => pattern,
+    };
+    let dir = if is_glob {
+        Path::new(fixed)
+            .to_str()
+            .and_then(|s| s.rfind('/').map(|i| &s[..=i]))
+            .map(Path::new)?
+    } else {
+        Path::new(fixed).parent()?
+    };
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return None;
+    }
+    Some(format!(
+        "jail `{jail}`: logpath `{pattern}`: directory {} does not exist",
+        dir.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logpaths() {
+        assert!(logpath_warning("j", "/tmp/x.log").is_none());
+        assert!(logpath_warning("j", "/tmp/*/x.log").is_none());
+        let w = logpath_warning("j", "/nonexistent-dir/access.log").unwrap();
+        assert!(
+            w.contains("directory /nonexistent-dir does not exist"),
+            "{w}"
+        );
+        let w = logpath_warning("j", "/nonexistent-dir/*.log").unwrap();
+        assert!(
+            w.contains("directory /nonexistent-dir/ does not exist"),
+            "{w}"
+        );
+        let w = logpath_warning("j", "/tmp/[a.log").unwrap();
+        assert!(w.contains("not a valid glob"), "{w}");
+    }
+}
