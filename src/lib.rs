@@ -11,6 +11,7 @@ pub mod control;
 pub mod daemon;
 pub mod decide;
 pub mod detect;
+pub mod docs;
 pub mod fleet;
 pub mod parse;
 pub mod pipeline;

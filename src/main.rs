@@ -559,16 +559,13 @@ fn run_replay(
         .map_err(|e| format!("writing output: {e}"))
 }
 
-/// The man page (clap_mangen) and bash, zsh and fish completions (clap_complete).
+/// The man page ([`portcullis::docs`]) and bash, zsh and fish completions (clap_complete).
 fn generate_assets(dir: &std::path::Path) -> Result<(), String> {
     use clap::CommandFactory;
     use clap_complete::Shell;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let cmd = Cli::command();
-    let mut man = Vec::new();
-    clap_mangen::Man::new(cmd.clone())
-        .render(&mut man)
-        .map_err(|e| e.to_string())?;
+    let man = portcullis::docs::man_page(&cmd).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("portcullis.1"), man).map_err(|e| e.to_string())?;
     for (shell, file) in [
         (Shell::Bash, "portcullis.bash"),

@@ -261,7 +261,7 @@ fn not_running_is_said_plainly() {
         .arg(dir.path().join("none.sock"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3));
     assert!(
         stderr(&out).contains("portcullis is not running"),
         "{}",
@@ -294,7 +294,7 @@ fn socket_refuses_non_root_peers() {
     // The temp dir must be traversable for the peer to reach the socket at all.
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = as_nobody();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(4), "permission denied has its own status");
     assert!(
         stderr(&out).contains("permission denied"),
         "{}",
@@ -303,7 +303,7 @@ fn socket_refuses_non_root_peers() {
     // Even with the file mode opened up, the daemon checks the peer's uid.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = as_nobody();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(4), "refused by the daemon: still status 4");
     assert!(
         stderr(&out).contains("uid 65534 may not use the control socket"),
         "{}",

@@ -5,14 +5,14 @@
 //! ```toml
 //! [actions.nginx-keys]
 //! type = "denylist"
-//! path = "/etc/nginx/portcullis-revoked.map"
+//! path = "/etc/nginx/portcullis/revoked.map"
 //! format = "nginx_map"             # or "lines": one id per line, for Envoy or anything else
 //! reload = ["/usr/sbin/nginx", "-s", "reload"]
 //! debounce = "500ms"
 //! ```
 //!
 //! With nginx: `map $http_x_api_key_id $portcullis_revoked { default 0; include
-//! /etc/nginx/portcullis-revoked.map; }` and `if ($portcullis_revoked) { return 403; }`.
+//! /etc/nginx/portcullis/revoked.map; }` and `if ($portcullis_revoked) { return 403; }`.
 //!
 //! Key ids are untrusted text. For nginx they are quoted and escaped, and
 //! prefixed where nginx's `map` would read them as a regex (`~`) or a keyword;
