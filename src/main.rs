@@ -309,11 +309,14 @@ fn socket_from_config(arg: &ConfigArg) -> PathBuf {
 }
 
 /// Sends a request and prints the answer; non-zero exit on any failure.
-fn ctl(sock: &SocketArg, req: Request, show: impl Fn(&serde_json::Value) -> String) -> ExitCode {
-    let socket = sock
-        .socket
+fn socket_path(sock: &SocketArg) -> PathBuf {
+    sock.socket
         .clone()
-        .unwrap_or_else(|| socket_from_config(&sock.config));
+        .unwrap_or_else(|| socket_from_config(&sock.config))
+}
+
+fn ctl(sock: &SocketArg, req: Request, show: impl Fn(&serde_json::Value) -> String) -> ExitCode {
+    let socket = socket_path(sock);
     match client::call(&socket, &req) {
         Err(e) => {
             eprintln!("portcullis: {e}");
@@ -391,10 +394,27 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { jail, sock } => {
-            let one = jail.is_some();
-            ctl(&sock, Request::Status { jail }, |d| render::status(d, one))
+        Command::Status {
+            jail: Some(jail),
+            sock,
+        } if !sock.json => {
+            // Its bans too, as `fail2ban-client status JAIL` lists them.
+            let socket = socket_path(&sock);
+            let bans = client::call(
+                &socket,
+                &Request::Bans {
+                    jail: Some(jail.clone()),
+                },
+            )
+            .ok()
+            .filter(|r| r.ok)
+            .map(|r| r.data)
+            .unwrap_or_default();
+            ctl(&sock, Request::Status { jail: Some(jail) }, |d| {
+                render::status_jail(d, &bans)
+            })
         }
+        Command::Status { jail, sock } => ctl(&sock, Request::Status { jail }, render::status),
         Command::Bans { jail, sock } => ctl(&sock, Request::Bans { jail }, render::bans),
         Command::Unban {
             target,
@@ -632,7 +652,12 @@ fn print_decision(out: &mut impl Write, r: &Replay, d: &Decision) -> std::io::Re
     )?;
     for e in &d.evidence {
         let src = r.source_name(e.source);
-        writeln!(out, "    {src}:{}: {}", e.offset, printable(&e.line, 300))?;
+        writeln!(
+            out,
+            "    {src}, byte {}: {}",
+            e.offset,
+            printable(&e.line, 300)
+        )?;
     }
     Ok(())
 }

@@ -294,7 +294,11 @@ fn socket_refuses_non_root_peers() {
     // The temp dir must be traversable for the peer to reach the socket at all.
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = as_nobody();
-    assert_eq!(out.status.code(), Some(4), "permission denied has its own status");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "permission denied has its own status"
+    );
     assert!(
         stderr(&out).contains("permission denied"),
         "{}",
@@ -303,7 +307,11 @@ fn socket_refuses_non_root_peers() {
     // Even with the file mode opened up, the daemon checks the peer's uid.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = as_nobody();
-    assert_eq!(out.status.code(), Some(4), "refused by the daemon: still status 4");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "refused by the daemon: still status 4"
+    );
     assert!(
         stderr(&out).contains("uid 65534 may not use the control socket"),
         "{}",
@@ -801,4 +809,93 @@ fn restart_after_a_rename_rotation_keeps_the_counts_in_the_old_file() {
             &format!("the ban at exactly 100 ({tag})"),
         );
     }
+}
+
+#[test]
+fn status_shows_unparsed_lines_and_one_jail_lists_its_bans() {
+    let d = Daemon::start(Daemon::config("status-human", 2, ""));
+    d.append(
+        &(0..2)
+            .map(|_| attack_line("203.0.113.44"))
+            .collect::<String>(),
+    );
+    d.append("garbage that is no access line\n");
+    wait_for(|| d.bans().len() == 1, "the ban");
+    wait_for(
+        || d.jail("auth")["unparsed"].as_u64() == Some(1),
+        "the unparsed line",
+    );
+    let all = stdout(&d.cli(&["status"]));
+    let header = all.lines().next().unwrap();
+    assert!(header.contains("UNPARSED"), "{all}");
+    let row = all.lines().find(|l| l.starts_with("auth ")).unwrap();
+    // JAIL SOURCES LINES PARSED UNPARSED ...
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[1..5], ["1", "3", "2", "1"], "{all}");
+
+    let one = d.cli(&["status", "auth"]);
+    assert!(one.status.success(), "{}", stderr(&one));
+    let one = stdout(&one);
+    for needle in [
+        "Jail auth",
+        "3 lines, 2 parsed, 1 unparsed",
+        "Banned: 1",
+        "TARGET",
+        "203.0.113.44",
+        "1 active",
+    ] {
+        assert!(one.contains(needle), "missing `{needle}` in:\n{one}");
+    }
+    assert!(!one.contains('{'), "no raw JSON in the human view:\n{one}");
+}
+
+#[test]
+fn unban_of_an_address_inside_a_banned_network_says_what_covers_it() {
+    let d = Daemon::start(Daemon::config("unban-cover", 5, ""));
+    let out = d.cli(&["ban", "10.77.2.0/24", "--jail", "auth"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = d.cli(&["unban", "10.77.2.2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("10.77.2.2 has no ban of its own"), "{err}");
+    assert!(err.contains("inside 10.77.2.0/24 (jail auth)"), "{err}");
+    assert!(
+        err.contains("portcullis unban 10.77.2.0/24 --jail auth"),
+        "{err}"
+    );
+    assert_eq!(d.bans().len(), 1, "nothing was lifted");
+    let out = d.cli(&["unban", "10.99.0.1"]);
+    assert!(
+        stderr(&out).contains("10.99.0.1 is not banned"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    let d = Daemon::start(Daemon::config("pipe", 5, ""));
+    // More than a pipe holds (64 KiB) as pretty JSON, so the writer is
+    // still writing when the reader leaves.
+    for i in 0..400 {
+        let out = d.cli(&[
+            "ban",
+            &format!("10.1.{}.{}", i / 200, i % 200 + 1),
+            "--jail",
+            "auth",
+        ]);
+        assert!(out.status.success());
+    }
+    // `portcullis bans | head -1`: the reader goes away mid-output.
+    let sock = d.dir.path().join("ctl.sock");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' bans --json --socket '{}' | head -c 100 >/dev/null",
+            env!("CARGO_BIN_EXE_portcullis"),
+            sock.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }

@@ -13,18 +13,30 @@ fn groff_clean(page: &std::path::Path) {
         .arg(page)
         .output()
     else {
-        assert!(std::env::var_os("CI").is_none(), "CI must have groff (man-db)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have groff (man-db)"
+        );
         eprintln!("skipping the roff check: no groff");
         return;
     };
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).is_empty(), "{}: {}", page.display(), stderr(&out));
+    assert!(
+        stderr(&out).is_empty(),
+        "{}: {}",
+        page.display(),
+        stderr(&out)
+    );
 }
 
 #[test]
 fn portcullis_1_covers_every_command() {
     let tmp = TempDir::new("man");
-    let out = bin().arg("generate-assets").arg(tmp.path()).output().unwrap();
+    let out = bin()
+        .arg("generate-assets")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let page = tmp.path().join("portcullis.1");
     groff_clean(&page);
@@ -45,7 +57,12 @@ fn portcullis_1_covers_every_command() {
             "no section for `{c}`"
         );
     }
-    for section in [".SH FILES", ".SH EXIT STATUS", ".SH EXAMPLES", ".SH ENVIRONMENT"] {
+    for section in [
+        ".SH FILES",
+        ".SH EXIT STATUS",
+        ".SH EXAMPLES",
+        ".SH ENVIRONMENT",
+    ] {
         assert!(text.contains(section), "{section}");
     }
     // No reference to a page that is not shipped.
@@ -60,7 +77,11 @@ fn expected_keys(main: &str, jails: &str, filters: &str) -> Vec<String> {
     tmp.write("portcullis.toml", main);
     tmp.write("jails.d/a.toml", jails);
     tmp.write("filters.d/f.toml", filters);
-    let out = bin().args(["check", "--config"]).arg(tmp.path()).output().unwrap();
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
     let err = stderr(&out);
     let list = err
         .split("expected one of ")
@@ -81,10 +102,19 @@ fn portcullis_toml_5_documents_every_key() {
     let j = "[j]\nfilter = \"auth\"\n";
     let tables = [
         ("main file", expected_keys("zzz_unknown = 1\n", j, f)),
-        ("[defaults]", expected_keys("[defaults]\nzzz_unknown = 1\n", j, f)),
-        ("jail", expected_keys("", "[j]\nfilter = \"auth\"\nzzz_unknown = 1\n", f)),
+        (
+            "[defaults]",
+            expected_keys("[defaults]\nzzz_unknown = 1\n", j, f),
+        ),
+        (
+            "jail",
+            expected_keys("", "[j]\nfilter = \"auth\"\nzzz_unknown = 1\n", f),
+        ),
         ("filter", expected_keys("", j, "[auth]\nzzz_unknown = 1\n")),
-        ("[firewall]", expected_keys("[firewall]\nzzz_unknown = 1\n", j, f)),
+        (
+            "[firewall]",
+            expected_keys("[firewall]\nzzz_unknown = 1\n", j, f),
+        ),
     ];
     for (what, keys) in tables {
         assert!(keys.len() >= 3, "{what}: {keys:?}");

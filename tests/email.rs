@@ -109,7 +109,7 @@ fn one_digest_for_a_burst_with_what_oncall_needs() {
     assert!(m.contains("first seen: 2026-11-22 08:00:00 UTC"), "{m}");
     assert!(m.contains("action:     log ban succeeded"), "{m}");
     assert!(
-        m.contains("evidence:") && m.contains("logs/access.log:0: 203.0.113.1 "),
+        m.contains("evidence:") && m.contains("logs/access.log, byte 0: 203.0.113.1 "),
         "{m}"
     );
 

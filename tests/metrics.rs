@@ -56,6 +56,16 @@ fn metrics_show_the_expected_counters() {
     );
     let text = scrape(port);
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    // The body is OpenMetrics text (it ends with `# EOF`), and says so.
+    assert!(
+        text.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    assert!(
+        !text.contains("portcullis_fleet_"),
+        "no fleet series without [fleet]:\n{text}"
+    );
     let src = d.log_path().display().to_string();
     let l = format!("{{source=\"{src}\",format=\"combined\"}}");
     assert_eq!(

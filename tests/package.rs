@@ -55,7 +55,9 @@ impl Sandbox {
     fn boot(lower: &Path) -> Sandbox {
         let mnt = std::env::temp_dir().join(format!("portcullis-sandbox-{}", std::process::id()));
         std::fs::create_dir_all(&mnt).unwrap();
-        run(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&mnt));
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&mnt));
         for d in ["upper", "work", "root"] {
             std::fs::create_dir_all(mnt.join(d)).unwrap();
         }
@@ -133,7 +135,10 @@ impl Sandbox {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("timed out waiting for {what}; journal:\n{}", self.journal(""));
+        panic!(
+            "timed out waiting for {what}; journal:\n{}",
+            self.journal("")
+        );
     }
 
     fn append(&self, rel: &str, text: &str) {
@@ -257,7 +262,10 @@ fn deb_installs_runs_and_is_removed_under_real_systemd() {
     let binary = x.path().join("usr/bin/portcullis");
     let secs = sections(&binary);
     for s in [".debug_info", ".debug_line", ".symtab"] {
-        assert!(!secs.contains(s), "the packaged binary keeps {s}: not stripped");
+        assert!(
+            !secs.contains(s),
+            "the packaged binary keeps {s}: not stripped"
+        );
     }
     let size = std::fs::metadata(&binary).unwrap().len();
     assert!(size < 25 << 20, "binary is {size} bytes");
@@ -302,7 +310,14 @@ fn deb_installs_runs_and_is_removed_under_real_systemd() {
     sb.ok(&["portcullis", "check"]);
     sb.ok(&["systemctl", "start", "portcullis"]);
     assert_eq!(sb.state(), "active");
-    let pid = sb.ok(&["systemctl", "show", "-p", "MainPID", "--value", "portcullis"]);
+    let pid = sb.ok(&[
+        "systemctl",
+        "show",
+        "-p",
+        "MainPID",
+        "--value",
+        "portcullis",
+    ]);
 
     // A threshold crossing lands in the kernel set, in the sandbox's own
     // network namespace.
@@ -343,7 +358,10 @@ fn deb_installs_runs_and_is_removed_under_real_systemd() {
     )
     .unwrap();
     let refused = sb.exec(&["systemctl", "reload", "portcullis"]);
-    assert!(!refused.status.success(), "a broken config must fail the reload");
+    assert!(
+        !refused.status.success(),
+        "a broken config must fail the reload"
+    );
     assert_eq!(sb.state(), "active", "and the daemon keeps running");
     std::fs::write(etc.join("jails.d/site.local.toml"), &good).unwrap();
     sb.ok(&["systemctl", "reload", "portcullis"]);
@@ -370,7 +388,14 @@ fn deb_installs_runs_and_is_removed_under_real_systemd() {
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        sb.ok(&["systemctl", "show", "-p", "MainPID", "--value", "portcullis"]),
+        sb.ok(&[
+            "systemctl",
+            "show",
+            "-p",
+            "MainPID",
+            "--value",
+            "portcullis"
+        ]),
         pid,
         "the daemon was restarted:\n{}",
         sb.journal("")
@@ -393,8 +418,14 @@ fn deb_installs_runs_and_is_removed_under_real_systemd() {
             .success(),
         "remove deletes the kernel rules nothing maintains any more"
     );
-    assert!(sb.root().join("var/lib/portcullis").exists(), "kept until purge");
-    assert!(etc.join("portcullis.toml").exists(), "conffiles kept until purge");
+    assert!(
+        sb.root().join("var/lib/portcullis").exists(),
+        "kept until purge"
+    );
+    assert!(
+        etc.join("portcullis.toml").exists(),
+        "conffiles kept until purge"
+    );
     sb.ok(&["dpkg", "--purge", "portcullis"]);
     assert!(!sb.root().join("var/lib/portcullis").exists());
     assert!(!etc.join("portcullis.toml").exists());

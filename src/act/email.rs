@@ -307,7 +307,7 @@ pub fn digest(jail: &str, incidents: &[Incident]) -> (String, String) {
         for e in &i.evidence {
             let _ = writeln!(
                 b,
-                "   evidence:   {}:{}: {}",
+                "   evidence:   {}, byte {}: {}",
                 printable(&e.file),
                 e.offset,
                 printable(&e.line)

@@ -67,45 +67,85 @@ pub fn bans(data: &Value) -> String {
     out
 }
 
-/// `portcullis status`: a row a jail, or the details of one.
-pub fn status(data: &Value, one: bool) -> String {
+/// `portcullis status JAIL`, like `fail2ban-client status JAIL`: its
+/// sources and what did not parse, its counters, then its bans as a table
+/// (`bans` is the answer to a `bans --jail JAIL` request).
+pub fn status_jail(data: &Value, bans_data: &Value) -> String {
     let mut out = String::new();
-    let jails = data["jails"].as_array().cloned().unwrap_or_default();
-    if one {
-        for j in &jails {
-            for (k, v) in j.as_object().into_iter().flatten() {
-                if k == "sources" {
-                    for s in v.as_array().into_iter().flatten() {
-                        let _ = writeln!(
-                            out,
-                            "{:<14} {} (lag {} bytes)",
-                            "source",
-                            s["path"].as_str().unwrap_or("?"),
-                            s["lag_bytes"]
-                        );
-                        for (reason, r) in s["parse"]["reasons"].as_object().into_iter().flatten() {
-                            let _ = writeln!(out, "{:<14}   {reason}: {}", "", r["count"]);
-                        }
-                    }
-                } else {
-                    let _ = writeln!(
-                        out,
-                        "{k:<14} {}",
-                        if v.is_null() {
-                            "-".to_string()
-                        } else {
-                            v.to_string()
-                        }
-                    );
-                }
-            }
-        }
-        return out.trim_end().to_string();
-    }
+    let Some(j) = data["jails"].as_array().and_then(|a| a.first()) else {
+        return "no such jail".into();
+    };
     let _ = writeln!(
         out,
-        "{:<22} {:<7} {:>9} {:>9} {:>8} {:>8} {:>5}  LAST DECISION",
-        "JAIL", "SOURCES", "LINES", "PARSED", "MATCHES", "TRACKED", "BANS"
+        "Jail {}{}{}",
+        field(&j["name"]),
+        if j["enabled"] == false {
+            " (disabled)"
+        } else {
+            ""
+        },
+        if j["dry_run"] == true {
+            " (dry run: nothing is enforced)"
+        } else {
+            ""
+        },
+    );
+    let _ = writeln!(out, "|- Sources");
+    let sources = j["sources"].as_array().cloned().unwrap_or_default();
+    if sources.is_empty() {
+        let _ = writeln!(out, "|  `- none open (see the log for why)");
+    }
+    for s in &sources {
+        let p = &s["parse"];
+        let _ = writeln!(
+            out,
+            "|  |- {}: {} lines, {} parsed, {} unparsed, {} bytes behind",
+            field(&s["path"]),
+            p["lines"],
+            p["parsed"],
+            p["unparsed"],
+            s["lag_bytes"],
+        );
+        for (reason, r) in p["reasons"].as_object().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "|  |     {reason}: {}  e.g. {}",
+                r["count"],
+                field(&r["example"]).chars().take(120).collect::<String>()
+            );
+        }
+    }
+    let _ = writeln!(out, "|- Counting");
+    let _ = writeln!(
+        out,
+        "|  |- Matches:   {} ({} from allowlisted clients)",
+        j["matches"], j["ignored"]
+    );
+    let _ = writeln!(
+        out,
+        "|  |- Tracked:   {} keys ({} evicted when full)",
+        j["tracked"], j["evicted"]
+    );
+    let _ = writeln!(out, "|  `- Decisions: {}", j["decisions"]);
+    let last = match &j["last_decision"] {
+        Value::Null => "-".to_string(),
+        d => format!("{} UTC {}", time(d["time"].as_i64()), field(&d["target"])),
+    };
+    let _ = writeln!(out, "|- Last decision: {last}");
+    let _ = writeln!(out, "`- Banned: {}", j["active_bans"]);
+    out.push('\n');
+    out.push_str(&bans(bans_data));
+    out
+}
+
+/// `portcullis status`: a row a jail, then whatever needs attention.
+pub fn status(data: &Value) -> String {
+    let mut out = String::new();
+    let jails = data["jails"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{:<22} {:<7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>5}  LAST DECISION",
+        "JAIL", "SOURCES", "LINES", "PARSED", "UNPARSED", "MATCHES", "TRACKED", "BANS"
     );
     for j in &jails {
         let last = match &j["last_decision"] {
@@ -114,11 +154,12 @@ pub fn status(data: &Value, one: bool) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<22} {:<7} {:>9} {:>9} {:>8} {:>8} {:>5}  {last}{}",
+            "{:<22} {:<7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>5}  {last}{}",
             j["name"].as_str().unwrap_or("?"),
             j["sources"].as_array().map_or(0, Vec::len),
             j["lines"].to_string(),
             j["parsed"].to_string(),
+            j["unparsed"].to_string(),
             j["matches"].to_string(),
             j["tracked"].to_string(),
             j["active_bans"].to_string(),
@@ -288,7 +329,7 @@ pub fn incident(i: &Value) -> String {
     for e in i["evidence"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "evidence   {}:{}: {}",
+            "evidence   {}, byte {}: {}",
             field(&e["file"]),
             e["offset"],
             printable(e["line"].as_str().unwrap_or(""))

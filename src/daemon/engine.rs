@@ -2,6 +2,8 @@
 //! ledger, store) and runs the loop. Nothing on the hot path takes a lock;
 //! the control socket, inotify and actions reach it through one channel.
 
+mod status;
+
 use super::actions::{adopt_enforced, build_actions, jails_using, one_line};
 use crate::act::supervise::Supervisor;
 use crate::act::{Action, Change, Dispatcher, Holding, Outcome};
@@ -886,7 +888,10 @@ impl Engine {
                 };
                 let removed = self.unban(target.as_ref(), jail.as_deref(), "unbanned by hand");
                 if removed.is_empty() {
-                    return Response::err("no matching ban");
+                    return Response::err(match &target {
+                        Some(t) => self.not_banned(t, jail.as_deref()),
+                        None => "no matching ban".into(),
+                    });
                 }
                 Response::ok(json!(removed))
             }
@@ -992,122 +997,5 @@ impl Engine {
                 Response::ok(json!({ "removed": removed.len() }))
             }
         }
-    }
-
-    fn metrics(&self) -> String {
-        use super::metrics::{Snapshot, labels};
-        let m = Snapshot::new(&self.latency);
-        for f in &self.followed {
-            let src = &self.pipeline.sources[f.source as usize];
-            for (format, st) in src.stats() {
-                let l = labels(&[("source", &src.name), ("format", &format)]);
-                m.lines.get_or_create(&l).inc_by(st.lines);
-                m.parsed.get_or_create(&l).inc_by(st.parsed);
-                m.unparsed.get_or_create(&l).inc_by(st.unparsed);
-            }
-            m.lag
-                .get_or_create(&labels(&[("file", &src.name)]))
-                .set(f.tail.lag() as i64);
-        }
-        for j in &self.pipeline.detector.jails {
-            let st = j.stats();
-            let l = labels(&[("jail", &j.name)]);
-            m.matches.get_or_create(&l).inc_by(st.matches);
-            m.decisions.get_or_create(&l).inc_by(st.decisions);
-            m.tracked.get_or_create(&l).set(st.tracked as i64);
-        }
-        for (name, a) in self.supervisor.health() {
-            let l = labels(&[("action", name)]);
-            m.action_refused.get_or_create(&l).inc_by(a.refused_targets);
-            m.action_failing.get_or_create(&l).set(a.failing() as i64);
-            m.action_drift.get_or_create(&l).inc_by(a.drifts);
-            m.actions
-                .get_or_create(&labels(&[("action", name), ("result", "ok")]))
-                .inc_by(a.batches_ok);
-            m.actions
-                .get_or_create(&labels(&[("action", name), ("result", "failed")]))
-                .inc_by(a.batches_failed);
-        }
-        let store = self.store.health();
-        m.store_errors.inc_by(store.errors);
-        m.store_unsaved.set(self.writer.unsaved() as i64);
-        let ledger = self.ledger.stats();
-        m.active_bans.set(ledger.active as i64);
-        m.held.set(ledger.held as i64);
-        if let Some(f) = &self.fleet {
-            let st = f.status();
-            m.fleet_link.set(st.link_up as i64);
-            m.fleet_lag_ms.set(st.last_lag_ms.unwrap_or(0));
-            m.fleet_outbox.set(st.outbox as i64);
-            m.fleet_published.inc_by(st.published);
-            m.fleet_applied.inc_by(st.applied);
-        }
-        m.encode()
-    }
-
-    fn status(&self, only: Option<&str>) -> Response {
-        if let Some(j) = only
-            && self.pipeline.jail_index(j).is_none()
-        {
-            return Response::err(format!("no jail named `{j}`"));
-        }
-        let mut jails = Vec::new();
-        for (i, entry) in self.pipeline.entries.iter().enumerate() {
-            if only.is_some_and(|j| j != entry.spec.name) {
-                continue;
-            }
-            let stats = self.pipeline.detector.jails[i].stats();
-            let mut sources = Vec::new();
-            let (mut lines, mut parsed, mut unparsed) = (0, 0, 0);
-            for f in &self.followed {
-                let src = &self.pipeline.sources[f.source as usize];
-                if src.has_jail(i) {
-                    let st = src.jail_stats(i);
-                    lines += st.lines;
-                    parsed += st.parsed;
-                    unparsed += st.unparsed;
-                    sources
-                        .push(json!({ "path": src.name, "lag_bytes": f.tail.lag(), "parse": st }));
-                }
-            }
-            let bans = self
-                .ledger
-                .bans()
-                .filter(|b| b.jail == entry.spec.name)
-                .count();
-            let last = self
-                .last_decision
-                .get(&entry.spec.name)
-                .map(|(t, target)| json!({ "time": t, "target": target }));
-            jails.push(json!({
-                "name": entry.spec.name,
-                "enabled": entry.enabled,
-                "dry_run": entry.policy.dry_run,
-                "sources": sources,
-                "lines": lines,
-                "parsed": parsed,
-                "unparsed": unparsed,
-                "matches": stats.matches,
-                "ignored": stats.ignored,
-                "tracked": stats.tracked,
-                "evicted": stats.evicted,
-                "decisions": stats.decisions,
-                "active_bans": bans,
-                "last_decision": last,
-            }));
-        }
-        Response::ok(json!({
-            "uptime_secs": self.started.elapsed().as_secs(),
-            "jails": jails,
-            "ledger": self.ledger.stats(),
-            "actions": self.supervisor.health(),
-            "action_names": self.dispatcher.names().collect::<Vec<_>>(),
-            "fleet": self.fleet.as_ref().map(|f| f.status()),
-            "store": {
-                "health": self.store.health(),
-                "unsaved_writes": self.writer.unsaved(),
-                "failing_since": self.writer.failing_since(),
-            },
-        }))
     }
 }

@@ -57,7 +57,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn new(latency: &Histogram) -> Snapshot {
+    /// `fleet`: whether fleet mode is configured (its series exist only then).
+    pub fn new(latency: &Histogram, fleet: bool) -> Snapshot {
         let mut registry = Registry::with_prefix("portcullis");
         let s = Snapshot {
             lines: Family::default(),
@@ -149,31 +150,33 @@ impl Snapshot {
             "Decisions held by max_bans_per_minute",
             s.held.clone(),
         );
-        registry.register(
-            "fleet_link_up",
-            "1 while Redis is reachable (fleet mode)",
-            s.fleet_link.clone(),
-        );
-        registry.register(
-            "fleet_lag_milliseconds",
-            "Publication-to-applied delay of the last remote decision",
-            s.fleet_lag_ms.clone(),
-        );
-        registry.register(
-            "fleet_outbox",
-            "Decisions waiting for Redis",
-            s.fleet_outbox.clone(),
-        );
-        registry.register(
-            "fleet_published",
-            "Decisions published to the fleet",
-            s.fleet_published.clone(),
-        );
-        registry.register(
-            "fleet_applied",
-            "Decisions of other hosts applied here",
-            s.fleet_applied.clone(),
-        );
+        if fleet {
+            registry.register(
+                "fleet_link_up",
+                "1 while Redis is reachable (fleet mode)",
+                s.fleet_link.clone(),
+            );
+            registry.register(
+                "fleet_lag_milliseconds",
+                "Publication-to-applied delay of the last remote decision",
+                s.fleet_lag_ms.clone(),
+            );
+            registry.register(
+                "fleet_outbox",
+                "Decisions waiting for Redis",
+                s.fleet_outbox.clone(),
+            );
+            registry.register(
+                "fleet_published",
+                "Decisions published to the fleet",
+                s.fleet_published.clone(),
+            );
+            registry.register(
+                "fleet_applied",
+                "Decisions of other hosts applied here",
+                s.fleet_applied.clone(),
+            );
+        }
         registry.register(
             "line_to_enforced_seconds",
             "From reading the threshold line to the ban applied",
@@ -220,7 +223,7 @@ pub async fn serve(
                 ("404 Not Found", "only /metrics here\n".to_string())
             };
             let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 {status}\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
             let _ = stream.write_all(head.as_bytes()).await;
