@@ -286,12 +286,19 @@ fn socket_from_config(arg: &ConfigArg) -> PathBuf {
         return default;
     };
     // `portcullis.local.toml` wins, as it does for the daemon.
-    let local = std::fs::read_to_string(dir.join("portcullis.local.toml")).unwrap_or_default();
-    if let Some(path) = toml::from_str::<toml::Table>(&local)
-        .ok()
-        .and_then(|t| t.get("control_socket")?.as_str().map(PathBuf::from))
-    {
-        return path;
+    let local_path = dir.join("portcullis.local.toml");
+    let local = std::fs::read_to_string(&local_path).unwrap_or_default();
+    match toml::from_str::<toml::Table>(&local) {
+        Ok(t) => {
+            if let Some(path) = t.get("control_socket").and_then(|v| v.as_str()) {
+                return PathBuf::from(path);
+            }
+        }
+        Err(e) => eprintln!(
+            "portcullis: warning: {}: {}; its control_socket (if any) is not used",
+            local_path.display(),
+            e.message()
+        ),
     }
     let text = std::fs::read_to_string(dir.join("portcullis.toml")).unwrap_or_default();
     match toml::from_str::<portcullis::config::MainConfig>(&text) {
@@ -349,6 +356,38 @@ fn ctl(sock: &SocketArg, req: Request, show: impl Fn(&serde_json::Value) -> Stri
     }
 }
 
+fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// After an unban: a network ban that still covers the address keeps it
+/// blocked, which the operator would not guess.
+fn warn_still_covered(sock: &SocketArg, net: ipnet::IpNet) {
+    let Ok(resp) = client::call(&socket_path(sock), &Request::Bans { jail: None }) else {
+        return;
+    };
+    for b in resp.data.as_array().into_iter().flatten() {
+        let Some(other) = b["target"]["value"].as_str().and_then(parse_net) else {
+            continue;
+        };
+        if other != net && other.contains(&net) {
+            eprintln!(
+                "portcullis: warning: {} is still blocked by the ban of {} (jail {}); \
+                 lift it with `portcullis unban {} --jail {}`",
+                net.addr(),
+                other,
+                portcullis::text::printable(b["jail"].as_str().unwrap_or("?")),
+                other,
+                portcullis::text::printable(&portcullis::text::shell_quote(
+                    b["jail"].as_str().unwrap_or("?")
+                )),
+            );
+        }
+    }
+}
+
 fn list_bans(data: &serde_json::Value, verb: &str) -> String {
     let n = data.as_array().map_or(0, Vec::len);
     let mut out = format!("{verb} {n}:");
@@ -356,7 +395,7 @@ fn list_bans(data: &serde_json::Value, verb: &str) -> String {
         let shown = render::target(&b["target"]);
         out.push_str(&format!(
             "\n  {shown} ({})",
-            b["jail"].as_str().unwrap_or("?")
+            portcullis::text::printable(b["jail"].as_str().unwrap_or("?"))
         ));
     }
     out
@@ -421,9 +460,23 @@ fn main() -> ExitCode {
             jail,
             all,
             sock,
-        } => ctl(&sock, Request::Unban { target, jail, all }, |d| {
-            list_bans(d, "unbanned")
-        }),
+        } => {
+            let code = ctl(
+                &sock,
+                Request::Unban {
+                    target: target.clone(),
+                    jail,
+                    all,
+                },
+                |d| list_bans(d, "unbanned"),
+            );
+            if code == ExitCode::SUCCESS
+                && let Some(net) = target.as_deref().and_then(parse_net)
+            {
+                warn_still_covered(&sock, net);
+            }
+            code
+        }
         Command::Ban {
             target,
             jail,

@@ -295,3 +295,29 @@ fn check_warns_and_speaks_json() {
     );
     assert!(e["column"].is_number(), "{v}");
 }
+
+#[test]
+fn a_bad_table_does_not_hide_the_others_and_editor_files_are_not_config() {
+    let main = "[actions.a]\ntype = \"bogus\"\nban = [\"/bin/true\"]\n\n[metrics]\nlisten = 5\n\n[formats.q]\nnginx = 7\n";
+    let tmp = TempDir::new("hide");
+    tmp.write("portcullis.toml", main);
+    tmp.write("jails.d/a.toml", "[j]\nfilter = \"auth\"\n");
+    tmp.write("filters.d/f.toml", "[auth]\nstatus = 401\n");
+    let (ok, out) = check_dir(tmp.path());
+    assert!(!ok);
+    for needle in [
+        "portcullis.toml:2:8: unknown variant",
+        "portcullis.toml:6:10:",
+        "portcullis.toml:9:9:",
+    ] {
+        assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
+    }
+
+    // An editor's lock link and a directory are not config files.
+    tmp.write("portcullis.toml", MAIN);
+    std::os::unix::fs::symlink("root@host.1:1", tmp.path().join("jails.d/.#a.toml")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("jails.d/old.toml")).unwrap();
+    let (ok, out) = check_dir(tmp.path());
+    assert!(ok, "{out}");
+    assert!(out.contains("old.toml: ignored"), "{out}");
+}

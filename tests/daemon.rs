@@ -899,3 +899,73 @@ fn a_closed_pipe_ends_the_cli_quietly() {
         .unwrap();
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_source_that_mostly_does_not_parse_or_is_missing_is_a_warning() {
+    // The jail's format is `combined`; the proxy writes something else.
+    let dir = Daemon::config("unparsed-warn", 5, "");
+    let d = dir.path().display().to_string();
+    dir.write(
+        "conf/jails.d/missing.toml",
+        &format!("[missing]\nfilter = \"auth\"\nlogpath = \"{d}/logs/not-there.log\"\n"),
+    );
+    let d = Daemon::start(dir);
+    let daemon_log = d
+        .dir
+        .path()
+        .join(format!("daemon-{}.log", std::process::id()));
+    d.append(
+        &(0..150)
+            .map(|i| format!("{{\"ts\":{i},\"client\":\"203.0.113.1\"}}\n"))
+            .collect::<String>(),
+    );
+    wait_for(
+        || {
+            std::fs::read_to_string(&daemon_log)
+                .is_ok_and(|l| l.contains("do not parse as format `combined`"))
+        },
+        "the unparsed warning",
+    );
+    let log = std::fs::read_to_string(&daemon_log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("do not parse as format"))
+        .unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert_eq!(
+        log.matches("do not parse as format").count(),
+        1,
+        "said once, not per line"
+    );
+    let missing = log
+        .lines()
+        .find(|l| l.contains("not-there.log"))
+        .unwrap_or_else(|| panic!("no word of the missing file:\n{log}"));
+    assert!(missing.contains("WARN"), "{missing}");
+}
+
+#[test]
+fn unban_names_every_covering_network_and_warns_after_lifting_its_own_ban() {
+    let d = Daemon::start(Daemon::config("unban-cover2", 5, ""));
+    for t in ["10.77.3.0/24", "10.77.0.0/16", "10.77.3.7"] {
+        assert!(d.cli(&["ban", t, "--jail", "auth"]).status.success());
+    }
+    let err = stderr(&d.cli(&["unban", "10.77.3.9"]));
+    assert!(
+        err.contains("portcullis unban 10.77.3.0/24 --jail auth"),
+        "{err}"
+    );
+    assert!(
+        err.contains("portcullis unban 10.77.0.0/16 --jail auth"),
+        "{err}"
+    );
+    let out = d.cli(&["unban", "10.77.3.7"]);
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("10.77.3.7 is still blocked by the ban of 10.77.3.0/24"),
+        "{}",
+        stderr(&out)
+    );
+    let err = stderr(&d.cli(&["unban", "10.77.3.9", "--jail", "nosuch"]));
+    assert!(err.contains("no jail named `nosuch`"), "{err}");
+}

@@ -26,12 +26,16 @@ pub fn is_local(name: &str) -> bool {
 /// Files laid end to end: file `i` starts at `offset(i)`.
 pub struct Layers<'a> {
     files: Vec<(usize, &'a SourceFile)>,
+    /// Where each file's lines start, so that placing an error costs a
+    /// binary search, not a scan from the top (a file of 20,000 bad jails
+    /// must not take minutes to report).
+    line_starts: Vec<Vec<usize>>,
 }
 
 impl<'a> Layers<'a> {
     pub fn new(files: impl IntoIterator<Item = &'a SourceFile>) -> Layers<'a> {
         let mut at = 0;
-        let files = files
+        let files: Vec<(usize, &SourceFile)> = files
             .into_iter()
             .map(|f| {
                 let start = at;
@@ -39,28 +43,48 @@ impl<'a> Layers<'a> {
                 (start, f)
             })
             .collect();
-        Layers { files }
+        let line_starts = files
+            .iter()
+            .map(|(_, f)| {
+                std::iter::once(0)
+                    .chain(memchr::memchr_iter(b'\n', f.text.as_bytes()).map(|i| i + 1))
+                    .collect()
+            })
+            .collect();
+        Layers { files, line_starts }
     }
 
     pub fn offset(&self, i: usize) -> usize {
         self.files[i].0
     }
 
-    /// The file a global offset falls in, and the offset within it.
-    fn locate(&self, pos: usize) -> (&'a SourceFile, usize) {
-        let i = self.files.partition_point(|(start, _)| *start <= pos);
-        let (start, file) = self.files[i.saturating_sub(1)];
-        (file, pos - start)
+    /// The file a global offset falls in (its index), and the offset within it.
+    fn locate(&self, pos: usize) -> (usize, usize) {
+        let i = self
+            .files
+            .partition_point(|(start, _)| *start <= pos)
+            .saturating_sub(1);
+        (i, pos - self.files[i].0)
     }
 
     pub fn name_at(&self, pos: usize) -> &'a str {
-        &self.locate(pos).0.name
+        &self.files[self.locate(pos).0].1.name
     }
 
     /// An error at a global span.
     pub fn error(&self, span: Range<usize>, message: String) -> ConfigError {
-        let (file, at) = self.locate(span.start);
-        ConfigError::at(file, at..at, message)
+        let (i, at) = self.locate(span.start);
+        let text = &self.files[i].1.text;
+        let at = text.floor_char_boundary(at.min(text.len()));
+        let starts = &self.line_starts[i];
+        let line = starts.partition_point(|s| *s <= at);
+        let line_start = starts[line - 1];
+        ConfigError {
+            file: self.files[i].1.name.clone(),
+            line,
+            col: text[line_start..at].chars().count() + 1,
+            message,
+        }
     }
 
     /// A deserialization error, whose span (if any) is global.
@@ -131,19 +155,22 @@ pub fn deserialize_all<'i, T: Deserialize<'i>>(
     errors: &mut Vec<ConfigError>,
 ) -> Option<T> {
     let mut removed: Vec<String> = Vec::new();
-    // Each round removes a key, so this ends; the bound is for safety.
-    for _ in 0..256 {
+    // Each round removes a key, so this ends. Past the bound (each round
+    // reads the table again) the rest is summed up in one error.
+    for _ in 0..MAX_ERRORS {
         match T::deserialize(ValueDeserializer::from(value.clone())) {
             Ok(t) => return Some(t),
             Err(e) => {
-                // Already reported as wrong, not as missing.
-                if removed
+                // A key reported as wrong, now missing: not a second error,
+                // but its table cannot be read, so drop that and go on with
+                // the rest (an action's bad `type` must not hide a bad
+                // `[metrics]`).
+                let missing_removed = removed
                     .iter()
-                    .any(|k| e.message().contains(&format!("missing field `{k}`")))
-                {
-                    return None;
+                    .any(|k| e.message().contains(&format!("missing field `{k}`")));
+                if !missing_removed {
+                    errors.push(layers.toml_error(&e));
                 }
-                errors.push(layers.toml_error(&e));
                 let span = e.span()?;
                 match remove_at(value.get_mut(), &span) {
                     Some(key) => removed.push(key),
@@ -152,8 +179,15 @@ pub fn deserialize_all<'i, T: Deserialize<'i>>(
             }
         }
     }
+    errors.push(layers.error(
+        value.span(),
+        format!("more than {MAX_ERRORS} errors here; fix these and run `portcullis check` again"),
+    ));
     None
 }
+
+/// Errors reported for one table before the rest are summed up.
+const MAX_ERRORS: usize = 256;
 
 /// Removes the deepest key whose key or value holds `span`; returns its name.
 /// A table's own span may be only its `[header]`, so tables are searched

@@ -59,7 +59,8 @@ impl ConfigFiles {
         let main_path = dir.join("portcullis.toml");
         let main = read_file(&main_path)?;
         let local_path = dir.join("portcullis.local.toml");
-        let main_local = if local_path.exists() {
+        // A dangling link is an error, not silently no overrides.
+        let main_local = if local_path.symlink_metadata().is_ok() {
             Some(read_file(&local_path)?)
         } else {
             None
@@ -70,10 +71,17 @@ impl ConfigFiles {
             let Ok(rd) = std::fs::read_dir(&d) else {
                 return Ok(Vec::new());
             };
+            // Hidden files (an editor's `.#auth.toml` lock, a `.swp`) and
+            // anything that is not a readable file are not config: a
+            // dangling lock link must not stop the daemon from starting.
             let (mut paths, other): (Vec<PathBuf>, Vec<PathBuf>) = rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .partition(|p| p.extension().is_some_and(|x| x == "toml"));
-            ignored.extend(other.into_iter().filter(|p| !p.is_dir()));
+                .filter(|p| {
+                    !p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .partition(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file());
+            ignored.extend(other);
             paths.sort_by_key(|p| (layers::is_local(&p.to_string_lossy()), p.clone()));
             paths.iter().map(|p| read_file(p)).collect()
         };

@@ -155,7 +155,7 @@ pub fn status(data: &Value) -> String {
         let _ = writeln!(
             out,
             "{:<22} {:<7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>5}  {last}{}",
-            j["name"].as_str().unwrap_or("?"),
+            field(&j["name"]),
             j["sources"].as_array().map_or(0, Vec::len),
             j["lines"].to_string(),
             j["parsed"].to_string(),
@@ -174,8 +174,8 @@ pub fn status(data: &Value) -> String {
         let _ = writeln!(
             out,
             "fleet {} as {}: link {}, {} published, {} applied, {} waiting{}",
-            f["name"].as_str().unwrap_or("?"),
-            f["host"].as_str().unwrap_or("?"),
+            field(&f["name"]),
+            field(&f["host"]),
             if f["link_up"] == true { "up" } else { "DOWN" },
             f["published"],
             f["applied"],
@@ -279,7 +279,7 @@ pub fn incident(i: &Value) -> String {
     let _ = writeln!(
         out,
         "jail       {} ({} severity)",
-        i["jail"].as_str().unwrap_or("?"),
+        field(&i["jail"]),
         i["severity"].as_str().unwrap_or("?")
     );
     let _ = writeln!(out, "what       {} {t}", i["kind"].as_str().unwrap_or("?"));
@@ -321,7 +321,7 @@ pub fn incident(i: &Value) -> String {
         let _ = writeln!(
             out,
             "action     {} {} at {}: {result}",
-            a["action"].as_str().unwrap_or("?"),
+            field(&a["action"]),
             a["change"].as_str().unwrap_or("?"),
             time_ms(a["at"].as_i64())
         );

@@ -74,16 +74,29 @@ impl Write for Line {
     }
 }
 
-/// `prefix` + the event with inner line breaks joined by `; ` + one `\n`.
+/// Longest event written, in bytes. journald cuts a stream line at
+/// `LineMax` (48 KiB by default) and at NUL, and reads a `<N>` priority at
+/// the start of every piece: an event longer than that, carrying a key id
+/// or user agent from a log line, could start a forged entry at any
+/// priority. Cut well below it.
+const MAX_EVENT: usize = 16 * 1024;
+
+/// `prefix` + the event with inner line breaks joined by `; `, NUL written
+/// as `\0`, cut to [`MAX_EVENT`] bytes, + one `\n`.
 fn one_line(prefix: Option<&str>, buf: &[u8]) -> Vec<u8> {
     let text = buf.strip_suffix(b"\n").unwrap_or(buf);
-    let mut out = Vec::with_capacity(buf.len() + 8);
+    let mut out = Vec::with_capacity(text.len().min(MAX_EVENT) + 16);
     out.extend_from_slice(prefix.unwrap_or("").as_bytes());
-    for (i, part) in text.split(|b| *b == b'\n').enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b"; ");
+    for &b in text {
+        if out.len() >= MAX_EVENT {
+            out.extend_from_slice(" [cut]".as_bytes());
+            break;
         }
-        out.extend_from_slice(part);
+        match b {
+            b'\n' => out.extend_from_slice(b"; "),
+            0 => out.extend_from_slice(b"\\0"),
+            b => out.push(b),
+        }
     }
     out.push(b'\n');
     out
@@ -105,5 +118,18 @@ mod tests {
         assert_eq!(one_line(None, b" INFO ok\n"), b" INFO ok\n");
         assert_eq!(priority(Level::WARN), "<4>");
         assert_eq!(priority(Level::TRACE), "<7>");
+        // Nothing an attacker writes can start a second journal entry.
+        let mut hostile = b" WARN ban key:".to_vec();
+        hostile.extend(std::iter::repeat_n(b'C', 60_000));
+        hostile.extend_from_slice(b"<0>FORGED\0<0>NUL\n");
+        let line = one_line(Some("<4>"), &hostile);
+        assert!(line.len() < 48 * 1024, "{}", line.len());
+        assert!(!line.contains(&0), "no NUL");
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+        assert_eq!(
+            one_line(None, b"a\0<0>b\n"),
+            b"a\\0<0>b\n",
+            "NUL is written visibly"
+        );
     }
 }

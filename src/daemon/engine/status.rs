@@ -6,34 +6,50 @@ use super::Engine;
 use crate::control::Response;
 use crate::decide::Ban;
 use crate::detect::Target;
+use crate::text::{printable, shell_quote};
 use serde_json::json;
 
 impl Engine {
     /// Why `unban TARGET` found nothing: an address inside a banned network
-    /// is still blocked, and the operator must be told by what.
+    /// is still blocked, and the operator must be told by what and how to
+    /// lift each (whatever `--jail` said: the address stays blocked).
     pub(super) fn not_banned(&self, target: &Target, jail: Option<&str>) -> String {
+        if let Some(j) = jail
+            && self.pipeline.jail_index(j).is_none()
+        {
+            return format!("no jail named `{}`", printable(j));
+        }
         let Target::Address(net) = target else {
             return format!("{target} is not banned");
         };
         let covering: Vec<&Ban> = self
             .ledger
             .bans()
-            .filter(|b| jail.is_none_or(|j| *b.jail == *j))
             .filter(|b| matches!(&b.target, Target::Address(n) if n != net && n.contains(net)))
+            .take(10)
             .collect();
-        let Some(first) = covering.first() else {
+        if covering.is_empty() {
             return format!("{target} is not banned");
-        };
+        }
         let list: Vec<String> = covering
             .iter()
-            .map(|b| format!("{} (jail {})", b.target, b.jail))
+            .map(|b| format!("{} (jail {})", b.target, printable(&b.jail)))
+            .collect();
+        let commands: Vec<String> = covering
+            .iter()
+            .map(|b| {
+                format!(
+                    "`portcullis unban {} --jail {}`",
+                    b.target,
+                    printable(&shell_quote(&b.jail))
+                )
+            })
             .collect();
         format!(
-            "{target} has no ban of its own, but it is inside {}, which stays enforced; \
-             to lift that, run `portcullis unban {} --jail {}` (this unbans the whole network)",
+            "{target} has no ban of its own, but it is inside {}, which stay(s) enforced; \
+             to lift that, run {} (this unbans the whole network)",
             list.join(", "),
-            first.target,
-            crate::text::shell_quote(&first.jail),
+            commands.join(" and "),
         )
     }
 
