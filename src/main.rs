@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use portcullis::config::{Config, ConfigError, ConfigFiles, embedded};
 use portcullis::control::{Request, cli as render, client};
-use portcullis::detect::{Decision, TargetKind};
+use portcullis::detect::{Decision, Target, TargetKind};
 use portcullis::parse::wrap::Wrap;
 use portcullis::replay::{Replay, Selection, Summary};
 use std::io::Write;
@@ -356,12 +356,6 @@ fn ctl(sock: &SocketArg, req: Request, show: impl Fn(&serde_json::Value) -> Stri
     }
 }
 
-fn parse_net(s: &str) -> Option<ipnet::IpNet> {
-    s.parse::<ipnet::IpNet>()
-        .ok()
-        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
-}
-
 /// After an unban: a network ban that still covers the address keeps it
 /// blocked, which the operator would not guess.
 fn warn_still_covered(sock: &SocketArg, net: ipnet::IpNet) {
@@ -369,20 +363,18 @@ fn warn_still_covered(sock: &SocketArg, net: ipnet::IpNet) {
         return;
     };
     for b in resp.data.as_array().into_iter().flatten() {
-        let Some(other) = b["target"]["value"].as_str().and_then(parse_net) else {
+        let Some(Ok(Target::Address(other))) = b["target"]["value"].as_str().map(Target::parse)
+        else {
             continue;
         };
         if other != net && other.contains(&net) {
+            let jail = b["jail"].as_str().unwrap_or("?");
             eprintln!(
-                "portcullis: warning: {} is still blocked by the ban of {} (jail {}); \
-                 lift it with `portcullis unban {} --jail {}`",
+                "portcullis: warning: {} is still blocked by the ban of {other} (jail {}); \
+                 lift it with `{}`",
                 net.addr(),
-                other,
-                portcullis::text::printable(b["jail"].as_str().unwrap_or("?")),
-                other,
-                portcullis::text::printable(&portcullis::text::shell_quote(
-                    b["jail"].as_str().unwrap_or("?")
-                )),
+                portcullis::text::printable(jail),
+                render::unban_command(&other.to_string(), jail),
             );
         }
     }
@@ -471,7 +463,7 @@ fn main() -> ExitCode {
                 |d| list_bans(d, "unbanned"),
             );
             if code == ExitCode::SUCCESS
-                && let Some(net) = target.as_deref().and_then(parse_net)
+                && let Some(Ok(Target::Address(net))) = target.as_deref().map(Target::parse)
             {
                 warn_still_covered(&sock, net);
             }

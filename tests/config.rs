@@ -208,18 +208,10 @@ fn local_files_change_shipped_jails_and_point_errors_at_themselves() {
     );
     assert!(config.jails.iter().any(|j| j.spec.name == "extra"));
 
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("jails.d/jail.local: ignored"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(stdout(&out).contains("2 jails"), "{}", stdout(&out));
+    let (ok, out) = check_dir(tmp.path());
+    assert!(ok, "{out}");
+    assert!(out.contains("jails.d/jail.local: ignored"), "{out}");
+    assert!(out.contains("2 jails"), "{out}");
 
     // A mistake in the local file is reported there, with its own line.
     tmp.write("jails.d/api.local.toml", "[auth]\n\nmaxretry = \"3\"\n");
@@ -236,6 +228,14 @@ fn local_files_change_shipped_jails_and_point_errors_at_themselves() {
     assert!(!ok);
     assert!(out.contains("jail `auth` is already defined in"), "{out}");
     assert!(out.contains(".local.toml"), "{out}");
+}
+
+fn check_json(dir: &std::path::Path) -> std::process::Output {
+    bin()
+        .args(["check", "--json", "--config"])
+        .arg(dir)
+        .output()
+        .unwrap()
 }
 
 fn check_dir(dir: &std::path::Path) -> (bool, String) {
@@ -264,11 +264,7 @@ fn check_warns_and_speaks_json() {
     ] {
         assert!(out.contains(w), "missing `{w}` in:\n{out}");
     }
-    let out = bin()
-        .args(["check", "--json", "--config"])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
+    let out = check_json(tmp.path());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["ok"], true);
     assert_eq!(v["warnings"].as_array().unwrap().len(), 3, "{v}");
@@ -276,11 +272,7 @@ fn check_warns_and_speaks_json() {
 
     // What would stop `run` fails `check` too.
     tmp.write("portcullis.toml", main);
-    let out = bin()
-        .args(["check", "--json", "--config"])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
+    let out = check_json(tmp.path());
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["ok"], false);

@@ -969,3 +969,42 @@ fn unban_names_every_covering_network_and_warns_after_lifting_its_own_ban() {
     let err = stderr(&d.cli(&["unban", "10.77.3.9", "--jail", "nosuch"]));
     assert!(err.contains("no jail named `nosuch`"), "{err}");
 }
+
+#[test]
+fn hostile_jail_names_never_reach_the_terminal_raw() {
+    let dir = Daemon::config("evil-name", 5, "");
+    let d = dir.path().display().to_string();
+    dir.write(
+        "conf/jails.d/evil.toml",
+        &format!(
+            "[\"e\\u001b[31mvil\\u0007; $(touch {d}/pwned)'x\"]\nfilter = \"auth\"\nlogpath = \"{d}/logs/access.log\"\n"
+        ),
+    );
+    let d = Daemon::start(dir);
+    let name = format!(
+        "e\u{1b}[31mvil\u{7}; $(touch {}/pwned)'x",
+        d.dir.path().display()
+    );
+    let out = d.cli(&["ban", "10.88.1.0/24", "--jail", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for args in [
+        vec!["status"],
+        vec!["bans"],
+        vec!["status", name.as_str()],
+        vec!["unban", "10.88.1.5"],
+    ] {
+        let out = d.cli(&args);
+        let all = stdout(&out) + &stderr(&out);
+        assert!(
+            !all.contains('\u{1b}') && !all.contains('\u{7}'),
+            "{args:?} printed a raw control character:\n{all:?}"
+        );
+    }
+    // The suggested command is quoted: pasted, it runs nothing.
+    let err = stderr(&d.cli(&["unban", "10.88.1.5"]));
+    assert!(
+        err.contains("portcullis unban 10.88.1.0/24 --jail $'"),
+        "{err}"
+    );
+    assert!(!d.dir.path().join("pwned").exists());
+}

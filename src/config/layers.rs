@@ -145,6 +145,14 @@ pub fn merge<'i>(base: &mut DeTable<'i>, over: DeTable<'i>) {
     }
 }
 
+/// [`merge`] for two table values (anything else is left as it is: the
+/// callers read only tables here).
+pub fn merge_tables<'i>(base: &mut Spanned<DeValue<'i>>, over: Spanned<DeValue<'i>>) {
+    if let (DeValue::Table(b), DeValue::Table(o)) = (base.get_mut(), over.into_inner()) {
+        merge(b, o);
+    }
+}
+
 /// Deserializes `value` as a `T`, reporting every key that does not fit:
 /// after each error the key it points at is dropped and the rest read
 /// again. `None` when what remains still does not make a `T` (a required

@@ -64,7 +64,8 @@ pub fn warnings(config: &Config, files: &ConfigFiles) -> Vec<String> {
 /// An invalid glob, or a directory that does not exist (a typo there means
 /// the jail waits forever for a file that never appears).
 fn logpath_warning(jail: &str, pattern: &str) -> Option<String> {
-    let is_glob = pattern.contains(['*', '?', '[']);
+    use crate::watch::GLOB_CHARS;
+    let is_glob = pattern.contains(GLOB_CHARS);
     if is_glob && let Err(e) = glob::Pattern::new(pattern) {
         return Some(format!(
             "jail `{jail}`: logpath `{pattern}` is not a valid glob: {}",
@@ -72,7 +73,7 @@ fn logpath_warning(jail: &str, pattern: &str) -> Option<String> {
         ));
     }
     // The directory part before any wildcard must exist.
-    let fixed: &str = match pattern.find(['*', '?', '[']) {
+    let fixed: &str = match pattern.find(GLOB_CHARS) {
         Some(i) => &pattern[..i],
         None => pattern,
     };

@@ -242,12 +242,7 @@ fn read_main(
         layers::shift(&mut value, layers.offset(i));
         match &mut doc {
             None => doc = Some(value),
-            Some(base) => {
-                if let (DeValue::Table(b), DeValue::Table(o)) = (base.get_mut(), value.into_inner())
-                {
-                    layers::merge(b, o);
-                }
-            }
+            Some(base) => layers::merge_tables(base, value),
         }
     }
     layers::deserialize_all(doc?, layers, errors)
@@ -285,13 +280,7 @@ fn read_tables<'a, T: Deserialize<'a>>(
             }
             layers::shift(&mut value, by);
             match raw.get_mut(&name) {
-                Some((_, base)) if local => {
-                    if let (DeValue::Table(b), DeValue::Table(o)) =
-                        (base.get_mut(), value.into_inner())
-                    {
-                        layers::merge(b, o);
-                    }
-                }
+                Some((_, base)) if local => layers::merge_tables(base, value),
                 Some((header, _)) => {
                     errors.push(layers.error(
                         span,

@@ -38,6 +38,16 @@ pub fn target_arg(v: &Value) -> String {
     }
 }
 
+/// The command that lifts the ban of `target` in `jail`, shell-quoted so it
+/// can be pasted (and so nothing in a jail name reaches the terminal raw).
+pub fn unban_command(target: &str, jail: &str) -> String {
+    format!(
+        "portcullis unban {} --jail {}",
+        shell_quote(target),
+        shell_quote(jail)
+    )
+}
+
 /// `portcullis bans`: one row a ban.
 pub fn bans(data: &Value) -> String {
     let mut out = String::new();
@@ -306,9 +316,8 @@ pub fn incident(i: &Value) -> String {
         None => {
             let _ = writeln!(
                 out,
-                "resolved   no; undo with: portcullis unban {} --jail {}",
-                shell_quote(&target_arg(&i["target"])),
-                shell_quote(i["jail"].as_str().unwrap_or("?"))
+                "resolved   no; undo with: {}",
+                unban_command(&target_arg(&i["target"]), i["jail"].as_str().unwrap_or("?"))
             );
         }
     }

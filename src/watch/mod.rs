@@ -11,12 +11,15 @@ pub mod tail;
 use notify::{RecursiveMode, Watcher as _};
 use std::path::{Path, PathBuf};
 
+/// The characters that make a `logpath` a glob.
+pub const GLOB_CHARS: [char; 3] = ['*', '?', '['];
+
 /// Expands a jail's `logpath` entries (globs allowed) to the paths that exist now,
 /// plus the literal paths that do not exist yet (they are waited for).
 pub fn expand(patterns: &[String]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for p in patterns {
-        let is_glob = p.contains(['*', '?', '[']);
+        let is_glob = p.contains(GLOB_CHARS);
         if !is_glob {
             out.push(PathBuf::from(p));
             continue;
@@ -54,7 +57,7 @@ impl Watcher {
         for p in patterns {
             let head: PathBuf = Path::new(p)
                 .components()
-                .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+                .take_while(|c| !c.as_os_str().to_string_lossy().contains(GLOB_CHARS))
                 .collect();
             let dir = if head.as_os_str() == p.as_str() {
                 head.parent().map(Path::to_path_buf)

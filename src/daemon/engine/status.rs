@@ -4,9 +4,10 @@
 
 use super::Engine;
 use crate::control::Response;
+use crate::control::cli::unban_command;
 use crate::decide::Ban;
 use crate::detect::Target;
-use crate::text::{printable, shell_quote};
+use crate::text::printable;
 use serde_json::json;
 
 impl Engine {
@@ -37,13 +38,7 @@ impl Engine {
             .collect();
         let commands: Vec<String> = covering
             .iter()
-            .map(|b| {
-                format!(
-                    "`portcullis unban {} --jail {}`",
-                    b.target,
-                    printable(&shell_quote(&b.jail))
-                )
-            })
+            .map(|b| format!("`{}`", unban_command(&b.target.to_string(), &b.jail)))
             .collect();
         format!(
             "{target} has no ban of its own, but it is inside {}, which stay(s) enforced; \
