@@ -720,7 +720,7 @@ fn a_lost_or_corrupted_store_never_empties_the_kernel() {
             })
             .collect();
         targets.sort();
-        assert_eq!(targets, ["192.0.2.2/32", "192.0.2.4/32"]);
+        assert_eq!(targets, ["192.0.2.2", "192.0.2.4"]);
     };
     // Lost.
     d.stop();

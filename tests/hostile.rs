@@ -168,7 +168,7 @@ fn basic_auth_user_names_cannot_hide_the_client() {
         assert_eq!(status, 401);
     }
     wait_for(
-        || d.bans().contains(&"auth 127.0.0.9/32 5".to_string()),
+        || d.bans().contains(&"auth 127.0.0.9 5".to_string()),
         "the attacker to be banned",
     );
     let j = d.jail("auth");

@@ -289,12 +289,13 @@ fn deb_installs_runs_and_is_removed_under_real_systemd() {
 
     // Site config in override files only: the shipped conffiles stay as
     // shipped. A threshold of 3 instead of the shipped 100, a log of our
-    // own, an action that always fails, and an operators' group.
+    // own, an action that always fails, and an operators' group. The log
+    // is nginx's, and nginx is not installed yet: its directory does not
+    // exist when the daemon starts, as at a boot where nginx comes up late.
     sb.ok(&["groupadd", "pcadm"]);
     sb.ok(&["useradd", "-G", "pcadm", "alice"]);
     sb.ok(&["useradd", "bob"]);
-    std::fs::create_dir_all(sb.root().join("var/log/pc")).unwrap();
-    sb.append("var/log/pc/access.log", "");
+    assert!(!sb.root().join("var/log/nginx").exists());
     let etc = sb.root().join("etc/portcullis");
     std::fs::write(
         etc.join("portcullis.local.toml"),
@@ -303,13 +304,23 @@ fn deb_installs_runs_and_is_removed_under_real_systemd() {
     .unwrap();
     std::fs::write(
         etc.join("jails.d/site.local.toml"),
-        "[auth-bruteforce]\nlogpath = \"/var/log/pc/access.log\"\nformat = \"combined\"\n\
+        "[auth-bruteforce]\nlogpath = \"/var/log/nginx/api.log\"\nformat = \"combined\"\n\
          maxretry = 3\naction = [\"log\", \"firewall\", \"broken\"]\n",
     )
     .unwrap();
     sb.ok(&["portcullis", "check"]);
     sb.ok(&["systemctl", "start", "portcullis"]);
-    assert_eq!(sb.state(), "active");
+    assert_eq!(
+        sb.state(),
+        "active",
+        "a missing proxy log does not fail the unit"
+    );
+    sb.wait("the missing log said at priority warning", 15, |sb| {
+        sb.journal("-p warning").contains("/var/log/nginx/api.log")
+    });
+    // nginx arrives: its log directory and file appear, and are followed.
+    std::fs::create_dir_all(sb.root().join("var/log/nginx")).unwrap();
+    sb.append("var/log/nginx/api.log", "");
     let pid = sb.ok(&[
         "systemctl",
         "show",
@@ -323,7 +334,7 @@ fn deb_installs_runs_and_is_removed_under_real_systemd() {
     // network namespace.
     let attacker = "203.0.113.9";
     for _ in 0..3 {
-        sb.append("var/log/pc/access.log", &attack_line(attacker));
+        sb.append("var/log/nginx/api.log", &attack_line(attacker));
     }
     sb.wait("the ban in the nft set", 15, |sb| {
         stdout(&sb.exec(&["nft", "list", "table", "inet", "portcullis"])).contains(attacker)
@@ -375,7 +386,7 @@ fn deb_installs_runs_and_is_removed_under_real_systemd() {
             i & 0xff
         ));
     }
-    sb.append("var/log/pc/access.log", &burst);
+    sb.append("var/log/nginx/api.log", &burst);
     sb.wait("the burst read", 120, |sb| {
         let out = sb.exec(&["portcullis", "status", "--json"]);
         serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|v| {

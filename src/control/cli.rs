@@ -247,8 +247,9 @@ pub fn status(data: &Value) -> String {
     out
 }
 
-fn time_ms(ms: Option<i64>) -> String {
-    ms.map_or_else(|| "-".into(), |m| time(Some(m / 1000)))
+/// A time that may be unknown (`-`), not "never".
+fn time_or_dash(secs: Option<i64>) -> String {
+    secs.map_or_else(|| "-".into(), |s| time(Some(s)))
 }
 
 /// `portcullis incidents`: one row an incident, newest first.
@@ -262,14 +263,14 @@ pub fn incidents(data: &Value) -> String {
     );
     for i in &rows {
         let resolved = match i["resolution"].as_str() {
-            Some(how) => format!("{} ({how})", time_ms(i["resolved_at"].as_i64())),
+            Some(how) => format!("{} ({how})", time_or_dash(i["resolved_at"].as_i64())),
             None => "open".into(),
         };
         let _ = writeln!(
             out,
             "{:<20} {:<19} {:<20} {:<7} {:<8} {:<26} {:>6}  {resolved}",
             field(&i["id"]),
-            time_ms(i["detected_at"].as_i64()),
+            time_or_dash(i["detected_at"].as_i64()),
             field(&i["jail"]),
             i["kind"].as_str().unwrap_or("?"),
             i["severity"].as_str().unwrap_or("?"),
@@ -297,20 +298,24 @@ pub fn incident(i: &Value) -> String {
     let _ = writeln!(
         out,
         "first seen {} (log time)",
-        time_ms(i["first_seen"].as_i64())
+        time_or_dash(i["first_seen"].as_i64())
     );
     let _ = writeln!(
         out,
         "last seen  {} (log time)",
-        time_ms(i["last_seen"].as_i64())
+        time_or_dash(i["last_seen"].as_i64())
     );
-    let _ = writeln!(out, "detected   {}", time_ms(i["detected_at"].as_i64()));
+    let _ = writeln!(
+        out,
+        "detected   {}",
+        time_or_dash(i["detected_at"].as_i64())
+    );
     match i["resolution"].as_str() {
         Some(how) => {
             let _ = writeln!(
                 out,
                 "resolved   {} ({how})",
-                time_ms(i["resolved_at"].as_i64())
+                time_or_dash(i["resolved_at"].as_i64())
             );
         }
         None => {
@@ -332,7 +337,7 @@ pub fn incident(i: &Value) -> String {
             "action     {} {} at {}: {result}",
             field(&a["action"]),
             a["change"].as_str().unwrap_or("?"),
-            time_ms(a["at"].as_i64())
+            time_or_dash(a["at"].as_i64())
         );
     }
     for e in i["evidence"].as_array().into_iter().flatten() {

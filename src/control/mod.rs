@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! → {"cmd":"bans","jail":null}
-//! ← {"ok":true,"data":[{"jail":"auth-bruteforce","target":{"kind":"address","value":"203.0.113.10/32"},...}]}
+//! ← {"ok":true,"data":[{"jail":"auth-bruteforce","target":{"kind":"address","value":"203.0.113.10"},...}]}
 //! ```
 //!
 //! Any tool can speak it (`socat - UNIX-CONNECT:/run/portcullis/control.sock`).
@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod client;
 pub mod server;
+pub mod view;
 
 use serde::{Deserialize, Serialize};
 

@@ -9,7 +9,7 @@ use crate::act::supervise::Supervisor;
 use crate::act::{Action, Change, Dispatcher, Holding, Outcome};
 use crate::config::{Config, ConfigFiles, JailEntry};
 use crate::control::server::Envelope;
-use crate::control::{Request, Response};
+use crate::control::{Request, Response, view};
 use crate::decide::{Ban, Ledger, Policy, Verdict};
 use crate::detect::jail::ReadFrom;
 use crate::detect::{Decision, Target};
@@ -77,7 +77,7 @@ pub struct Engine {
     dispatcher: Dispatcher,
     actions: Vec<Arc<dyn Action>>,
     tx: Sender<Msg>,
-    last_decision: HashMap<String, (i64, String)>,
+    last_decision: HashMap<String, (i64, Target)>,
     /// Health and retries of every action (never fatal; see `act::supervise`).
     supervisor: Supervisor,
     started: Instant,
@@ -376,7 +376,7 @@ impl Engine {
                 if let Some(f) = &self.fleet {
                     f.publish("ban", &ban.jail, &ban.target, ban.expires, ban.count);
                 }
-                self.last_decision.insert(jail, (now, target));
+                self.last_decision.insert(jail, (now, ban.target.clone()));
                 if self.read_at.len() >= 100_000 {
                     self.read_at.clear();
                 }
@@ -875,7 +875,7 @@ impl Engine {
                     .bans()
                     .filter(|b| jail.as_ref().is_none_or(|j| &b.jail == j))
                     .collect();
-                Response::ok(json!(bans))
+                Response::ok(view::bans(bans))
             }
             Request::Unban { target, jail, all } => {
                 let target = match (&target, all) {
@@ -893,7 +893,7 @@ impl Engine {
                         None => "no matching ban".into(),
                     });
                 }
-                Response::ok(json!(removed))
+                Response::ok(view::bans(&removed))
             }
             Request::Ban {
                 target,
@@ -949,7 +949,7 @@ impl Engine {
                         self.dispatch(&[Change::Add(ban.clone())]);
                         self.persist(Vec::new());
                         let saved = self.writer.flush();
-                        let mut v = json!(ban);
+                        let mut v = view::ban(&ban);
                         // The caller must know when a restart would lose it.
                         v["persisted"] = json!(saved);
                         if !saved {
@@ -982,13 +982,13 @@ impl Engine {
                             .filter(|i| i.detected_at >= cutoff)
                             .collect();
                         list.reverse();
-                        Response::ok(json!(list))
+                        Response::ok(list.iter().map(view::incident).collect())
                     }
                     Err(e) => Response::err(e),
                 }
             }
             Request::Incident { id } => match self.writer.get::<Incident>(Table::Incidents, &id) {
-                Ok(Some(i)) => Response::ok(json!(i)),
+                Ok(Some(i)) => Response::ok(view::incident(&i)),
                 Ok(None) => Response::err(format!("no incident `{id}`")),
                 Err(e) => Response::err(e),
             },

@@ -3,8 +3,8 @@
 //! from the loop.
 
 use super::Engine;
-use crate::control::Response;
 use crate::control::cli::unban_command;
+use crate::control::{Response, view};
 use crate::decide::Ban;
 use crate::detect::Target;
 use crate::text::printable;
@@ -81,7 +81,7 @@ impl Engine {
             let last = self
                 .last_decision
                 .get(&entry.spec.name)
-                .map(|(t, target)| json!({ "time": t, "target": target }));
+                .map(|(t, target)| json!({ "time": t, "target": view::target(target) }));
             jails.push(json!({
                 "name": entry.spec.name,
                 "enabled": entry.enabled,
