@@ -526,7 +526,11 @@ fn main() -> ExitCode {
             let Some(fw) = &config.main.firewall else {
                 return ExitCode::SUCCESS;
             };
-            match portcullis::act::firewall::remove_rules(fw, &config.ignore) {
+            match portcullis::act::firewall::remove_rules(
+                fw,
+                &config.ignore,
+                config.firewall_scopes(),
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis: {e}");

@@ -313,3 +313,41 @@ fn a_bad_table_does_not_hide_the_others_and_editor_files_are_not_config() {
     assert!(ok, "{out}");
     assert!(out.contains("old.toml: ignored"), "{out}");
 }
+
+#[test]
+fn port_scopes_are_checked() {
+    let main = format!("{MAIN}[firewall]\nbackend = \"nftables\"\n");
+    let jails = r#"[web]
+filter = "auth"
+action = ["firewall"]
+ports = ["http", "https", "8000-8099", 9443]
+protocol = "tcp"
+
+[bad-ports]
+filter = "auth"
+action = ["firewall"]
+ports = ["htp", 70000, "90-80"]
+
+[ports-without-firewall]
+filter = "auth"
+ports = [80]
+
+[protocol-alone]
+filter = "auth"
+action = ["firewall"]
+protocol = "sctp"
+"#;
+    let (ok, out) = check(&[
+        ("portcullis.toml", &main),
+        ("jails.d/a.toml", jails),
+        ("filters.d/f.toml", "[auth]\nstatus = 401\n"),
+    ]);
+    assert!(!ok);
+    let has = |needle: &str| assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
+    has(
+        "jails.d/a.toml:10:9: jail `bad-ports`: `htp` is not a port number or a known tcp service name",
+    );
+    has("jails.d/a.toml:14:9: jail `ports-without-firewall`: `ports` scopes the `firewall` action");
+    has("jails.d/a.toml:19:12: unknown variant `sctp`, expected `tcp` or `udp`");
+    assert!(!out.contains("jail `web`"), "{out}");
+}

@@ -53,6 +53,8 @@ struct Net {
     srv: String,
     cli: String,
     http: Option<std::process::Child>,
+    /// More listeners, by [`Net::listen`].
+    listeners: Vec<std::process::Child>,
 }
 
 impl Net {
@@ -70,6 +72,7 @@ impl Net {
             srv: srv.clone(),
             cli: cli.clone(),
             http: None,
+            listeners: Vec::new(),
         };
         must(&[
             "ip", "link", "add", &vs, "type", "veth", "peer", "name", &vc,
@@ -131,12 +134,32 @@ impl Net {
         wait_for(|| self.get("192.0.2.2", "192.0.2.1"), "the HTTP server");
     }
 
+    /// One more HTTP server in the server namespace, on `port`.
+    fn listen(&mut self, port: u16) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.srv, "python3", "-m", "http.server"])
+            .args([&port.to_string(), "--bind", "::"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.listeners.push(child);
+        wait_for(
+            || self.get_port("192.0.2.2", "192.0.2.1", port),
+            "the second HTTP server",
+        );
+    }
+
     /// An HTTP GET from `src` in the client namespace; true on a 200.
     fn get(&self, src: &str, dst: &str) -> bool {
+        self.get_port(src, dst, 8080)
+    }
+
+    fn get_port(&self, src: &str, dst: &str, port: u16) -> bool {
         let url = if dst.contains(':') {
-            format!("http://[{dst}]:8080/")
+            format!("http://[{dst}]:{port}/")
         } else {
-            format!("http://{dst}:8080/")
+            format!("http://{dst}:{port}/")
         };
         let out = sh(&[
             "ip",
@@ -172,7 +195,7 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        if let Some(mut h) = self.http.take() {
+        for mut h in self.http.take().into_iter().chain(self.listeners.drain(..)) {
             let _ = h.kill();
             let _ = h.wait();
         }
@@ -416,6 +439,85 @@ fn ipset_backend_drops_and_unbans() {
         || net.get("192.0.2.2", "192.0.2.1"),
         "a response after unban",
     );
+}
+
+/// A jail with `ports = [80]` drops the banned client's port 80 only: port
+/// 22 (a second listener) still answers it. Reloaded without `ports`, the
+/// same ban drops both, and the scoped set is gone (nftables) or no longer
+/// referenced by a rule (ipset).
+fn port_scoped_ban(backend: &str) {
+    if !prerequisites() {
+        return;
+    }
+    let mut net = Net::new();
+    net.listen(80);
+    net.listen(22);
+    let d = daemon(
+        &net,
+        &format!("ports-{backend}"),
+        "ports = [\"http\"]\n",
+        &format!("backend = \"{backend}\""),
+    );
+    let (banned, other) = ("192.0.2.2", "192.0.2.4");
+    d.append(&(0..3).map(|_| attack_line(banned)).collect::<String>());
+    wait_for(
+        || !net.get_port(banned, "192.0.2.1", 80),
+        "port 80 dropped for the banned client",
+    );
+    assert!(
+        net.get_port(banned, "192.0.2.1", 22),
+        "port 22 still answers the banned client"
+    );
+    assert!(
+        net.get_port(other, "192.0.2.1", 80),
+        "another client keeps port 80"
+    );
+    // IPv6 too: a /64 ban, port-scoped.
+    d.append(
+        &(0..3)
+            .map(|_| attack_line("2001:db8:1::2"))
+            .collect::<String>(),
+    );
+    wait_for(
+        || !net.get_port("2001:db8:1::3", "2001:db8:1::1", 80),
+        "port 80 dropped for the banned /64",
+    );
+    assert!(net.get_port("2001:db8:1::3", "2001:db8:1::1", 22));
+
+    // The same jail without `ports`: the ban drops everything.
+    let jail = d.dir.path().join("conf/jails.d/auth.toml");
+    let text = std::fs::read_to_string(&jail).unwrap();
+    std::fs::write(&jail, text.replace("ports = [\"http\"]\n", "")).unwrap();
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(
+        || !net.get_port(banned, "192.0.2.1", 22),
+        "port 22 dropped too once the jail bans every port",
+    );
+    assert!(!net.get_port(banned, "192.0.2.1", 80));
+    assert!(net.get_port(other, "192.0.2.1", 22));
+    if backend == "nftables" {
+        let table = stdout(&net.nft(&["list", "table", "inet", "portcullis"]));
+        assert!(
+            !table.contains("_p"),
+            "a scoped set outlived its jail:\n{table}"
+        );
+    } else {
+        let rules = stdout(&sh(&[
+            "ip", "netns", "exec", &net.srv, "iptables", "-S", "INPUT",
+        ]));
+        assert!(!rules.contains("multiport"), "{rules}");
+    }
+}
+
+#[test]
+fn nft_port_scoped_ban_spares_other_ports() {
+    port_scoped_ban("nftables");
+}
+
+#[test]
+fn ipset_port_scoped_ban_spares_other_ports() {
+    port_scoped_ban("ipset");
 }
 
 #[test]

@@ -122,6 +122,8 @@ pub struct JailEntry {
     pub policy: Policy,
     pub actions: Vec<String>,
     pub read_from: ReadFrom,
+    /// What the `firewall` action drops of a banned address.
+    pub ports: crate::act::firewall::PortScope,
 }
 
 /// Longest line read by default. A stock nginx accepts a request line and
@@ -144,6 +146,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// Each jail that uses the `firewall` action, with its port scope.
+    pub fn firewall_scopes(&self) -> crate::act::firewall::Scopes {
+        crate::act::firewall::Scopes::new(
+            self.jails
+                .iter()
+                .filter(|j| j.actions.iter().any(|a| a == "firewall"))
+                .map(|j| (j.spec.name.clone(), j.ports.clone())),
+        )
+    }
+
     pub fn control_socket(&self) -> PathBuf {
         self.main
             .control_socket
@@ -474,6 +486,31 @@ fn resolve_jail(
             .as_ref()
             .map_or_else(|| vec!["log".to_string()], |a| a.0.clone()),
     };
+    let ports = match (&jail.ports, &jail.protocol) {
+        (Some(p), proto) => {
+            let protocol = proto
+                .as_ref()
+                .map_or_else(Default::default, |p| *p.get_ref());
+            if !actions.iter().any(|a| a == "firewall") {
+                err(
+                    p.span(),
+                    "`ports` scopes the `firewall` action, which this jail does not use".into(),
+                );
+            }
+            match crate::act::firewall::PortScope::parse(p.get_ref(), protocol) {
+                Ok(scope) => scope,
+                Err(e) => {
+                    err(p.span(), e);
+                    Default::default()
+                }
+            }
+        }
+        (None, Some(p)) => {
+            err(p.span(), "`protocol` needs `ports`".into());
+            Default::default()
+        }
+        (None, None) => Default::default(),
+    };
     if jail.scope == crate::detect::jail::Scope::Fleet && main.fleet.is_none() {
         err(
             header.clone(),
@@ -519,6 +556,7 @@ fn resolve_jail(
         },
         actions,
         read_from: jail.read_from.unwrap_or_default(),
+        ports,
     })
 }
 

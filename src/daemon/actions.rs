@@ -41,14 +41,11 @@ pub(super) fn build_actions(
     let mut actions: BTreeMap<String, Arc<dyn Action>> = BTreeMap::new();
     actions.insert("log".into(), Arc::new(LogAction));
     if let Some(fw) = &config.main.firewall {
-        let backend: Arc<dyn Action> = match fw.backend {
-            crate::act::firewall::Backend::Nftables => {
-                Arc::new(crate::act::NftablesBackend::new(fw, &config.ignore))
-            }
-            crate::act::firewall::Backend::Ipset => {
-                Arc::new(crate::act::IpsetBackend::new(fw, &config.ignore))
-            }
-        };
+        let backend: Arc<dyn Action> = Arc::from(crate::act::firewall::backend(
+            fw,
+            &config.ignore,
+            config.firewall_scopes(),
+        ));
         actions.insert("firewall".into(), backend);
     }
     for (name, a) in &config.main.actions {
@@ -106,14 +103,7 @@ pub(super) fn adopt_enforced(config: &Config, ledger: &mut Ledger) -> (Vec<Ban>,
     let Some(fw) = &config.main.firewall else {
         return (Vec::new(), Vec::new());
     };
-    let action: Box<dyn Action> = match fw.backend {
-        crate::act::firewall::Backend::Nftables => {
-            Box::new(crate::act::NftablesBackend::new(fw, &config.ignore))
-        }
-        crate::act::firewall::Backend::Ipset => {
-            Box::new(crate::act::IpsetBackend::new(fw, &config.ignore))
-        }
-    };
+    let action = crate::act::firewall::backend(fw, &config.ignore, config.firewall_scopes());
     let users: Vec<&str> = config
         .jails
         .iter()

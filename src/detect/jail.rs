@@ -123,4 +123,9 @@ pub struct JailConfig {
     pub severity: Severity,
     /// Most keys tracked at once; the stalest are evicted past it.
     pub max_tracked: Option<usize>,
+    /// The firewall drops only traffic to these ports (names, numbers,
+    /// ranges) of `protocol`; default: every port.
+    pub ports: Option<Spanned<Vec<crate::act::firewall::scope::PortSpec>>>,
+    /// `tcp` (default) or `udp`, with `ports`.
+    pub protocol: Option<Spanned<crate::act::firewall::scope::Protocol>>,
 }
