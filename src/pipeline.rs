@@ -313,6 +313,22 @@ fn wall_clock_ms() -> i64 {
 }
 
 impl Pipeline {
+    /// New allowlist and trusted proxies (their files changed), for every
+    /// source from its next line on.
+    pub fn set_lists(
+        &mut self,
+        ignore: crate::parse::addr::NetSet,
+        trusted: crate::parse::addr::NetSet,
+    ) {
+        self.detector.set_ignore(ignore);
+        for src in &mut self.sources {
+            for g in &mut src.groups {
+                g.parser.set_trusted(trusted.clone());
+            }
+        }
+        self.trusted = trusted;
+    }
+
     /// Compiles `jails` (a subset of `config.jails`).
     pub fn new(config: &Config, jails: Vec<JailEntry>) -> Pipeline {
         let mut wanted = Wanted::default();

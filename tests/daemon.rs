@@ -1025,3 +1025,85 @@ fn hostile_jail_names_never_reach_the_terminal_raw() {
     );
     assert!(!d.dir.path().join("pwned").exists());
 }
+
+/// `trusted_proxies_file` and `ignore_file` are re-read when they change:
+/// no reload, in effect within 2 s (a CDN's ranges fetched by cron).
+#[test]
+fn list_files_take_effect_within_two_seconds() {
+    let dir = Daemon::config("lists", 1, "format = \"xff\"\n");
+    let d_path = dir.path().display().to_string();
+    dir.write("conf/cdn.txt", "# the CDN's ranges, fetched nightly\n");
+    dir.write("conf/allow.txt", "203.0.113.0/24  # the office\n");
+    add_to_main(
+        &dir,
+        &format!(
+            "trusted_proxies_file = \"{d_path}/conf/cdn.txt\"\nignore_file = [\"{d_path}/conf/allow.txt\"]\n"
+        ),
+        "[formats.xff]\nnginx = '$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\" \"$http_x_forwarded_for\"'\n",
+    );
+    let d = Daemon::start(dir);
+    let line = |peer: &str, xff: &str| {
+        format!(
+            "{peer} - - [22/Nov/2026:08:00:00 +0000] \"POST /v1/login HTTP/1.1\" 401 0 \"-\" \"curl/8\" \"{xff}\"\n"
+        )
+    };
+    // The office is ignored; the proxy is not trusted yet, so its
+    // X-Forwarded-For is not believed and the proxy itself is the client.
+    d.append(&line("203.0.113.5", "-"));
+    d.append(&line("10.9.9.9", "198.51.100.1"));
+    wait_for(
+        || d.bans() == ["auth 10.9.9.9 1"],
+        "the untrusted proxy banned",
+    );
+    assert_eq!(d.jail("auth")["ignored"], 1);
+
+    // Both files change; each takes effect within 2 s, measured from the write.
+    let t0 = std::time::Instant::now();
+    std::fs::write(d.dir.path().join("conf/cdn.txt"), "10.0.0.0/8\n").unwrap();
+    std::fs::write(d.dir.path().join("conf/allow.txt"), "# nobody\n").unwrap();
+    let mut n = 0;
+    let seen = loop {
+        n += 1;
+        d.append(&line("10.9.9.9", &format!("198.51.100.{n}")));
+        d.append(&line("203.0.113.5", "-"));
+        std::thread::sleep(Duration::from_millis(100));
+        let bans = d.bans();
+        if bans.iter().any(|b| b.starts_with("auth 198.51.100."))
+            && bans.contains(&"auth 203.0.113.5 1".to_string())
+        {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "not applied: {bans:?}"
+        );
+    };
+    assert!(seen <= Duration::from_secs(2), "took {seen:?}");
+
+    // A broken file keeps the last good list and says where it is broken.
+    std::fs::write(
+        d.dir.path().join("conf/cdn.txt"),
+        "10.0.0.0/8\n10.0.0.0/99\n",
+    )
+    .unwrap();
+    wait_for(
+        || {
+            d.daemon_log()
+                .contains("cdn.txt:2:1: `10.0.0.0/99` is not an address or CIDR")
+        },
+        "the error with file:line",
+    );
+    d.append(&line("10.9.9.9", "198.51.100.250"));
+    wait_for(
+        || d.bans().contains(&"auth 198.51.100.250 1".to_string()),
+        "the proxy still trusted",
+    );
+    // `check` refuses the broken file at start.
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(d.dir.path().join("conf"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cdn.txt:2:1:"), "{}", stderr(&out));
+}

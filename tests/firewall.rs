@@ -401,6 +401,73 @@ fn nft_allowlisted_address_is_never_dropped() {
     assert!(net.get("192.0.2.3", "192.0.2.1"));
 }
 
+/// An `ignore_file` change reaches the kernel's accept sets within 2 s,
+/// without a reload, on both backends.
+fn allowlist_file_reaches_the_kernel(backend: &str) {
+    if !prerequisites() {
+        return;
+    }
+    let mut net = Net::new();
+    net.start_http();
+    let dir = Daemon::config(
+        &format!("allowfile-{backend}"),
+        3,
+        "action = [\"log\", \"firewall\"]\n",
+    );
+    let allow = dir.write("conf/allow.txt", "192.0.2.4\n");
+    add_to_main(
+        &dir,
+        &format!("ignore_file = \"{}\"\n", allow.display()),
+        &format!("[firewall]\nbackend = \"{backend}\"\n"),
+    );
+    let d = Daemon::start_in(dir, &["ip", "netns", "exec", &net.srv]);
+    let accepted = || -> String {
+        if backend == "nftables" {
+            net.nft_elements("allow4").join(" ")
+        } else {
+            stdout(&sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &net.srv,
+                "ipset",
+                "list",
+                "portcullis-allow4",
+            ]))
+        }
+    };
+    wait_for(
+        || accepted().contains("192.0.2.4"),
+        "the file's address in the accept set",
+    );
+    // 192.0.2.2 is banned, then allowlisted by the file: it gets through.
+    d.append(&(0..3).map(|_| attack_line("192.0.2.2")).collect::<String>());
+    wait_for(|| !net.get("192.0.2.2", "192.0.2.1"), "the ban");
+    let t0 = std::time::Instant::now();
+    std::fs::write(&allow, "192.0.2.2\n").unwrap();
+    wait_for(
+        || net.get("192.0.2.2", "192.0.2.1"),
+        "the allowlisted address through",
+    );
+    assert!(
+        t0.elapsed() <= Duration::from_secs(2),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(!accepted().contains("192.0.2.4"), "{}", accepted());
+    let _ = &d;
+}
+
+#[test]
+fn nft_allowlist_file_reaches_the_kernel() {
+    allowlist_file_reaches_the_kernel("nftables");
+}
+
+#[test]
+fn ipset_allowlist_file_reaches_the_kernel() {
+    allowlist_file_reaches_the_kernel("ipset");
+}
+
 #[test]
 fn ipset_backend_drops_and_unbans() {
     if !prerequisites() {

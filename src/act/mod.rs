@@ -86,6 +86,12 @@ pub trait Action: Send + Sync {
     }
     /// At a clean stop.
     fn shutdown(&self) {}
+
+    /// The allowlist (`ignore`, with `ignore_file`) changed: an action that
+    /// enforces it too (the firewall's accept sets) updates it.
+    fn set_allowlist(&self, _allow: &crate::parse::addr::NetSet) -> Result<(), String> {
+        Ok(())
+    }
     /// How long to wait for more changes before applying a batch (debounce).
     fn coalesce(&self) -> std::time::Duration {
         COALESCE

@@ -36,6 +36,12 @@ pub struct MainConfig {
     /// Proxies whose X-Forwarded-For is believed (right-most untrusted hop wins).
     #[serde(default)]
     pub trusted_proxies: Vec<Cidr>,
+    /// Files of more trusted proxies (a CDN's ranges), one address or CIDR
+    /// a line; re-read when they change.
+    pub trusted_proxies_file: Option<super::de::OneOrMany<PathBuf>>,
+    /// Files of more addresses never acted on (fail2ban's `ignoreip =
+    /// file:`); re-read when they change.
+    pub ignore_file: Option<super::de::OneOrMany<PathBuf>>,
     /// Formats without a peer address (Envoy's default text format) take the
     /// client from X-Forwarded-For's right-most hop. That is only safe when the
     /// proxy appends the connecting address to the header (Envoy

@@ -12,6 +12,7 @@ mod error;
 mod layers;
 pub mod lint;
 mod main_file;
+pub mod netfile;
 
 pub use error::ConfigError;
 pub use main_file::{ActionConfig, Defaults, FormatConfig, MainConfig};
@@ -142,6 +143,8 @@ pub struct Config {
     pub jails: Vec<JailEntry>,
     pub ignore: NetSet,
     pub trusted_proxies: NetSet,
+    /// `ignore_file` and `trusted_proxies_file`, watched by the daemon.
+    pub net_files: netfile::NetFiles,
     pub filter_count: usize,
 }
 
@@ -207,12 +210,28 @@ impl Config {
                 entries.push(entry);
             }
         }
+        let paths =
+            |f: &Option<de::OneOrMany<PathBuf>>| f.as_ref().map_or_else(Vec::new, |f| f.0.clone());
+        let net_files = netfile::NetFiles::load(
+            main.ignore.iter().map(|c| c.0).collect(),
+            &paths(&main.ignore_file),
+            main.trusted_proxies.iter().map(|c| c.0).collect(),
+            &paths(&main.trusted_proxies_file),
+        );
+        let net_files = match net_files {
+            Ok(n) => n,
+            Err(e) => {
+                errors.extend(e);
+                return Err(errors);
+            }
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
         Ok(Config {
-            ignore: NetSet::new(main.ignore.iter().map(|c| c.0).collect()),
-            trusted_proxies: NetSet::new(main.trusted_proxies.iter().map(|c| c.0).collect()),
+            ignore: net_files.ignore(),
+            trusted_proxies: net_files.trusted_proxies(),
+            net_files,
             filter_count: filters.len(),
             main,
             formats,

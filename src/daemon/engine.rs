@@ -2,6 +2,7 @@
 //! ledger, store) and runs the loop. Nothing on the hot path takes a lock;
 //! the control socket, inotify and actions reach it through one channel.
 
+mod lists;
 mod status;
 
 use super::actions::{adopt_enforced, build_actions, jails_using, one_line};
@@ -636,6 +637,7 @@ impl Engine {
             }
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
+                self.watch_lists();
                 self.poll_files();
                 self.tick();
             }

@@ -487,6 +487,11 @@ pub struct Detector {
 }
 
 impl Detector {
+    /// Never counts these addresses from now on.
+    pub fn set_ignore(&mut self, ignore: NetSet) {
+        self.ignore = ignore;
+    }
+
     pub fn new(jails: Vec<Jail>, ignore: NetSet, ignore_keys: Vec<String>) -> Detector {
         Detector {
             jails,

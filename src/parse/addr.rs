@@ -63,10 +63,35 @@ pub fn covers_all_ipv4(net: &IpNet) -> bool {
     matches!(net, IpNet::V6(n) if n.prefix_len() <= 96 && n.contains(&std::net::Ipv6Addr::from(MAPPED)))
 }
 
-/// A set of networks (the allowlist, trusted proxies). Small; linear scan.
+/// A set of networks (the allowlist, trusted proxies). Kept as sorted,
+/// merged address ranges, so a lookup is a binary search: a CDN's ranges or
+/// an allowlist file of thousands of networks cost every line what a
+/// handful does.
 #[derive(Clone, Debug, Default)]
 pub struct NetSet {
     nets: Vec<IpNet>,
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
+}
+
+/// Sorts inclusive ranges and merges those that overlap, so that both
+/// ends increase (what [`meets`] searches).
+fn merge<T: Copy + Ord>(mut r: Vec<(T, T)>) -> Vec<(T, T)> {
+    r.sort_unstable();
+    let mut out: Vec<(T, T)> = Vec::with_capacity(r.len());
+    for (lo, hi) in r {
+        match out.last_mut() {
+            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+/// Whether any range of `ranges` (sorted, disjoint) meets `[lo, hi]`.
+fn meets<T: Copy + Ord>(ranges: &[(T, T)], lo: T, hi: T) -> bool {
+    let i = ranges.partition_point(|r| r.1 < lo);
+    ranges.get(i).is_some_and(|r| r.0 <= hi)
 }
 
 impl NetSet {
@@ -77,7 +102,18 @@ impl NetSet {
         if out.iter().any(covers_all_ipv4) {
             out.push("0.0.0.0/0".parse().expect("valid"));
         }
-        NetSet { nets: out }
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for n in &out {
+            match n {
+                IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()))),
+                IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
+            }
+        }
+        NetSet {
+            nets: out,
+            v4: merge(v4),
+            v6: merge(v6),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -91,17 +127,20 @@ impl NetSet {
     /// Whether any network of the set and `net` share an address.
     pub fn overlaps(&self, net: &IpNet) -> bool {
         let net = canonical_net(*net);
-        let all_v4 = covers_all_ipv4(&net);
-        self.nets.iter().any(|n| {
-            n.contains(&net.network())
-                || net.contains(&n.network())
-                || (all_v4 && matches!(n, IpNet::V4(_)))
-        })
+        if covers_all_ipv4(&net) && !self.v4.is_empty() {
+            return true;
+        }
+        match net {
+            IpNet::V4(n) => meets(&self.v4, u32::from(n.network()), u32::from(n.broadcast())),
+            IpNet::V6(n) => meets(&self.v6, u128::from(n.network()), u128::from(n.broadcast())),
+        }
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.nets.iter().any(|n| n.contains(&ip))
+        match ip.to_canonical() {
+            IpAddr::V4(a) => meets(&self.v4, u32::from(a), u32::from(a)),
+            IpAddr::V6(a) => meets(&self.v6, u128::from(a), u128::from(a)),
+        }
     }
 }
 

@@ -204,6 +204,11 @@ impl LineParser {
         }
     }
 
+    /// Believes X-Forwarded-For from these proxies from now on.
+    pub fn set_trusted(&mut self, trusted: NetSet) {
+        self.trusted = trusted;
+    }
+
     /// Parses one line (without its newline) into `ev`.
     pub fn parse(&mut self, line: &str, ev: &mut Event) -> Result<Outcome, ParseError> {
         ev.clear();

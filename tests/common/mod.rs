@@ -185,6 +185,16 @@ impl Daemon {
         );
     }
 
+    /// What the daemon has logged so far.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(format!("daemon-{}.log", std::process::id())),
+        )
+        .unwrap_or_default()
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("logs/access.log")
     }

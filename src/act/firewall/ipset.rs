@@ -8,7 +8,8 @@ pub struct IpsetBackend {
     hooks: Vec<Hook>,
     verdict: Verdict,
     remove_on_stop: bool,
-    allow: Vec<IpNet>,
+    /// The allowlist: replaced when `ignore_file` changes.
+    allow: Mutex<Vec<IpNet>>,
     scopes: Scopes,
     holders: Mutex<Holders>,
 }
@@ -20,7 +21,7 @@ impl IpsetBackend {
             hooks: cfg.hooks.clone().unwrap_or_else(|| vec![Hook::Input]),
             verdict: cfg.verdict,
             remove_on_stop: cfg.remove_on_stop,
-            allow: allow.nets().to_vec(),
+            allow: Mutex::new(allow.nets().to_vec()),
             scopes,
             holders: Mutex::new(Holders::default()),
         }
@@ -55,6 +56,28 @@ impl IpsetBackend {
 
     fn allow_set(&self, v6: bool) -> String {
         format!("{}-allow{}", self.prefix, if v6 { 6 } else { 4 })
+    }
+
+    /// Fills fresh allow sets and swaps them in: the live ones never go
+    /// empty.
+    fn allow_script(&self) -> String {
+        let mut s = String::new();
+        for v6 in [false, true] {
+            let fam = if v6 { "inet6" } else { "inet" };
+            let set = self.allow_set(v6);
+            let _ = writeln!(s, "create {set} hash:net family {fam} -exist");
+            let _ = writeln!(s, "create {set}-new hash:net family {fam} -exist");
+            let _ = writeln!(s, "flush {set}-new");
+        }
+        for net in self.allow.lock().map(|a| a.clone()).unwrap_or_default() {
+            let set = self.allow_set(net.addr().is_ipv6());
+            let _ = writeln!(s, "add {set}-new {net} -exist");
+        }
+        for v6 in [false, true] {
+            let set = self.allow_set(v6);
+            let _ = writeln!(s, "swap {set} {set}-new\ndestroy {set}-new");
+        }
+        s
     }
 
     fn script(&self, ops: &[(Slot, Op)]) -> String {
@@ -240,22 +263,7 @@ impl Action for IpsetBackend {
             let _ = writeln!(s, "create {set}-new {ty} family {fam} timeout 0 -exist");
             let _ = writeln!(s, "flush {set}-new");
         }
-        for v6 in [false, true] {
-            let fam = if v6 { "inet6" } else { "inet" };
-            let _ = writeln!(
-                s,
-                "create {} hash:net family {fam} -exist",
-                self.allow_set(v6)
-            );
-            let _ = writeln!(s, "flush {}", self.allow_set(v6));
-        }
-        for net in &self.allow {
-            let _ = writeln!(
-                s,
-                "add {} {net} -exist",
-                self.allow_set(net.addr().is_ipv6())
-            );
-        }
+        s.push_str(&self.allow_script());
         let fresh: String = self
             .script(&ops)
             .lines()
@@ -302,6 +310,11 @@ impl Action for IpsetBackend {
         } else {
             Err(errors.join("; "))
         }
+    }
+
+    fn set_allowlist(&self, allow: &NetSet) -> Result<(), String> {
+        *self.allow.lock().map_err(|_| "firewall state poisoned")? = allow.nets().to_vec();
+        run("ipset", &["restore"], &self.allow_script())
     }
 
     fn shutdown(&self) {

@@ -10,7 +10,8 @@ pub struct NftablesBackend {
     priority: i32,
     verdict: Verdict,
     remove_on_stop: bool,
-    allow: Vec<IpNet>,
+    /// The allowlist: replaced when `ignore_file` changes.
+    allow: Mutex<Vec<IpNet>>,
     scopes: Scopes,
     holders: Mutex<Holders>,
     /// libnftables, when installed (see [`super::libnft`]); `nft` otherwise.
@@ -39,7 +40,7 @@ impl NftablesBackend {
             priority: cfg.priority.unwrap_or(-10),
             verdict: cfg.verdict,
             remove_on_stop: cfg.remove_on_stop,
-            allow: allow.nets().to_vec(),
+            allow: Mutex::new(allow.nets().to_vec()),
             scopes,
             holders: Mutex::new(Holders::default()),
             lib: Mutex::new(None),
@@ -114,6 +115,21 @@ impl NftablesBackend {
     /// first added without a timeout (a no-op if present, so the delete that
     /// follows cannot fail on an element the kernel already expired), then
     /// deleted, then the new ones added.
+    /// Fills the (just made or flushed) allow sets.
+    fn allow_script(&self) -> String {
+        let t = &self.table;
+        let mut s = String::new();
+        for net in self.allow.lock().map(|a| a.clone()).unwrap_or_default() {
+            let set = if net.addr().is_ipv4() {
+                "allow4"
+            } else {
+                "allow6"
+            };
+            let _ = writeln!(s, "add element inet {t} {set} {{ {net} }}");
+        }
+        s
+    }
+
     pub(super) fn script(&self, ops: &[(Slot, Op)]) -> String {
         let t = &self.table;
         let mut s = String::new();
@@ -292,14 +308,7 @@ impl Action for NftablesBackend {
         // packet sees the table between the two.
         let mut s = format!("add table inet {t}\ndelete table inet {t}\n");
         s.push_str(&self.ruleset());
-        for net in &self.allow {
-            let set = if net.addr().is_ipv4() {
-                "allow4"
-            } else {
-                "allow6"
-            };
-            let _ = writeln!(s, "add element inet {t} {set} {{ {net} }}");
-        }
+        s.push_str(&self.allow_script());
         // Sets the kernel still holds (a service restart) are flushed and
         // refilled in one transaction: no banned client gets through in
         // between. Sets that are gone (a boot, a flushed ruleset) protect
@@ -334,6 +343,16 @@ impl Action for NftablesBackend {
             plan(&mut holders, &self.scopes, pairs(batch), now_secs())
         };
         self.apply_ops(&ops)
+    }
+
+    /// Replaces the accept sets in one transaction.
+    fn set_allowlist(&self, allow: &NetSet) -> Result<(), String> {
+        *self.allow.lock().map_err(|_| "firewall state poisoned")? = allow.nets().to_vec();
+        let t = &self.table;
+        let mut s = self.ruleset();
+        let _ = writeln!(s, "flush set inet {t} allow4\nflush set inet {t} allow6");
+        s.push_str(&self.allow_script());
+        self.nft(&s)
     }
 
     fn shutdown(&self) {
