@@ -351,3 +351,32 @@ protocol = "sctp"
     has("jails.d/a.toml:19:12: unknown variant `sctp`, expected `tcp` or `udp`");
     assert!(!out.contains("jail `web`"), "{out}");
 }
+
+/// Behind a proxy, a jail that bans addresses only in the kernel protects
+/// nothing: `check` says so, and stops saying it once a deny-list the proxy
+/// enforces is added.
+#[test]
+fn check_warns_when_the_firewall_alone_faces_clients_behind_a_proxy() {
+    let tmp = TempDir::new("lint-proxy");
+    let main = "trusted_proxies = [\"10.0.0.0/8\"]\n[firewall]\n[actions.geo]\ntype = \"denylist\"\npath = \"/tmp/pc-banned.geo\"\nformat = \"nginx_geo\"\n[defaults]\nformat = \"combined\"\n";
+    tmp.write("portcullis.toml", main);
+    tmp.write("filters.d/f.toml", "[auth]\nstatus = 401\n");
+    tmp.write(
+        "jails.d/a.toml",
+        "[auth]\nfilter = \"auth\"\nlogpath = \"/tmp/x.log\"\naction = [\"log\", \"firewall\"]\n",
+    );
+    let (ok, out) = check_dir(tmp.path());
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(
+            "jail `auth` bans addresses only with `firewall`, but `trusted_proxies` is set"
+        ),
+        "{out}"
+    );
+    tmp.write(
+        "jails.d/a.toml",
+        "[auth]\nfilter = \"auth\"\nlogpath = \"/tmp/x.log\"\naction = [\"log\", \"firewall\", \"geo\"]\n",
+    );
+    let (ok, out) = check_dir(tmp.path());
+    assert!(ok && !out.contains("only with `firewall`"), "{out}");
+}

@@ -1025,3 +1025,176 @@ fn netlink_lookups_answer_like_nft() {
     .join()
     .unwrap();
 }
+
+/// An nginx started by the test under a prefix, in the server namespace;
+/// stopped when dropped.
+struct NsNginx {
+    ns: String,
+    dir: std::path::PathBuf,
+}
+
+impl NsNginx {
+    fn start(ns: &str, dir: &std::path::Path, http: &str) -> NsNginx {
+        let d = dir.display();
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        std::fs::write(
+            dir.join("nginx.conf"),
+            format!(
+                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n access_log off;\n client_body_temp_path {d}/tmp;\n proxy_temp_path {d}/tmp;\n fastcgi_temp_path {d}/tmp;\n uwsgi_temp_path {d}/tmp;\n scgi_temp_path {d}/tmp;\n{http}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let nginx = NsNginx {
+            ns: ns.to_string(),
+            dir: dir.to_path_buf(),
+        };
+        let args = nginx.args(&[]);
+        let out = sh(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "nginx: {}", stderr(&out));
+        nginx
+    }
+
+    /// `ip netns exec NS nginx -p DIR -c DIR/nginx.conf EXTRA...`
+    fn args(&self, extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = ["ip", "netns", "exec", &self.ns, "nginx", "-p"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.push(self.dir.display().to_string());
+        a.push("-c".into());
+        a.push(self.dir.join("nginx.conf").display().to_string());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    }
+}
+
+impl Drop for NsNginx {
+    fn drop(&mut self) {
+        let args = self.args(&["-s", "stop"]);
+        let _ = sh(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+}
+
+/// Behind a load balancer the kernel sees only the balancer, so addresses
+/// are banned where the client is known: a real two-tier nginx (a "load
+/// balancer" nginx adding X-Forwarded-For, and the API nginx with realip
+/// and the `geo` include Portcullis writes). A credential-stuffing client
+/// gets 403 while the other client behind the same balancer gets 200; an
+/// unban lets it back; an IPv6 /64 ban covers a second address in the /64.
+#[test]
+fn geo_denylist_bans_clients_behind_a_load_balancer() {
+    if !prerequisites() {
+        return;
+    }
+    let net = Net::new();
+    let dir = Daemon::config(
+        "geo-lb",
+        3,
+        "format = \"behind_lb\"\naction = [\"log\", \"nginx-geo\"]\n",
+    );
+    let d_path = dir.path().display().to_string();
+    let api_dir = dir.path().join("api");
+    std::fs::create_dir_all(&api_dir).unwrap();
+    std::fs::write(api_dir.join("banned.geo"), "").unwrap();
+    let reload = format!(
+        "[\"ip\", \"netns\", \"exec\", \"{}\", \"nginx\", \"-p\", \"{d_path}/api\", \"-c\", \"{d_path}/api/nginx.conf\", \"-s\", \"reload\"]",
+        net.srv
+    );
+    add_to_main(
+        &dir,
+        "trusted_proxies = [\"127.0.0.1\"]\n",
+        &format!(
+            "[formats.behind_lb]\nnginx = '$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\" \"$http_x_forwarded_for\"'\n\
+             [actions.nginx-geo]\ntype = \"denylist\"\npath = \"{d_path}/api/banned.geo\"\nformat = \"nginx_geo\"\nreload = {reload}\ndebounce = \"100ms\"\n"
+        ),
+    );
+    // The API tier: realip from the balancer, the geo include, a login that
+    // always fails.
+    let _api = NsNginx::start(
+        &net.srv,
+        &api_dir,
+        &format!(
+            " log_format behind_lb '$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\" \"$http_x_forwarded_for\"';\n\
+             set_real_ip_from 127.0.0.1;\n real_ip_header X-Forwarded-For;\n real_ip_recursive on;\n\
+             geo $portcullis_banned {{ default 0; include {d_path}/api/banned.geo; }}\n\
+             server {{\n  listen 127.0.0.1:8081;\n  access_log {d_path}/logs/access.log behind_lb;\n\
+               location /v1/login {{ if ($portcullis_banned) {{ return 403; }} return 401; }}\n\
+               location / {{ if ($portcullis_banned) {{ return 403; }} return 200 \"ok\\n\"; }}\n }}"
+        ),
+    );
+    // The balancer tier: what clients reach, forwarding with X-Forwarded-For.
+    let lb_dir = dir.path().join("lb");
+    let _lb = NsNginx::start(
+        &net.srv,
+        &lb_dir,
+        " server {\n  listen 192.0.2.1:80;\n  listen [2001:db8:1::1]:80;\n  location / {\n   proxy_pass http://127.0.0.1:8081;\n   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n  }\n }",
+    );
+    let d = Daemon::start(dir);
+    let status = |src: &str, path: &str| -> String {
+        let host = if src.contains(':') {
+            "[2001:db8:1::1]"
+        } else {
+            "192.0.2.1"
+        };
+        stdout(&sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &net.cli,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "2",
+            "--interface",
+            src,
+            &format!("http://{host}{path}"),
+        ]))
+    };
+    wait_for(|| status("192.0.2.2", "/") == "200", "both tiers to answer");
+    assert_eq!(status("192.0.2.4", "/"), "200");
+
+    // Credential stuffing from one client, through the balancer.
+    for _ in 0..3 {
+        assert_eq!(status("192.0.2.2", "/v1/login"), "401");
+    }
+    wait_for(
+        || status("192.0.2.2", "/") == "403",
+        "the stuffing client refused",
+    );
+    assert_eq!(
+        status("192.0.2.4", "/"),
+        "200",
+        "the other client still served"
+    );
+    assert_eq!(
+        d.bans(),
+        ["auth 192.0.2.2 3"],
+        "the client, never the balancer"
+    );
+    let geo = std::fs::read_to_string(d.dir.path().join("api/banned.geo")).unwrap();
+    assert!(geo.contains("192.0.2.2/32 1;"), "{geo}");
+
+    let out = d.cli(&["unban", "192.0.2.2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(
+        || status("192.0.2.2", "/") == "200",
+        "served again after unban",
+    );
+
+    // IPv6: the /64 is banned, a second address in it is refused, another
+    // /64 is served.
+    for _ in 0..3 {
+        assert_eq!(status("2001:db8:1::2", "/v1/login"), "401");
+    }
+    wait_for(
+        || status("2001:db8:1::3", "/") == "403",
+        "a second address of the banned /64 refused",
+    );
+    assert_eq!(status("2001:db8:2::2", "/"), "200");
+    let geo = std::fs::read_to_string(d.dir.path().join("api/banned.geo")).unwrap();
+    assert!(geo.contains("2001:db8:1::/64 1;"), "{geo}");
+}

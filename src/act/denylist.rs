@@ -1,6 +1,12 @@
-//! `denylist`: revoked API-key ids in a file the proxy reads, rewritten
-//! atomically (temp file, fsync, rename), then a reload command, debounced so
-//! a burst of revocations causes one reload.
+//! `denylist`: revoked API-key ids, or banned addresses, in a file the
+//! proxy reads, rewritten atomically (temp file, fsync, rename), then a
+//! reload command, debounced so a burst of bans causes one reload.
+//!
+//! Addresses matter behind a load balancer or CDN: there the packets come
+//! from the balancer, so a kernel drop of the client's address matches
+//! nothing. nginx's realip module knows the client (`set_real_ip_from`,
+//! `real_ip_header X-Forwarded-For`, `real_ip_recursive on`), and a `geo`
+//! block on `$remote_addr` (CIDR-native: IPv6 /64 bans work) refuses it.
 //!
 //! ```toml
 //! [actions.nginx-keys]
@@ -13,6 +19,9 @@
 //!
 //! With nginx: `map $http_x_api_key_id $portcullis_revoked { default 0; include
 //! /etc/nginx/portcullis/revoked.map; }` and `if ($portcullis_revoked) { return 403; }`.
+//! For addresses, `format = "nginx_geo"`: `geo $portcullis_banned { default 0;
+//! include /etc/nginx/portcullis/banned.geo; }` and `if ($portcullis_banned)
+//! { return 403; }`.
 //!
 //! Key ids are untrusted text. For nginx they are quoted and escaped, and
 //! prefixed where nginx's `map` would read them as a regex (`~`) or a keyword;
@@ -48,7 +57,10 @@ pub enum DenylistFormat {
     /// `"key_id" 1;` lines for an nginx `map` include.
     #[default]
     NginxMap,
-    /// One id per line.
+    /// `203.0.113.5/32 1;` lines for an nginx `geo` include: addresses and
+    /// prefixes.
+    NginxGeo,
+    /// One id, address or prefix per line.
     Lines,
 }
 
@@ -84,8 +96,8 @@ pub fn plain_entry(key: &str) -> Result<String, String> {
 pub struct DenylistAction {
     name: String,
     config: DenylistConfig,
-    /// Revoked key id → the jails holding it.
-    keys: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// Listed key id or address → the jails holding it.
+    keys: Mutex<BTreeMap<Target, BTreeSet<String>>>,
 }
 
 impl DenylistAction {
@@ -97,19 +109,31 @@ impl DenylistAction {
         }
     }
 
-    fn entry(&self, key: &str) -> Result<String, String> {
-        match self.config.format {
-            DenylistFormat::NginxMap => nginx_entry(key),
-            DenylistFormat::Lines => plain_entry(key),
+    /// The line for a target, or why this format cannot hold it.
+    fn entry(&self, target: &Target) -> Result<String, String> {
+        match (self.config.format, target) {
+            (DenylistFormat::NginxMap, Target::Key(k)) => nginx_entry(k),
+            (DenylistFormat::Lines, Target::Key(k)) => plain_entry(k),
+            (DenylistFormat::NginxGeo, Target::Address(net)) => Ok(format!("{net} 1;")),
+            (DenylistFormat::Lines, Target::Address(_)) => Ok(target.to_string()),
+            (DenylistFormat::NginxMap, Target::Address(_)) => Err(
+                "a `nginx_map` deny-list holds API-key ids; ban addresses with                  `format = \"nginx_geo\"` or the `firewall` action"
+                    .into(),
+            ),
+            (DenylistFormat::NginxGeo, Target::Key(_)) => Err(
+                "a `nginx_geo` deny-list holds addresses; revoke keys with                  `format = \"nginx_map\"`"
+                    .into(),
+            ),
         }
     }
 
     /// Writes the file atomically and runs the reload command.
-    fn write_and_reload(&self, keys: &BTreeMap<String, BTreeSet<String>>) -> Result<(), String> {
+    fn write_and_reload(&self, keys: &BTreeMap<Target, BTreeSet<String>>) -> Result<(), String> {
         let mut text = String::from(match self.config.format {
             DenylistFormat::NginxMap => {
                 "# Written by portcullis; do not edit. Revoked API-key ids.\n"
             }
+            DenylistFormat::NginxGeo => "# Written by portcullis; do not edit. Banned addresses.\n",
             DenylistFormat::Lines => "",
         });
         for k in keys.keys() {
@@ -167,12 +191,7 @@ impl Action for DenylistAction {
     }
 
     fn refuses(&self, ban: &Ban) -> Option<String> {
-        match &ban.target {
-            Target::Key(k) => self.entry(k).err(),
-            Target::Address(_) => Some(
-                "this deny-list holds API-key ids; ban addresses with the `firewall` action".into(),
-            ),
-        }
+        self.entry(&ban.target).err()
     }
 
     fn repairs_by_reconcile(&self) -> bool {
@@ -218,14 +237,12 @@ impl DenylistAction {
     /// Applies changes to the key set; returns the refusals.
     fn fold(
         &self,
-        keys: &mut BTreeMap<String, BTreeSet<String>>,
+        keys: &mut BTreeMap<Target, BTreeSet<String>>,
         changes: &[Change],
     ) -> Vec<String> {
         let mut refused = Vec::new();
         for c in changes {
-            let Target::Key(k) = &c.ban().target else {
-                continue;
-            };
+            let k = &c.ban().target;
             match c {
                 Change::Add(b) => match self.entry(k) {
                     Ok(_) => {
@@ -264,5 +281,33 @@ mod tests {
         assert!(nginx_entry("").is_err());
         assert!(plain_entry("a\rb").is_err());
         assert!(plain_entry(" a").is_err());
+    }
+
+    #[test]
+    fn each_format_holds_its_own_targets() {
+        let action = |format| {
+            DenylistAction::new(
+                "d",
+                DenylistConfig {
+                    path: "/nonexistent".into(),
+                    format,
+                    reload: None,
+                    debounce: None,
+                },
+            )
+        };
+        let host = Target::parse("203.0.113.7").unwrap();
+        let net = Target::parse("2001:db8:1::/64").unwrap();
+        let key = Target::Key("k1".into());
+        let geo = action(DenylistFormat::NginxGeo);
+        assert_eq!(geo.entry(&host).unwrap(), "203.0.113.7/32 1;");
+        assert_eq!(geo.entry(&net).unwrap(), "2001:db8:1::/64 1;");
+        assert!(geo.entry(&key).is_err());
+        let map = action(DenylistFormat::NginxMap);
+        assert!(map.entry(&host).is_err());
+        let lines = action(DenylistFormat::Lines);
+        assert_eq!(lines.entry(&host).unwrap(), "203.0.113.7");
+        assert_eq!(lines.entry(&net).unwrap(), "2001:db8:1::/64");
+        assert_eq!(lines.entry(&key).unwrap(), "k1");
     }
 }

@@ -57,8 +57,41 @@ pub fn warnings(config: &Config, files: &ConfigFiles) -> Vec<String> {
         for pattern in &jail.logpath {
             out.extend(logpath_warning(&jail.spec.name, pattern));
         }
+        out.extend(behind_proxy_warning(config, jail));
     }
     out
+}
+
+/// A jail that bans addresses only in the kernel while the clients are
+/// known from X-Forwarded-For: the packets come from the proxy, so the drop
+/// matches nothing and the jail protects nothing, silently.
+fn behind_proxy_warning(config: &Config, jail: &super::JailEntry) -> Option<String> {
+    use super::main_file::ActionConfig;
+    use crate::act::denylist::DenylistFormat;
+    if config.trusted_proxies.is_empty()
+        || jail.spec.target != crate::detect::jail::TargetKind::Address
+        || !jail.actions.iter().any(|a| a == "firewall")
+    {
+        return None;
+    }
+    let other_enforcement = jail.actions.iter().any(|a| {
+        matches!(
+            config.main.actions.get(a),
+            Some(ActionConfig::Denylist(d)) if d.format != DenylistFormat::NginxMap
+        ) || matches!(
+            config.main.actions.get(a),
+            Some(ActionConfig::Exec(_) | ActionConfig::Webhook(_))
+        )
+    });
+    (!other_enforcement).then(|| {
+        format!(
+            "jail `{}` bans addresses only with `firewall`, but `trusted_proxies` is set: \
+             clients behind a proxy reach this host from the proxy's address, so a kernel \
+             drop of theirs matches nothing; add a `denylist` action with \
+             `format = \"nginx_geo\"` (README: Behind a load balancer)",
+            crate::text::printable(&jail.spec.name)
+        )
+    })
 }
 
 /// An invalid glob, or a directory that does not exist (a typo there means
