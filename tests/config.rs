@@ -380,3 +380,48 @@ fn check_warns_when_the_firewall_alone_faces_clients_behind_a_proxy() {
     let (ok, out) = check_dir(tmp.path());
     assert!(ok && !out.contains("only with `firewall`"), "{out}");
 }
+
+/// What goes into nft scripts and ipset names is checked: `table` (an
+/// injected statement, a table other software owns, an ipset prefix too
+/// long for its set names) and port scopes whose set names would collide.
+#[test]
+fn firewall_names_are_checked() {
+    let jail = "[auth]\nfilter = \"auth\"\nlogpath = \"/tmp/x.log\"\naction = [\"firewall\"]\n";
+    let run = |main: &str, jails: &str| {
+        check(&[
+            ("portcullis.toml", main),
+            ("jails.d/a.toml", jails),
+            ("filters.d/f.toml", "[auth]\nstatus = 401\n"),
+        ])
+    };
+    let (ok, out) = run(
+        "[firewall]\ntable = \"pc\\ndelete table inet victim\"\n[defaults]\nformat = \"combined\"\n",
+        jail,
+    );
+    assert!(!ok && out.contains("portcullis.toml:2:9: `table`"), "{out}");
+    let (ok, out) = run(
+        "[firewall]\ntable = \"filter\"\n[defaults]\nformat = \"combined\"\n",
+        jail,
+    );
+    assert!(!ok && out.contains("a table other software uses"), "{out}");
+    let (ok, out) = run(
+        "[firewall]\nbackend = \"ipset\"\ntable = \"portcullisprod\"\n[defaults]\nformat = \"combined\"\n",
+        jail,
+    );
+    assert!(
+        !ok && out.contains("at most 11 characters with the ipset backend"),
+        "{out}"
+    );
+    // tcp/4,17345 and tcp/5,58002 hash alike (32-bit FNV-1a).
+    let jails = format!(
+        "{jail}ports = [4, 17345]\n[web]\nfilter = \"auth\"\nlogpath = \"/tmp/x.log\"\naction = [\"firewall\"]\nports = [5, 58002, \"http-alt\"]\n"
+    );
+    let (ok, out) = run("[firewall]\n[defaults]\nformat = \"combined\"\n", &jails);
+    assert!(
+        ok,
+        "http-alt is a service name, and no collision yet: {out}"
+    );
+    let jails = jails.replace(", \"http-alt\"", "");
+    let (ok, out) = run("[firewall]\n[defaults]\nformat = \"combined\"\n", &jails);
+    assert!(!ok && out.contains("hash to the same set name"), "{out}");
+}

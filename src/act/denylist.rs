@@ -117,11 +117,12 @@ impl DenylistAction {
             (DenylistFormat::NginxGeo, Target::Address(net)) => Ok(format!("{net} 1;")),
             (DenylistFormat::Lines, Target::Address(_)) => Ok(target.to_string()),
             (DenylistFormat::NginxMap, Target::Address(_)) => Err(
-                "a `nginx_map` deny-list holds API-key ids; ban addresses with                  `format = \"nginx_geo\"` or the `firewall` action"
+                "a `nginx_map` deny-list holds API-key ids; ban addresses with \
+                 `format = \"nginx_geo\"` or the `firewall` action"
                     .into(),
             ),
             (DenylistFormat::NginxGeo, Target::Key(_)) => Err(
-                "a `nginx_geo` deny-list holds addresses; revoke keys with                  `format = \"nginx_map\"`"
+                "a `nginx_geo` deny-list holds addresses; revoke keys with `format = \"nginx_map\"`"
                     .into(),
             ),
         }

@@ -148,6 +148,50 @@ pub struct Config {
     pub filter_count: usize,
 }
 
+/// What the firewall cannot express: an ipset prefix too long for its
+/// set names, or two jails' port scopes whose set names collide (a 32-bit
+/// hash; a collision would make one jail's bans drop the other's ports).
+fn firewall_errors(main: &MainConfig, jails: &[JailEntry], main_name: &str) -> Vec<ConfigError> {
+    use crate::act::firewall::{Backend, IPSET_PREFIX_MAX, PortScope};
+    let Some(fw) = &main.firewall else {
+        return Vec::new();
+    };
+    let error = |message: String| ConfigError {
+        file: main_name.to_string(),
+        line: 0,
+        col: 0,
+        message,
+    };
+    let mut errors = Vec::new();
+    if fw.backend == Backend::Ipset
+        && fw
+            .table
+            .as_ref()
+            .is_some_and(|t| t.len() > IPSET_PREFIX_MAX)
+    {
+        errors.push(error(format!(
+            "[firewall] table: at most {IPSET_PREFIX_MAX} characters with the ipset backend \
+             (its set names are limited to 31)"
+        )));
+    }
+    let mut seen: Vec<(&PortScope, String, &str)> = Vec::new();
+    for j in jails
+        .iter()
+        .filter(|j| j.actions.iter().any(|a| a == "firewall"))
+    {
+        let suffix = j.ports.suffix();
+        match seen.iter().find(|(s, x, _)| *x == suffix && *s != &j.ports) {
+            Some((_, _, other)) => errors.push(error(format!(
+                "jails `{other}` and `{}`: their `ports` hash to the same set name ({suffix}); \
+                 add or remove a port in one of them",
+                j.spec.name
+            ))),
+            None => seen.push((&j.ports, suffix, &j.spec.name)),
+        }
+    }
+    errors
+}
+
 impl Config {
     /// Each jail that uses the `firewall` action, with its port scope.
     pub fn firewall_scopes(&self) -> crate::act::firewall::Scopes {
@@ -210,6 +254,7 @@ impl Config {
                 entries.push(entry);
             }
         }
+        errors.extend(firewall_errors(&main, &entries, &files.main.name));
         let paths =
             |f: &Option<de::OneOrMany<PathBuf>>| f.as_ref().map_or_else(Vec::new, |f| f.0.clone());
         let net_files = netfile::NetFiles::load(

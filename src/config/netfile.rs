@@ -4,7 +4,7 @@
 //! publish theirs; a cron job fetches them), and fail2ban users keep their
 //! allowlist in a file (`ignoreip = file:...`). The daemon reads these files
 //! with the config, then watches them: a changed file takes effect within
-//! [`NetFiles::POLL`] without a reload, and without touching anything else
+//! two [`NetFiles::POLL`]s without a reload, and without touching anything else
 //! (an operator's half-edited jail is not applied behind their back).
 //!
 //! The format is one address or CIDR a line; `#` starts a comment, blank
@@ -20,6 +20,16 @@ use std::time::{Duration, Instant};
 
 /// Reads one list; every bad line is an error (`path:line:column: reason`).
 pub fn read(path: &Path) -> Result<Vec<IpNet>, Vec<ConfigError>> {
+    // Only a regular file: opening a FIFO would block until a writer came.
+    let regular = std::fs::metadata(path).map(|m| m.is_file());
+    if let Ok(false) = regular {
+        return Err(vec![ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            col: 0,
+            message: "not a regular file; it must hold one address or CIDR a line".into(),
+        }]);
+    }
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![ConfigError {
             file: path.display().to_string(),
@@ -64,6 +74,7 @@ struct Stamp {
     modified: Option<std::time::SystemTime>,
     len: u64,
     inode: u64,
+    regular: bool,
 }
 
 fn stamp(path: &Path) -> Option<Stamp> {
@@ -73,6 +84,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
         modified: m.modified().ok(),
         len: m.len(),
         inode: m.ino(),
+        regular: m.is_file(),
     })
 }
 
@@ -80,7 +92,19 @@ fn stamp(path: &Path) -> Option<Stamp> {
 #[derive(Debug, Clone)]
 struct List {
     inline: Vec<IpNet>,
-    files: Vec<(PathBuf, Option<Stamp>, Vec<IpNet>)>,
+    files: Vec<Watched>,
+}
+
+/// One file of a list.
+#[derive(Debug, Clone)]
+struct Watched {
+    path: PathBuf,
+    /// The version whose contents are in force.
+    stamp: Option<Stamp>,
+    /// A new version seen at the last look: applied once it has not changed
+    /// for one more look (a download still being written is not read half).
+    pending: Option<Option<Stamp>>,
+    nets: Vec<IpNet>,
 }
 
 impl List {
@@ -90,7 +114,12 @@ impl List {
         for p in paths {
             let st = stamp(p);
             match read(p) {
-                Ok(nets) => files.push((p.clone(), st, nets)),
+                Ok(nets) => files.push(Watched {
+                    path: p.clone(),
+                    stamp: st,
+                    pending: None,
+                    nets,
+                }),
                 Err(e) => errors.extend(e),
             }
         }
@@ -103,44 +132,58 @@ impl List {
 
     fn set(&self) -> NetSet {
         let mut all = self.inline.clone();
-        for (_, _, nets) in &self.files {
-            all.extend_from_slice(nets);
+        for f in &self.files {
+            all.extend_from_slice(&f.nets);
         }
         NetSet::new(all)
     }
 
-    /// Re-reads the files whose stamp changed. `Some(true)` when the list
-    /// changed; errors (the last good contents stay) as messages.
+    /// Re-reads the files whose stamp changed and then held still for one
+    /// look. `true` when the list changed; errors (the last good contents
+    /// stay) as messages.
     fn poll(&mut self, errors: &mut Vec<String>) -> bool {
         let mut changed = false;
-        for (path, last, nets) in &mut self.files {
-            let now = stamp(path);
-            if now == *last {
+        for f in &mut self.files {
+            let now = stamp(&f.path);
+            if now == f.stamp {
+                f.pending = None;
                 continue;
             }
-            *last = now;
-            if now.is_none() {
-                errors.push(format!(
-                    "{}: the file is gone; its {} addresses stay in force until it is back",
-                    path.display(),
-                    nets.len()
-                ));
+            if f.pending != Some(now) {
+                f.pending = Some(now);
                 continue;
             }
-            match read(path) {
-                Ok(new) if new == *nets => {}
-                Ok(new) => {
-                    *nets = new;
-                    changed = true;
-                }
-                Err(e) => errors.push(format!(
-                    "{} (the previous {} addresses stay in force)",
-                    e.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                    nets.len()
+            f.pending = None;
+            f.stamp = now;
+            let (path, kept) = (f.path.display(), f.nets.len());
+            match now {
+                None => errors.push(format!(
+                    "{path}: the file is gone; its {kept} addresses stay in force until it is back"
                 )),
+                // `curl ... > file` empties it first: an empty file is one
+                // being written, not a list to apply (a list meant to be
+                // empty says so with a comment line).
+                Some(st) if !st.regular => errors.push(format!(
+                    "{path}: not a regular file; its previous {kept} addresses stay in force"
+                )),
+                Some(st) if st.len == 0 => errors.push(format!(
+                    "{path}: the file is empty; its previous {kept} addresses stay in force \
+                     (write a `#` comment line to mean an empty list)"
+                )),
+                Some(_) => match read(&f.path) {
+                    Ok(new) if new == f.nets => {}
+                    Ok(new) => {
+                        f.nets = new;
+                        changed = true;
+                    }
+                    Err(e) => errors.push(format!(
+                        "{} (the previous {kept} addresses stay in force)",
+                        e.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )),
+                },
             }
         }
         changed
@@ -162,8 +205,9 @@ pub struct Changed {
 }
 
 impl NetFiles {
-    /// How often the files are looked at (a `stat` each).
-    pub const POLL: Duration = Duration::from_secs(1);
+    /// How often the files are looked at (a `stat` each). A change applies
+    /// at the second look that sees it unchanged: within 2 x POLL.
+    pub const POLL: Duration = Duration::from_millis(400);
 
     /// Reads the files; every bad line of every file is an error.
     pub fn load(
@@ -246,22 +290,45 @@ mod tests {
         // Changed: the new list.
         std::fs::write(&f, "198.51.100.0/24\n").unwrap();
         let later = Instant::now() + Duration::from_secs(2);
-        let (changed, errors) = nf.poll(later);
+        // Seen once: held back until it has stood still for a look.
+        let (changed, _) = nf.poll(later);
+        assert!(changed.is_none());
+        let (changed, errors) = nf.poll(later + Duration::from_secs(1));
         assert!(errors.is_empty(), "{errors:?}");
         let t = changed.expect("a change").trusted_proxies;
         assert!(t.contains("198.51.100.9".parse().unwrap()));
         assert!(!t.contains("203.0.113.77".parse().unwrap()));
 
-        // Broken, then gone: the last good list stays, and it is said where.
+        // Broken: the last good list stays, and it is said where.
         std::fs::write(&f, "198.51.100.0/24\nnot-an-address\n").unwrap();
-        let (changed, errors) = nf.poll(later + Duration::from_secs(2));
+        nf.poll(later + Duration::from_secs(2));
+        let (changed, errors) = nf.poll(later + Duration::from_secs(3));
         assert!(changed.is_none());
         assert!(
             errors[0].contains("cdn.txt:2:1: `not-an-address`"),
             "{errors:?}"
         );
+        // Truncated (`curl > file` starts so): not applied as an empty list.
+        std::fs::write(&f, "").unwrap();
+        nf.poll(later + Duration::from_secs(4));
+        let (changed, errors) = nf.poll(later + Duration::from_secs(5));
+        assert!(changed.is_none());
+        assert!(errors[0].contains("empty"), "{errors:?}");
+        // A FIFO in its place is refused, never opened (that would block).
         std::fs::remove_file(&f).unwrap();
-        let (changed, errors) = nf.poll(later + Duration::from_secs(4));
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(&f)
+            .status()
+            .unwrap();
+        assert!(fifo.success());
+        nf.poll(later + Duration::from_secs(6));
+        let (changed, errors) = nf.poll(later + Duration::from_secs(7));
+        assert!(changed.is_none());
+        assert!(errors[0].contains("not a regular file"), "{errors:?}");
+        // Gone.
+        std::fs::remove_file(&f).unwrap();
+        nf.poll(later + Duration::from_secs(8));
+        let (changed, errors) = nf.poll(later + Duration::from_secs(9));
         assert!(changed.is_none());
         assert!(errors[0].contains("gone"), "{errors:?}");
         assert!(

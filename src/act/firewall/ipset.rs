@@ -243,6 +243,13 @@ impl Action for IpsetBackend {
     }
 
     fn check(&self) -> Result<(), String> {
+        if self.prefix.len() > IPSET_PREFIX_MAX {
+            return Err(format!(
+                "`table = \"{}\"` is too long for ipset: at most {IPSET_PREFIX_MAX} characters \
+                 (set names are limited to 31)",
+                self.prefix
+            ));
+        }
         check_tool("ipset", &["list", "-n"], "ipset")?;
         check_tool("iptables", &["-S", "INPUT"], "iptables")?;
         check_tool("ip6tables", &["-S", "INPUT"], "iptables")

@@ -36,6 +36,7 @@ pub struct FirewallConfig {
     #[serde(default)]
     pub backend: Backend,
     /// Table name (nftables) or set-name prefix (ipset). Default `portcullis`.
+    #[serde(default, deserialize_with = "table_name")]
     pub table: Option<String>,
     /// Hooks to filter: `input` (default) and/or `forward`.
     pub hooks: Option<Vec<Hook>>,
@@ -48,6 +49,54 @@ pub struct FirewallConfig {
     /// false: bans stay enforced while the daemon is down (fail closed).
     #[serde(default)]
     pub remove_on_stop: bool,
+}
+
+/// The longest ipset prefix: the longest set name it makes,
+/// `PREFIX-addr4_p1a2b3c4d-new`, must fit ipset's 31 characters.
+pub const IPSET_PREFIX_MAX: usize = 11;
+
+/// Tables other software owns. Portcullis deletes and remakes its own table
+/// at each reconcile, so naming one of these would wipe that software's rules.
+const FOREIGN_TABLES: &[&str] = &[
+    "filter",
+    "nat",
+    "mangle",
+    "raw",
+    "security",
+    "firewalld",
+    "crowdsec",
+    "crowdsec6",
+    "fail2ban",
+    "f2b",
+    "sshguard",
+    "docker",
+    "ufw",
+    "netavark",
+    "libvirt",
+    "kube-proxy",
+];
+
+/// `table` goes into nft scripts and ipset names: a letter, then letters,
+/// digits or `_`, at most 32; and never a table other software owns.
+fn table_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let name = String::deserialize(d)?;
+    let safe = name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !safe {
+        return Err(serde::de::Error::custom(format!(
+            "`table` {:?} must start with a letter and hold only letters, digits and `_` \
+             (at most 32)",
+            crate::text::printable(&name)
+        )));
+    }
+    if FOREIGN_TABLES.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(serde::de::Error::custom(format!(
+            "`table = \"{name}\"` is a table other software uses; Portcullis deletes and \
+             remakes its own table, so give it a name of its own (default `portcullis`)"
+        )));
+    }
+    Ok(Some(name))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

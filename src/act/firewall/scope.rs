@@ -123,12 +123,11 @@ impl PortScope {
                         .ok_or_else(|| format!("port {n} is out of range (1-65535)"))?;
                     (n, n)
                 }
-                PortSpec::Name(s) => match s.split_once(['-', ':']) {
-                    Some((a, b)) => (port(a)?, port(b)?),
-                    None => {
-                        let n = port(s)?;
-                        (n, n)
-                    }
+                // A whole name first: `http-alt` is a service, not a range.
+                PortSpec::Name(s) => match (port(s), s.split_once(['-', ':'])) {
+                    (Ok(n), _) => (n, n),
+                    (Err(_), Some((a, b))) if !a.trim().is_empty() => (port(a)?, port(b)?),
+                    (Err(e), _) => return Err(e),
                 },
             };
             if lo > hi {
@@ -285,6 +284,9 @@ mod tests {
         assert_eq!(s.suffix(), again.suffix());
         assert_eq!(s.suffix().len(), 10);
         assert_eq!(PortScope::all().suffix(), "");
+        // A hyphenated service name is a name, not a range.
+        let alt = scope(&[PortSpec::Name("http-alt".into())]).unwrap();
+        assert_eq!(alt.to_string(), "tcp/8080");
     }
 
     #[test]
