@@ -79,30 +79,8 @@ fn main() {
             .map(Vec::len)
             .sum()
     };
-    let start = Instant::now();
-    // Ready when the engine answers (the socket exists a little earlier).
-    let ready = || {
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["status", "--socket"])
-            .arg(dir.join("ctl.sock"))
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    while !ready() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "daemon did not start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let lines: String = (0..10_000u32)
-        .map(|i| {
-            format!(
-                "{} - - [22/Nov/2026:08:00:00 +0000] \"POST /login HTTP/1.1\" 401 0 \"-\" \"b\"\n",
-                std::net::Ipv4Addr::from(0xc612_0000 + i)
-            )
-        })
-        .collect();
+    shared::wait_ready(&dir.join("ctl.sock"));
+    let lines = shared::offender_lines(10_000);
     let t = Instant::now();
     std::fs::OpenOptions::new()
         .append(true)

@@ -7,6 +7,9 @@
 //!
 //! `cargo bench --bench proxy`. Needs `nginx`. Figures go to stdout.
 
+#[path = "support/shared.rs"]
+mod shared;
+
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,21 +80,7 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let ready = || {
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["status", "--socket"])
-            .arg(dir.join("ctl.sock"))
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let start = Instant::now();
-    while !ready() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "daemon did not start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    shared::wait_ready(&dir.join("ctl.sock"));
     // The start's reconcile writes the (empty) file and reloads once.
     let reloads = || {
         std::fs::read_to_string(dir.join("reloads"))
@@ -102,14 +91,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let before = reloads();
-    let lines: String = (0..10_000u32)
-        .map(|i| {
-            format!(
-                "{} - - [22/Nov/2026:08:00:00 +0000] \"POST /login HTTP/1.1\" 401 0 \"-\" \"b\"\n",
-                std::net::Ipv4Addr::from(0xc612_0000 + i)
-            )
-        })
-        .collect();
+    let lines = shared::offender_lines(10_000);
     let entries = || {
         std::fs::read_to_string(dir.join("nginx/banned.geo"))
             .map(|s| s.lines().filter(|l| l.ends_with(" 1;")).count())

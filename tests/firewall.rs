@@ -161,6 +161,12 @@ impl Net {
         } else {
             format!("http://{dst}:{port}/")
         };
+        self.status(src, &url, "0.5") == "200"
+    }
+
+    /// The HTTP status of a GET of `url` from `src` in the client namespace
+    /// (`000` when nothing answered within `max_time` seconds).
+    fn status(&self, src: &str, url: &str, max_time: &str) -> String {
         let out = sh(&[
             "ip",
             "netns",
@@ -173,12 +179,12 @@ impl Net {
             "-w",
             "%{http_code}",
             "--max-time",
-            "0.5",
+            max_time,
             "--interface",
             src,
-            &url,
+            url,
         ]);
-        stdout(&out) == "200"
+        stdout(&out)
     }
 
     /// Runs `nft ARGS` in the server namespace.
@@ -1136,23 +1142,7 @@ fn geo_denylist_bans_clients_behind_a_load_balancer() {
         } else {
             "192.0.2.1"
         };
-        stdout(&sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &net.cli,
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "2",
-            "--interface",
-            src,
-            &format!("http://{host}{path}"),
-        ]))
+        net.status(src, &format!("http://{host}{path}"), "2")
     };
     wait_for(|| status("192.0.2.2", "/") == "200", "both tiers to answer");
     assert_eq!(status("192.0.2.4", "/"), "200");

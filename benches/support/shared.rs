@@ -45,3 +45,34 @@ pub fn print_latency(what: &str, samples: &mut [Duration]) {
         ms(samples[samples.len() - 1])
     );
 }
+
+/// Waits until the daemon's engine answers on `socket` (the socket exists a
+/// little earlier); panics after 10 s.
+pub fn wait_ready(socket: &Path) {
+    let start = std::time::Instant::now();
+    while !std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["status", "--socket"])
+        .arg(socket)
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One failed login (`combined`) from each of `n` distinct addresses
+/// (198.18.0.0 upwards, the benchmarking range).
+pub fn offender_lines(n: u32) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{} - - [22/Nov/2026:08:00:00 +0000] \"POST /login HTTP/1.1\" 401 0 \"-\" \"b\"\n",
+                std::net::Ipv4Addr::from(0xc612_0000 + i)
+            )
+        })
+        .collect()
+}

@@ -74,15 +74,14 @@ fn behind_proxy_warning(config: &Config, jail: &super::JailEntry) -> Option<Stri
     {
         return None;
     }
-    let other_enforcement = jail.actions.iter().any(|a| {
-        matches!(
-            config.main.actions.get(a),
-            Some(ActionConfig::Denylist(d)) if d.format != DenylistFormat::NginxMap
-        ) || matches!(
-            config.main.actions.get(a),
-            Some(ActionConfig::Exec(_) | ActionConfig::Webhook(_))
-        )
-    });
+    let other_enforcement = jail
+        .actions
+        .iter()
+        .any(|a| match config.main.actions.get(a) {
+            Some(ActionConfig::Denylist(d)) => d.format != DenylistFormat::NginxMap,
+            Some(ActionConfig::Exec(_) | ActionConfig::Webhook(_)) => true,
+            _ => false,
+        });
     (!other_enforcement).then(|| {
         format!(
             "jail `{}` bans addresses only with `firewall`, but `trusted_proxies` is set: \

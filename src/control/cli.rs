@@ -25,15 +25,12 @@ pub fn target(v: &Value) -> String {
 }
 
 /// A target as an operator types it: `203.0.113.5`, `2001:db8::/64`, `key:ID`
-/// (raw: shell-quote it for a command, make it printable for a table).
+/// (raw: shell-quote it for a command, make it printable for a table). The
+/// daemon already sends addresses so (`control::view`).
 pub fn target_arg(v: &Value) -> String {
     match (v["kind"].as_str(), v["value"].as_str()) {
         (Some("key"), Some(k)) => format!("key:{k}"),
-        (_, Some(a)) => a
-            .strip_suffix("/32")
-            .or_else(|| a.strip_suffix("/128"))
-            .unwrap_or(a)
-            .to_string(),
+        (_, Some(a)) => a.to_string(),
         _ => v.to_string(),
     }
 }

@@ -135,6 +135,11 @@ impl Ledger {
         self.cap_per_minute = cap_per_minute.max(1);
     }
 
+    /// A new allowlist (its file changed); nothing else changes.
+    pub fn set_ignore(&mut self, ignore: NetSet) {
+        self.ignore = ignore;
+    }
+
     /// Loads persisted bans (with their store keys, [`Ban::key`]) and offence
     /// counts; expired bans are dropped (and deleted from the store). Returns
     /// the active bans, to re-apply in one batch.

@@ -169,16 +169,26 @@ impl PortScope {
         if self.is_all() {
             return String::new();
         }
-        let mut s = format!(" {} dport {{ ", self.protocol.name());
+        format!(
+            " {} dport {{ {} }}",
+            self.protocol.name(),
+            self.join(", ", '-')
+        )
+    }
+
+    /// The ranges as text: `80, 443, 8000-8099` with `", "` and `'-'`.
+    fn join(&self, sep: &str, dash: char) -> String {
+        let mut s = String::new();
         for (i, (lo, hi)) in self.ranges.iter().enumerate() {
-            let sep = if i == 0 { "" } else { ", " };
+            if i > 0 {
+                s.push_str(sep);
+            }
             if lo == hi {
-                let _ = write!(s, "{sep}{lo}");
+                let _ = write!(s, "{lo}");
             } else {
-                let _ = write!(s, "{sep}{lo}-{hi}");
+                let _ = write!(s, "{lo}{dash}{hi}");
             }
         }
-        s.push_str(" }");
         s
     }
 
@@ -227,18 +237,7 @@ impl std::fmt::Display for PortScope {
         if self.is_all() {
             return f.write_str("all");
         }
-        write!(f, "{}/", self.protocol.name())?;
-        for (i, (lo, hi)) in self.ranges.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            if lo == hi {
-                write!(f, "{lo}")?;
-            } else {
-                write!(f, "{lo}-{hi}")?;
-            }
-        }
-        Ok(())
+        write!(f, "{}/{}", self.protocol.name(), self.join(",", '-'))
     }
 }
 

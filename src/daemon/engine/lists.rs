@@ -18,11 +18,7 @@ impl Engine {
         let Some(c) = changed else {
             return;
         };
-        self.ledger.reconfigure(
-            c.ignore.clone(),
-            self.config.main.ignore_keys.clone(),
-            self.config.main.max_bans_per_minute.unwrap_or(300),
-        );
+        self.ledger.set_ignore(c.ignore.clone());
         self.pipeline
             .set_lists(c.ignore.clone(), c.trusted_proxies.clone());
         for a in &self.actions {
