@@ -7,6 +7,7 @@
 //! an action cannot express ([`Action::refuses`]) is skipped by that action
 //! alone and recorded; it never fails the batch, the start or a reload.
 
+pub mod bouncer;
 pub mod denylist;
 pub mod email;
 mod exec;

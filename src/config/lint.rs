@@ -27,6 +27,11 @@ pub fn start_errors(config: &Config, files: &ConfigFiles) -> Vec<ConfigError> {
             errors.push(at_main(format!("action `{name}`: {e}")));
         }
     }
+    if let Some(b) = &config.main.bouncer_api
+        && let Err(e) = crate::act::bouncer::tls_config(b)
+    {
+        errors.push(at_main(e));
+    }
     errors
 }
 
@@ -47,6 +52,7 @@ pub fn warnings(config: &Config, files: &ConfigFiles) -> Vec<String> {
                 .into(),
         );
     }
+    out.extend(bouncer_warnings(config));
     for jail in config.jails.iter().filter(|j| j.enabled) {
         if jail.logpath.is_empty() {
             out.push(format!(
@@ -74,14 +80,15 @@ fn behind_proxy_warning(config: &Config, jail: &super::JailEntry) -> Option<Stri
     {
         return None;
     }
-    let other_enforcement = jail
-        .actions
-        .iter()
-        .any(|a| match config.main.actions.get(a) {
-            Some(ActionConfig::Denylist(d)) => d.format != DenylistFormat::NginxMap,
-            Some(ActionConfig::Exec(_) | ActionConfig::Webhook(_)) => true,
-            _ => false,
-        });
+    let other_enforcement = jail.actions.iter().any(|a| a == "bouncer_api")
+        || jail
+            .actions
+            .iter()
+            .any(|a| match config.main.actions.get(a) {
+                Some(ActionConfig::Denylist(d)) => d.format != DenylistFormat::NginxMap,
+                Some(ActionConfig::Exec(_) | ActionConfig::Webhook(_)) => true,
+                _ => false,
+            });
     (!other_enforcement).then(|| {
         format!(
             "jail `{}` bans addresses only with `firewall`, but `trusted_proxies` is set: \
@@ -91,6 +98,33 @@ fn behind_proxy_warning(config: &Config, jail: &super::JailEntry) -> Option<Stri
             crate::text::printable(&jail.spec.name)
         )
     })
+}
+
+/// A bouncer API no jail feeds, or a key file anyone on the host can read.
+fn bouncer_warnings(config: &Config) -> Vec<String> {
+    let Some(b) = &config.main.bouncer_api else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if !config
+        .jails
+        .iter()
+        .any(|j| j.enabled && j.actions.iter().any(|a| a == "bouncer_api"))
+    {
+        out.push(
+            "[bouncer_api] is set but no jail uses the `bouncer_api` action: bouncers will \
+             get no decisions; add it to `[defaults] action` or to a jail's `action`"
+                .into(),
+        );
+    }
+    for p in crate::act::bouncer::readable_by_others(b) {
+        out.push(format!(
+            "{}: readable by every user; a bouncer key gives the list of everyone banned \
+             (chmod 600)",
+            p.display()
+        ));
+    }
+    out
 }
 
 /// An invalid glob, or a directory that does not exist (a typo there means

@@ -69,6 +69,8 @@ pub struct MainConfig {
     pub metrics: Option<crate::daemon::metrics::MetricsConfig>,
     /// Enforcement in the kernel: the `firewall` action (nftables or ipset).
     pub firewall: Option<crate::act::FirewallConfig>,
+    /// CrowdSec bouncers poll bans from here: the `bouncer_api` action.
+    pub bouncer_api: Option<crate::act::bouncer::BouncerApiConfig>,
     /// Named actions usable in a jail's `action`.
     #[serde(default)]
     pub actions: BTreeMap<String, ActionConfig>,

@@ -145,6 +145,8 @@ pub struct Config {
     pub trusted_proxies: NetSet,
     /// `ignore_file` and `trusted_proxies_file`, watched by the daemon.
     pub net_files: netfile::NetFiles,
+    /// The keys of `[bouncer_api]`'s `api_key_files` (empty without it).
+    pub bouncer_keys: crate::act::bouncer::Keys,
     pub filter_count: usize,
 }
 
@@ -263,6 +265,13 @@ impl Config {
             main.trusted_proxies.iter().map(|c| c.0).collect(),
             &paths(&main.trusted_proxies_file),
         );
+        let bouncer_keys = match &main.bouncer_api {
+            Some(b) => crate::act::bouncer::Keys::load(&b.api_key_files).unwrap_or_else(|e| {
+                errors.extend(e);
+                Default::default()
+            }),
+            None => Default::default(),
+        };
         let net_files = match net_files {
             Ok(n) => n,
             Err(e) => {
@@ -277,6 +286,7 @@ impl Config {
             ignore: net_files.ignore(),
             trusted_proxies: net_files.trusted_proxies(),
             net_files,
+            bouncer_keys,
             filter_count: filters.len(),
             main,
             formats,
@@ -523,22 +533,25 @@ fn resolve_jail(
     let actions: Vec<String> = match &jail.action {
         Some(list) => {
             for a in &list.0 {
-                let builtin =
-                    a.get_ref() == "log" || (a.get_ref() == "firewall" && main.firewall.is_some());
+                let builtin = a.get_ref() == "log"
+                    || (a.get_ref() == "firewall" && main.firewall.is_some())
+                    || (a.get_ref() == "bouncer_api" && main.bouncer_api.is_some());
                 if !builtin && !main.actions.contains_key(a.get_ref()) {
-                    if a.get_ref() == "firewall" {
+                    if a.get_ref() == "firewall" || a.get_ref() == "bouncer_api" {
                         err(
                             a.span(),
-                            "action `firewall` needs a `[firewall]` section in portcullis.toml"
-                                .into(),
+                            format!(
+                                "action `{0}` needs a `[{0}]` section in portcullis.toml",
+                                a.get_ref()
+                            ),
                         );
                         continue;
                     }
-                    let names = main
-                        .actions
-                        .keys()
-                        .map(String::as_str)
-                        .chain(["log", "firewall"]);
+                    let names = main.actions.keys().map(String::as_str).chain([
+                        "log",
+                        "firewall",
+                        "bouncer_api",
+                    ]);
                     let hint = suggest(a.get_ref(), names);
                     err(a.span(), format!("unknown action `{}`{hint}", a.get_ref()));
                 }

@@ -192,6 +192,25 @@ pub fn status(data: &Value) -> String {
                 .map_or(String::new(), |l| format!(", last lag {l} ms")),
         );
     }
+    if let Some(b) = data["bouncer_api"].as_object() {
+        let pollers = b["bouncers"].as_array().cloned().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "bouncer API on {}: {} decision(s), {} bouncer(s) polled in the last day, {} request(s) refused (bad key)",
+            field(&b["listen"]),
+            b["decisions"],
+            pollers.len(),
+            b["forbidden"],
+        );
+        for p in &pollers {
+            let _ = writeln!(
+                out,
+                "  {} last pulled {} UTC",
+                field(&p["bouncer"]),
+                time(p["last_pull"].as_i64()),
+            );
+        }
+    }
     for (name, a) in data["actions"].as_object().into_iter().flatten() {
         if let Some(n) = a["restoring"].as_u64() {
             let _ = writeln!(

@@ -37,6 +37,7 @@ pub(super) fn build_actions(
     store: &Arc<Store>,
     supervisor: &mut Supervisor,
     skip_reconcile: &[String],
+    bouncer: Option<&Arc<crate::act::bouncer::Api>>,
 ) -> Result<(Dispatcher, Vec<Arc<dyn Action>>), String> {
     let mut actions: BTreeMap<String, Arc<dyn Action>> = BTreeMap::new();
     actions.insert("log".into(), Arc::new(LogAction));
@@ -47,6 +48,35 @@ pub(super) fn build_actions(
             config.firewall_scopes(),
         ));
         actions.insert("firewall".into(), backend);
+    }
+    if let Some(b) = &config.main.bouncer_api {
+        let api = match bouncer {
+            Some(api) => {
+                if api.listen != b.listen {
+                    tracing::warn!(
+                        "[bouncer_api] listen changed to {}: still serving on {} until a restart",
+                        b.listen,
+                        api.listen
+                    );
+                }
+                api.clone()
+            }
+            None => {
+                tracing::warn!(
+                    "[bouncer_api] was added by a reload: restart portcullis to serve it on {}",
+                    b.listen
+                );
+                Arc::new(crate::act::bouncer::Api::new(
+                    b.listen,
+                    Default::default(),
+                    0,
+                ))
+            }
+        };
+        actions.insert(
+            "bouncer_api".into(),
+            Arc::new(crate::act::bouncer::BouncerAction::new(api)),
+        );
     }
     for (name, a) in &config.main.actions {
         let action: Arc<dyn Action> = match a {
@@ -69,6 +99,19 @@ pub(super) fn build_actions(
         action
             .check()
             .map_err(|e| format!("action `{name}`: {e}"))?;
+    }
+    // The config is good: bouncers' keys follow it.
+    match (bouncer, &config.main.bouncer_api) {
+        (Some(api), Some(_)) => api.set_keys(config.bouncer_keys.clone()),
+        (Some(api), None) => {
+            tracing::warn!(
+                "[bouncer_api] was removed: bouncers now get 403 and no decisions; \
+                 restart portcullis to close {}",
+                api.listen
+            );
+            api.close();
+        }
+        _ => {}
     }
     let names: Vec<String> = actions.keys().cloned().collect();
     supervisor.retain(&names.iter().map(String::as_str).collect::<Vec<_>>());

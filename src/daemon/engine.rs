@@ -57,7 +57,7 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-pub(super) fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -94,6 +94,8 @@ pub struct Engine {
     /// When the current poll started reading.
     poll_started: Instant,
     fleet: Option<crate::fleet::Fleet>,
+    /// The bouncer API's shared book, when `[bouncer_api]` was set at start.
+    bouncer: Option<Arc<crate::act::bouncer::Api>>,
 }
 
 /// Paths to follow, each with the indices of the jails reading it.
@@ -141,6 +143,7 @@ impl Engine {
         config: Config,
         tx: Sender<Msg>,
         recover: bool,
+        bouncer: Option<Arc<crate::act::bouncer::Api>>,
     ) -> Result<Engine, String> {
         let opened = crate::state::Store::open_checked(&config.state_dir(), recover)?;
         let fresh = opened.fresh;
@@ -176,6 +179,7 @@ impl Engine {
             &store,
             &mut supervisor,
             &skip_reconcile,
+            bouncer.as_ref(),
         )?;
         let jails = select_jails(&config, &[])?;
         let writer = crate::state::Writer::new(Arc::clone(&store));
@@ -200,6 +204,7 @@ impl Engine {
             read_at: HashMap::new(),
             poll_started: Instant::now(),
             fleet: None,
+            bouncer,
         };
         if let Some(cfg) = engine.config.main.fleet.clone() {
             let cursor: Option<String> = engine.store.get(Table::Positions, FLEET_CURSOR)?;
@@ -808,6 +813,7 @@ impl Engine {
             &self.store,
             &mut self.supervisor,
             &[],
+            self.bouncer.as_ref(),
         )?;
         let mut pipeline = Pipeline::new(&config, jails);
         let kept_jails = pipeline.adopt_unchanged(&mut self.pipeline);

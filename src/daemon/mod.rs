@@ -42,7 +42,35 @@ pub fn run(config_dir: Option<PathBuf>, config: Config, recover: bool) -> Result
         None => None,
     };
 
-    let engine = Engine::start(config_dir, config, tx.clone(), recover)?;
+    // The bouncer API's port and TLS are fixed at start, like the metrics
+    // endpoint's; its keys and decisions follow reloads.
+    let bouncer = match &config.main.bouncer_api {
+        Some(b) => {
+            let tls = crate::act::bouncer::tls_config(b)?;
+            let listener = std::net::TcpListener::bind(b.listen)
+                .map_err(|e| format!("bouncer API: cannot listen on {}: {e}", b.listen))?;
+            // Ids unique across restarts, exact in a JSON double.
+            let id_base = engine::now_secs() * 1_000_000;
+            let api = Arc::new(crate::act::bouncer::Api::new(
+                b.listen,
+                config.bouncer_keys.clone(),
+                id_base,
+            ));
+            Some((api, listener, tls))
+        }
+        None => None,
+    };
+    let engine = Engine::start(
+        config_dir,
+        config,
+        tx.clone(),
+        recover,
+        bouncer.as_ref().map(|b| b.0.clone()),
+    )?;
+    if let Some((api, listener, tls)) = bouncer {
+        tracing::info!(listen = %api.listen, tls = tls.is_some(), "bouncer API serving");
+        crate::act::bouncer::spawn(listener, api, tls)?;
+    }
 
     let wake_pending = Arc::new(AtomicBool::new(false));
     let mut watcher = {

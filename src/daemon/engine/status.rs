@@ -106,6 +106,7 @@ impl Engine {
             "actions": self.supervisor.health(),
             "action_names": self.dispatcher.names().collect::<Vec<_>>(),
             "fleet": self.fleet.as_ref().map(|f| f.status()),
+            "bouncer_api": self.bouncer.as_ref().map(|b| b.status()),
             "store": {
                 "health": self.store.health(),
                 "unsaved_writes": self.writer.unsaved(),

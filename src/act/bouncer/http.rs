@@ -1,0 +1,320 @@
+//! The bouncer API's HTTP/1.1 server: a thread that accepts, and a short
+//! thread per connection (bouncers poll every few seconds; a handful of
+//! them is the common case). One request per connection, answered with
+//! `Connection: close`, which every HTTP client handles.
+//!
+//! Hostile clients are expected: a request head is read with a deadline
+//! and at most [`MAX_HEAD`] bytes, at most [`MAX_CONNECTIONS`] are served
+//! at once (more are closed at once), and nothing is answered before the
+//! API key checks out.
+
+use super::{Api, Filter, Query, now_secs};
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const MAX_HEAD: usize = 16 * 1024;
+/// Request bodies are read and dropped (bouncers' usage metrics), up to this.
+const MAX_BODY: usize = 1024 * 1024;
+const MAX_CONNECTIONS: usize = 64;
+/// The whole request must arrive within this.
+const READ_DEADLINE: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `api` on `listener` from a thread of its own (TLS when `tls`).
+pub fn spawn(
+    listener: TcpListener,
+    api: Arc<Api>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("bouncer-api".into())
+        .spawn(move || accept(listener, api, tls))
+        .map(|_| ())
+        .map_err(|e| format!("bouncer API: cannot start its thread: {e}"))
+}
+
+fn accept(listener: TcpListener, api: Arc<Api>, tls: Option<Arc<rustls::ServerConfig>>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else {
+            // EMFILE and the like: do not spin.
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        let (api, tls, done) = (api.clone(), tls.clone(), active.clone());
+        let spawned = std::thread::Builder::new()
+            .name("bouncer-conn".into())
+            .spawn(move || {
+                connection(stream, &api, tls);
+                done.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn connection(stream: TcpStream, api: &Api, tls: Option<Arc<rustls::ServerConfig>>) {
+    let Ok(peer) = stream.peer_addr().map(|a| a.ip()) else {
+        return;
+    };
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let _ = stream.set_nodelay(true);
+    let deadline = Instant::now() + READ_DEADLINE;
+    match tls {
+        None => serve(Deadline { stream, deadline }, peer, api),
+        Some(cfg) => {
+            let Ok(conn) = rustls::ServerConnection::new(cfg) else {
+                return;
+            };
+            let mut io = rustls::StreamOwned::new(conn, Deadline { stream, deadline });
+            serve(&mut io, peer, api);
+            io.conn.send_close_notify();
+            let _ = io.flush();
+        }
+    }
+}
+
+/// A socket whose reads all end by one deadline (a slow client cannot hold
+/// a connection open by trickling bytes).
+struct Deadline {
+    stream: TcpStream,
+    deadline: Instant,
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Deadline {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// A parsed request head.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub api_key: Option<Vec<u8>>,
+    pub user_agent: String,
+    pub content_length: usize,
+}
+
+/// An answer: status line and JSON body.
+#[derive(Debug)]
+pub(super) struct Response {
+    pub status: &'static str,
+    pub body: Vec<u8>,
+}
+
+fn message(status: &'static str, text: &str) -> Response {
+    Response {
+        status,
+        body: serde_json::to_vec(&serde_json::json!({ "message": text })).unwrap_or_default(),
+    }
+}
+
+fn serve(mut io: impl Read + Write, peer: IpAddr, api: &Api) {
+    let (head, rest) = match read_head(&mut io) {
+        Ok(h) => h,
+        Err(Some(r)) => return respond(&mut io, &r, false),
+        Err(None) => return,
+    };
+    let req = match parse_head(&head) {
+        Ok(r) => r,
+        Err(r) => return respond(&mut io, &r, false),
+    };
+    if req.content_length > 0 && drain(&mut io, req.content_length, rest).is_err() {
+        return respond(
+            &mut io,
+            &message("413 Payload Too Large", "body too large"),
+            false,
+        );
+    }
+    let resp = route(&req, peer, api);
+    respond(&mut io, &resp, req.method == "HEAD");
+}
+
+/// Reads up to the blank line; returns the head and how many body bytes
+/// came with it. `Err(Some)`: answer that; `Err(None)`: just close.
+fn read_head(io: &mut impl Read) -> Result<(Vec<u8>, usize), Option<Response>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = io.read(&mut chunk).map_err(|_| None)?;
+        if n == 0 {
+            return Err(None);
+        }
+        let from = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = memchr::memmem::find(&buf[from..], b"\r\n\r\n") {
+            let end = from + i + 4;
+            let rest = buf.len() - end;
+            buf.truncate(end);
+            return Ok((buf, rest));
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(Some(message(
+                "431 Request Header Fields Too Large",
+                "request head too large",
+            )));
+        }
+    }
+}
+
+fn drain(io: &mut impl Read, length: usize, already: usize) -> Result<(), ()> {
+    if length > MAX_BODY {
+        return Err(());
+    }
+    let mut left = length.saturating_sub(already);
+    let mut chunk = [0u8; 8192];
+    while left > 0 {
+        let n = io.read(&mut chunk[..left.min(8192)]).map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        left -= n;
+    }
+    Ok(())
+}
+
+pub(super) fn parse_head(head: &[u8]) -> Result<Request, Response> {
+    let bad = || message("400 Bad Request", "malformed request");
+    let text = std::str::from_utf8(head).map_err(|_| bad())?;
+    let mut lines = text.split("\r\n");
+    let mut parts = lines.next().ok_or_else(bad)?.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(message("505 HTTP Version Not Supported", "HTTP/1.x only"));
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut req = Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: parse_query(query),
+        ..Request::default()
+    };
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':').ok_or_else(bad)?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("x-api-key") {
+            req.api_key = Some(value.as_bytes().to_vec());
+        } else if name.eq_ignore_ascii_case("user-agent") {
+            req.user_agent = crate::text::printable(value).chars().take(100).collect();
+        } else if name.eq_ignore_ascii_case("content-length") {
+            req.content_length = value.parse().map_err(|_| bad())?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(message("411 Length Required", "send a Content-Length"));
+        }
+    }
+    Ok(req)
+}
+
+/// `a=1&b=x%2Cy` → `[(a, 1), (b, "x,y")]`, percent- and `+`-decoded.
+pub(super) fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub(super) fn route(req: &Request, peer: IpAddr, api: &Api) -> Response {
+    let known = ["/v1/decisions/stream", "/v1/decisions", "/v1/usage-metrics"];
+    if !known.contains(&req.path.as_str()) {
+        return message("404 Not Found", "not found");
+    }
+    let Some(name) = api.authenticate(req.api_key.as_deref(), peer) else {
+        return message("403 Forbidden", "access forbidden");
+    };
+    let read = req.method == "GET" || req.method == "HEAD";
+    match req.path.as_str() {
+        "/v1/decisions/stream" if read => {
+            let startup = req.query.iter().any(|(k, v)| k == "startup" && v == "true");
+            let who = format!("{name} {} {peer}", req.user_agent);
+            let filter = Filter::from_query(&req.query);
+            Response {
+                status: "200 OK",
+                body: api.book().stream(&who, startup, &filter, now_secs()),
+            }
+        }
+        "/v1/decisions" if read => match Query::from_query(&req.query) {
+            Ok(q) => Response {
+                status: "200 OK",
+                body: api.book().query(&q, now_secs()),
+            },
+            Err(e) => message("400 Bad Request", &e),
+        },
+        // Newer bouncers report usage; accepted and dropped.
+        "/v1/usage-metrics" if req.method == "POST" => Response {
+            status: "201 Created",
+            body: b"{}".to_vec(),
+        },
+        _ => message("405 Method Not Allowed", "method not allowed"),
+    }
+}
+
+fn respond(io: &mut impl Write, r: &Response, head_only: bool) {
+    let head = format!(
+        "HTTP/1.1 {}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        r.status,
+        r.body.len()
+    );
+    let _ = io.write_all(head.as_bytes());
+    if !head_only {
+        let _ = io.write_all(&r.body);
+    }
+    let _ = io.flush();
+}

@@ -1,0 +1,319 @@
+use super::http::{parse_head, parse_query, route};
+use super::*;
+use crate::detect::Target;
+
+fn t(s: &str) -> Target {
+    Target::parse(s).unwrap()
+}
+
+fn stream(book: &mut Book, who: &str, startup: bool, now: i64) -> serde_json::Value {
+    serde_json::from_slice(&book.stream(who, startup, &Filter::default(), now)).unwrap()
+}
+
+/// `(value, scenario, duration)` of a stream answer's `new` or `deleted`.
+fn items(v: &serde_json::Value, which: &str) -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = v[which]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["value"].as_str().unwrap().to_string(),
+                d["scenario"].as_str().unwrap().to_string(),
+                d["duration"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn values(v: &serde_json::Value, which: &str) -> Vec<String> {
+    items(v, which).into_iter().map(|i| i.0).collect()
+}
+
+#[test]
+fn durations_read_as_go_prints_them() {
+    assert_eq!(go_duration(14390), "3h59m50s");
+    assert_eq!(go_duration(3600), "1h0m0s");
+    assert_eq!(go_duration(60), "1m0s");
+    assert_eq!(go_duration(59), "59s");
+    assert_eq!(go_duration(0), "0s");
+    assert_eq!(go_duration(-5), "0s");
+}
+
+#[test]
+fn a_poll_gets_what_changed_since_the_last_one() {
+    let mut b = Book::new(1_000_000);
+    b.ban("scan", &t("203.0.113.5"), Some(1000 + 3600));
+    b.ban("flood", &t("2001:db8::/64"), None);
+    let first = stream(&mut b, "fw", true, 1000);
+    assert_eq!(
+        items(&first, "new"),
+        vec![
+            ("2001:db8::/64".into(), "flood".into(), "87600h0m0s".into()),
+            ("203.0.113.5".into(), "scan".into(), "1h0m0s".into()),
+        ]
+    );
+    let scopes: Vec<&str> = first["new"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["scope"].as_str().unwrap())
+        .collect();
+    assert!(scopes.contains(&"Ip") && scopes.contains(&"Range"));
+    assert!(first["new"][0]["id"].as_i64().unwrap() > 1_000_000);
+    assert_eq!(first["new"][0]["type"], "ban");
+    assert_eq!(first["new"][0]["origin"], "portcullis");
+    // Nothing changed: nothing new.
+    let again = stream(&mut b, "fw", false, 1010);
+    assert!(values(&again, "new").is_empty() && values(&again, "deleted").is_empty());
+    b.ban("scan", &t("198.51.100.7"), Some(1000 + 60));
+    b.unban("scan", &t("203.0.113.5"));
+    let next = stream(&mut b, "fw", false, 1020);
+    assert_eq!(values(&next, "new"), vec!["198.51.100.7"]);
+    assert_eq!(values(&next, "deleted"), vec!["203.0.113.5"]);
+    // Another bouncer starting now sees only what is active.
+    let other = stream(&mut b, "nginx", true, 1020);
+    assert_eq!(values(&other, "new"), vec!["198.51.100.7", "2001:db8::/64"]);
+    assert!(values(&other, "deleted").is_empty());
+}
+
+#[test]
+fn a_ban_made_and_lifted_between_polls_is_never_sent() {
+    let mut b = Book::new(0);
+    stream(&mut b, "fw", true, 0);
+    b.ban("scan", &t("203.0.113.5"), Some(600));
+    b.unban("scan", &t("203.0.113.5"));
+    let v = stream(&mut b, "fw", false, 10);
+    assert!(values(&v, "new").is_empty() && values(&v, "deleted").is_empty());
+}
+
+#[test]
+fn two_jails_on_one_address_serve_the_longest_and_lifting_it_serves_the_other() {
+    let mut b = Book::new(0);
+    b.ban("short", &t("203.0.113.5"), Some(600));
+    b.ban("long", &t("203.0.113.5"), Some(3600));
+    let v = stream(&mut b, "fw", true, 0);
+    assert_eq!(
+        items(&v, "new"),
+        vec![("203.0.113.5".into(), "long".into(), "1h0m0s".into())]
+    );
+    // The shorter ending changes nothing a bouncer sees.
+    b.unban("short", &t("203.0.113.5"));
+    let v = stream(&mut b, "fw", false, 10);
+    assert!(values(&v, "new").is_empty() && values(&v, "deleted").is_empty());
+    // A lifted longest gives way to the remaining one: deleted, then new.
+    b.ban("short", &t("203.0.113.5"), Some(600));
+    let v = stream(&mut b, "fw", false, 20);
+    assert!(values(&v, "new").is_empty(), "the longest still wins: {v}");
+    b.unban("long", &t("203.0.113.5"));
+    let v = stream(&mut b, "fw", false, 30);
+    assert_eq!(values(&v, "deleted"), vec!["203.0.113.5"]);
+    assert_eq!(
+        items(&v, "new"),
+        vec![("203.0.113.5".into(), "short".into(), "9m30s".into())]
+    );
+}
+
+#[test]
+fn reconcile_changes_only_what_differs() {
+    let mut b = Book::new(0);
+    let (x, y, z) = (t("203.0.113.5"), t("203.0.113.6"), t("203.0.113.7"));
+    b.reconcile([("j", &x, Some(600)), ("j", &y, Some(600))]);
+    stream(&mut b, "fw", true, 0);
+    b.reconcile([("j", &y, Some(600)), ("j", &z, Some(600))]);
+    let v = stream(&mut b, "fw", false, 1);
+    assert_eq!(values(&v, "new"), vec!["203.0.113.7"]);
+    assert_eq!(values(&v, "deleted"), vec!["203.0.113.5"]);
+    // Keys are not decisions.
+    b.reconcile([("k", &t("key:abc"), Some(600))]);
+    assert!(b.is_empty());
+}
+
+#[test]
+fn filters_follow_crowdsec() {
+    let mut b = Book::new(0);
+    b.ban("http-scan", &t("203.0.113.5"), Some(600));
+    b.ban("flood", &t("2001:db8::/64"), Some(600));
+    let q = |s: &str| Filter::from_query(&parse_query(s));
+    let get = |b: &mut Book, f: Filter| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_slice(&b.stream("x", true, &f, 0)).unwrap();
+        values(&v, "new")
+    };
+    assert_eq!(get(&mut b, q("scopes=ip")), vec!["203.0.113.5"]);
+    assert_eq!(get(&mut b, q("scopes=Ip%2CRange")).len(), 2);
+    assert_eq!(get(&mut b, q("scopes=range")), vec!["2001:db8::/64"]);
+    assert_eq!(
+        get(&mut b, q("scenarios_containing=scan")),
+        vec!["203.0.113.5"]
+    );
+    assert_eq!(
+        get(&mut b, q("scenarios_not_containing=scan")),
+        vec!["2001:db8::/64"]
+    );
+    assert!(get(&mut b, q("origins=crowdsec,cscli")).is_empty());
+    assert_eq!(get(&mut b, q("origins=portcullis")).len(), 2);
+}
+
+#[test]
+fn live_queries_find_the_covering_decision_or_null() {
+    let mut b = Book::new(0);
+    b.ban("flood", &t("2001:db8::/64"), Some(600));
+    b.ban("scan", &t("203.0.113.5"), Some(600));
+    let q = |b: &Book, s: &str| -> serde_json::Value {
+        serde_json::from_slice(&b.query(&Query::from_query(&parse_query(s)).unwrap(), 0)).unwrap()
+    };
+    assert_eq!(q(&b, "ip=203.0.113.5")[0]["value"], "203.0.113.5");
+    assert_eq!(q(&b, "ip=2001:db8::1234")[0]["value"], "2001:db8::/64");
+    assert_eq!(q(&b, "ip=2001%3Adb8%3A%3A9")[0]["scope"], "Range");
+    assert!(q(&b, "ip=203.0.113.6").is_null());
+    assert!(q(&b, "ip=2001:db8:1::1").is_null());
+    assert!(q(&b, "ip=203.0.113.5&type=captcha").is_null());
+    assert_eq!(q(&b, "range=2001:db8::/80")[0]["value"], "2001:db8::/64");
+    assert_eq!(
+        q(&b, "range=2001:db8::/48&contains=false")[0]["value"],
+        "2001:db8::/64"
+    );
+    assert_eq!(
+        q(&b, "scope=ip&value=203.0.113.5")[0]["value"],
+        "203.0.113.5"
+    );
+    assert_eq!(q(&b, "").as_array().unwrap().len(), 2);
+    // Expired and not swept yet: not served.
+    assert!(q(&b, "ip=203.0.113.5").is_array());
+    let late: serde_json::Value = serde_json::from_slice(&b.query(
+        &Query::from_query(&parse_query("ip=203.0.113.5")).unwrap(),
+        601,
+    ))
+    .unwrap();
+    assert!(late.is_null());
+    assert!(Query::from_query(&parse_query("ip=not-an-ip")).is_err());
+}
+
+#[test]
+fn withdrawals_are_dropped_once_every_bouncer_has_them() {
+    let mut b = Book::new(0);
+    stream(&mut b, "a", true, 0);
+    stream(&mut b, "b", true, 0);
+    for i in 0..100u8 {
+        b.ban("j", &t(&format!("198.51.100.{i}")), Some(600));
+        b.unban("j", &t(&format!("198.51.100.{i}")));
+    }
+    b.ban("j", &t("203.0.113.5"), Some(600));
+    stream(&mut b, "a", false, 1);
+    b.unban("j", &t("203.0.113.5"));
+    // `b` has not polled since: it still gets the deletion...
+    let v = stream(&mut b, "a", false, 2);
+    assert_eq!(values(&v, "deleted"), vec!["203.0.113.5"]);
+    assert!(values(&stream(&mut b, "b", false, 3), "deleted").is_empty());
+    // ...and once both have polled, nothing is kept.
+    assert_eq!(b.withdrawn_len(), 0);
+}
+
+fn api_with_key() -> Api {
+    let dir = std::env::temp_dir().join(format!("pc-bouncer-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("fw.key");
+    std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+    let keys = Keys::load(&[path]).unwrap();
+    Api::new("127.0.0.1:0".parse().unwrap(), keys, 0)
+}
+
+fn get(target: &str, key: Option<&str>) -> Request {
+    let mut head = format!("GET {target} HTTP/1.1\r\nHost: x\r\nUser-Agent: test/1\r\n");
+    if let Some(k) = key {
+        head.push_str(&format!("X-Api-Key: {k}\r\n"));
+    }
+    head.push_str("\r\n");
+    parse_head(head.as_bytes()).unwrap()
+}
+
+use super::http::Request;
+
+#[test]
+fn a_wrong_or_missing_key_is_refused_and_a_good_one_served() {
+    let api = api_with_key();
+    let peer = "127.0.0.1".parse().unwrap();
+    let r = route(
+        &get("/v1/decisions/stream?startup=true", Some("nope")),
+        peer,
+        &api,
+    );
+    assert_eq!(r.status, "403 Forbidden");
+    let r = route(&get("/v1/decisions/stream?startup=true", None), peer, &api);
+    assert_eq!(r.status, "403 Forbidden");
+    // A prefix of the key is not the key.
+    let r = route(
+        &get("/v1/decisions/stream", Some("0123456789abcdef")),
+        peer,
+        &api,
+    );
+    assert_eq!(r.status, "403 Forbidden");
+    let r = route(
+        &get(
+            "/v1/decisions/stream?startup=true",
+            Some("0123456789abcdef0123"),
+        ),
+        peer,
+        &api,
+    );
+    assert_eq!(r.status, "200 OK");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v, serde_json::json!({"new": [], "deleted": []}));
+    let r = route(
+        &get("/v1/decisions?ip=1.2.3.4", Some("0123456789abcdef0123")),
+        peer,
+        &api,
+    );
+    assert_eq!((r.status, r.body.as_slice()), ("200 OK", &b"null"[..]));
+    let r = route(
+        &get("/v1/watchers/login", Some("0123456789abcdef0123")),
+        peer,
+        &api,
+    );
+    assert_eq!(r.status, "404 Not Found");
+    assert_eq!(api.status()["forbidden"], 3);
+}
+
+#[test]
+fn hostile_heads_are_refused_cleanly() {
+    assert!(parse_head(b"GET /v1/decisions\r\n\r\n").is_err());
+    assert!(parse_head(b"GET / HTTP/2\r\n\r\n").is_err());
+    assert!(parse_head(b"GET / HTTP/1.1\r\nno-colon\r\n\r\n").is_err());
+    assert!(parse_head(b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n").is_err());
+    assert!(parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+    assert!(parse_head(b"GET /\xff HTTP/1.1\r\n\r\n").is_err());
+    let r =
+        parse_head(b"GET /v1/decisions?ip=%zz&a=%4 HTTP/1.1\r\nUser-Agent: \x1b[31mred\r\n\r\n")
+            .unwrap();
+    assert_eq!(r.query[0], ("ip".into(), "%zz".into()));
+    assert!(!r.user_agent.contains('\x1b'));
+}
+
+#[test]
+fn key_files_are_checked() {
+    let dir = std::env::temp_dir().join(format!("pc-bouncer-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let w = |n: &str, s: &str| {
+        let p = dir.join(n);
+        std::fs::write(&p, s).unwrap();
+        p
+    };
+    let short = w("short.key", "abc\n");
+    let spaced = w("spaced.key", "0123456789 abcdef0123\n");
+    let good = w("good.key", "0123456789abcdef0123\n");
+    let dup = w("dup.key", "0123456789abcdef0123");
+    let errs =
+        Keys::load(&[short, spaced, good.clone(), dup, dir.join("missing.key")]).unwrap_err();
+    let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(errs.len(), 4, "{text:#?}");
+    assert!(text[0].contains("short.key") && text[0].contains("at least 16"));
+    assert!(text[1].contains("spaced.key"));
+    assert!(text[2].contains("dup.key") && text[2].contains("same key"));
+    assert!(text[3].contains("missing.key"));
+    assert!(Keys::load(&[]).is_err());
+    let keys = Keys::load(&[good]).unwrap();
+    assert_eq!(keys.check(b"0123456789abcdef0123"), Some("good"));
+    assert!(!format!("{keys:?}").contains("0123"));
+}
