@@ -22,13 +22,18 @@ const WRONG_KEY: &str = "pc-test-key-000000000000wrong";
 
 /// A daemon whose jail `auth` feeds the bouncer API on `listen`.
 fn config(tag: &str, listen: &str) -> TempDir {
+    config_with(tag, listen, "")
+}
+
+/// The same with more `[bouncer_api]` keys (`extra`, TOML lines).
+fn config_with(tag: &str, listen: &str, extra: &str) -> TempDir {
     let dir = Daemon::config(tag, 3, "action = [\"log\", \"bouncer_api\"]\n");
     let key = dir.write("conf/bouncers/firewall.key", &format!("{KEY}\n"));
     add_to_main(
         &dir,
         "",
         &format!(
-            "[bouncer_api]\nlisten = \"{listen}\"\napi_key_files = [\"{}\"]\n",
+            "[bouncer_api]\nlisten = \"{listen}\"\napi_key_files = [\"{}\"]\n{extra}",
             key.display()
         ),
     );
@@ -451,4 +456,97 @@ prometheus:
     wait_for(|| read().contains("del 203.0.113.9"), "the script's del");
     // The wrong-key bouncer never reached the script.
     assert_eq!(read().matches("add ").count(), 1, "{}", read());
+}
+
+/// With `tls_cert`/`tls_key` the API speaks HTTPS only, and a real bouncer
+/// that trusts the certificate polls it.
+#[test]
+fn tls_serves_https_to_a_real_bouncer() {
+    let Some(pkgs) = bouncers() else { return };
+    let port = free_port();
+    let certs = TempDir::new("bouncer-tls-certs");
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let out = sh(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "openssl: {}", stderr(&out));
+    let d = Daemon::start(config_with(
+        "bouncer-tls",
+        &format!("127.0.0.1:{port}"),
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    ));
+    let url = format!("https://127.0.0.1:{port}/v1/decisions/stream?startup=true");
+    let header = format!("X-Api-Key: {KEY}");
+    let cacert = cert.to_str().unwrap();
+    assert_eq!(curl_status(&["--cacert", cacert, "-H", &header, &url]), 200);
+    assert_eq!(curl_status(&["--cacert", cacert, &url]), 403);
+    // Plain HTTP gets no answer.
+    let plain = format!("http://127.0.0.1:{port}/v1/decisions/stream");
+    assert_eq!(curl_status(&["-H", &header, &plain]), 0);
+
+    let calls = d.dir.path().join("calls.txt");
+    let script = d.dir.write(
+        "record.sh",
+        &format!("#!/bin/sh\necho \"$1 $2\" >> {}\n", calls.display()),
+    );
+    sh(&["chmod", "755", script.to_str().unwrap()]);
+    let cfg = d.dir.write(
+        "custom.yaml",
+        &format!(
+            "bin_path: {}
+piddir: {}
+update_frequency: 1s
+daemonize: false
+log_mode: stdout
+log_level: debug
+api_url: https://127.0.0.1:{port}/
+api_key: {KEY}
+ca_cert_path: {}
+prometheus:
+  enabled: false
+",
+            script.display(),
+            d.dir.path().display(),
+            cert.display()
+        ),
+    );
+    let custom = Bouncer::start(
+        &[],
+        pkgs.join("usr/bin/crowdsec-custom-bouncer"),
+        cfg,
+        d.dir.path().join("custom.log"),
+    );
+    for _ in 0..3 {
+        d.append(&attack_line("203.0.113.9"));
+    }
+    wait_for(
+        || {
+            std::fs::read_to_string(&calls)
+                .unwrap_or_default()
+                .contains("add 203.0.113.9")
+        },
+        "the bouncer to get the ban over HTTPS",
+    );
+    assert!(!custom.log().contains("certificate"), "{}", custom.log());
 }

@@ -425,3 +425,77 @@ fn firewall_names_are_checked() {
     let (ok, out) = run("[firewall]\n[defaults]\nformat = \"combined\"\n", &jails);
     assert!(!ok && out.contains("hash to the same set name"), "{out}");
 }
+
+/// `[bouncer_api]`: the action needs the section, key files are read and
+/// checked at `check`, TLS needs both halves, and `check` warns about a
+/// key anyone can read and an API no jail feeds.
+#[test]
+fn bouncer_api_is_checked() {
+    let tmp = TempDir::new("bouncer-check");
+    let d = tmp.path().display().to_string();
+    let good = tmp.write("keys/edge.key", "0123456789abcdef0123\n");
+    std::fs::set_permissions(&good, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    tmp.write("keys/short.key", "abc\n");
+    tmp.write("conf/filters.d/f.toml", "[auth]\nstatus = 401\n");
+    tmp.write(
+        "conf/jails.d/a.toml",
+        "[auth]\nfilter = \"auth\"\naction = [\"log\", \"bouncer_api\"]\n",
+    );
+    // The action without the section.
+    tmp.write("conf/portcullis.toml", MAIN);
+    let (ok, out) = check_dir(&tmp.path().join("conf"));
+    assert!(!ok);
+    assert!(
+        out.contains(
+            "jails.d/a.toml:3:18: jail `auth`: action `bouncer_api` needs a `[bouncer_api]` section"
+        ),
+        "{out}"
+    );
+    // Bad key files and half a TLS setup: every error at once.
+    tmp.write(
+        "conf/portcullis.toml",
+        &format!(
+            "[bouncer_api]\nlisten = \"127.0.0.1:0\"\napi_key_files = [\"{d}/keys/short.key\", \"{d}/keys/none.key\"]\ntls_cert = \"{d}/keys/edge.key\"\n{MAIN}"
+        ),
+    );
+    let (ok, out) = check_dir(&tmp.path().join("conf"));
+    assert!(!ok);
+    assert!(
+        out.contains(&format!(
+            "{d}/keys/short.key: the key is 3 characters; use at least 16"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{d}/keys/none.key: cannot read it")),
+        "{out}"
+    );
+    // A good one: valid, with a warning about its mode; and one about a
+    // section no jail feeds once the jail stops using it.
+    tmp.write(
+        "conf/portcullis.toml",
+        &format!("[bouncer_api]\nlisten = \"127.0.0.1:0\"\napi_key_files = [\"{d}/keys/edge.key\"]\n{MAIN}"),
+    );
+    let (ok, out) = check_dir(&tmp.path().join("conf"));
+    assert!(ok, "{out}");
+    assert!(out.contains("edge.key: readable by every user"), "{out}");
+    assert!(!out.contains("no jail uses"), "{out}");
+    tmp.write("conf/jails.d/a.toml", "[auth]\nfilter = \"auth\"\n");
+    let (ok, out) = check_dir(&tmp.path().join("conf"));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("no jail uses the `bouncer_api` action"),
+        "{out}"
+    );
+    // TLS half set: a start error, which check reports.
+    tmp.write(
+        "conf/portcullis.toml",
+        &format!("[bouncer_api]\nlisten = \"127.0.0.1:0\"\napi_key_files = [\"{d}/keys/edge.key\"]\ntls_key = \"{d}/keys/edge.key\"\n{MAIN}"),
+    );
+    let (ok, out) = check_dir(&tmp.path().join("conf"));
+    assert!(!ok);
+    assert!(
+        out.contains("`tls_cert` and `tls_key` go together"),
+        "{out}"
+    );
+}

@@ -115,6 +115,10 @@ fn portcullis_toml_5_documents_every_key() {
             "[firewall]",
             expected_keys("[firewall]\nzzz_unknown = 1\n", j, f),
         ),
+        (
+            "[bouncer_api]",
+            expected_keys("[bouncer_api]\nzzz_unknown = 1\n", j, f),
+        ),
     ];
     for (what, keys) in tables {
         assert!(keys.len() >= 3, "{what}: {keys:?}");

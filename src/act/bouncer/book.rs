@@ -27,8 +27,12 @@ const CURSOR_TTL_SECS: i64 = 24 * 3600;
 const MAX_CURSORS: usize = 1024;
 /// Withdrawn decisions kept at most for bouncers that have not polled since.
 const MAX_WITHDRAWN: usize = 1_000_000;
-/// What a permanent ban is served as: bouncers need a duration.
-const PERMANENT_SECS: i64 = 10 * 365 * 24 * 3600;
+/// The longest duration served. ipset (which bouncers' iptables modes
+/// use) refuses a timeout over 2,147,483 s (24.8 days), and every bouncer
+/// needs a duration: a longer or permanent ban is served for 20 days and
+/// served again, fresh, [`RENEW_BEFORE`] before that runs out.
+pub const MAX_SERVED_SECS: i64 = 20 * 24 * 3600;
+const RENEW_BEFORE: i64 = 2 * 24 * 3600;
 
 /// A decision as served.
 #[derive(Debug, Clone)]
@@ -39,6 +43,9 @@ pub struct Decision {
     scenario: Arc<str>,
     /// Unix seconds; `None`: permanent.
     expires: Option<i64>,
+    /// When bouncers' copies run out (`expires`, or [`MAX_SERVED_SECS`]
+    /// after it was served if that is sooner).
+    until: i64,
 }
 
 impl Decision {
@@ -58,9 +65,14 @@ impl Decision {
         }
     }
 
-    /// Seconds left at `now` (a permanent ban: ten years).
+    /// Seconds bouncers hold it from `now`.
     fn left(&self, now: i64) -> i64 {
-        self.expires.map_or(PERMANENT_SECS, |e| e - now)
+        self.until - now
+    }
+
+    /// When it is served again with a fresh duration, if it outlasts `until`.
+    fn renew_at(&self) -> Option<i64> {
+        (self.expires.is_none_or(|e| e > self.until)).then(|| self.until - RENEW_BEFORE)
     }
 }
 
@@ -233,6 +245,8 @@ pub struct Book {
     /// Served decisions by prefix length (IPv4, IPv6), so `?ip=` looks up
     /// only the lengths in use.
     lens: [[u32; 129]; 2],
+    /// Decisions that outlast their served duration, by when to renew them.
+    renewals: std::collections::BTreeSet<(i64, u64)>,
 }
 
 fn family(net: &IpNet) -> usize {
@@ -253,6 +267,7 @@ impl Book {
             horizon: 0,
             cursors: HashMap::new(),
             lens: [[0; 129]; 2],
+            renewals: Default::default(),
         }
     }
 
@@ -278,7 +293,7 @@ impl Book {
 
     /// `jail` bans `target` until `expires`. Keys are not served (the
     /// action refuses them before they get here).
-    pub fn ban(&mut self, jail: &str, target: &Target, expires: Option<i64>) {
+    pub fn ban(&mut self, jail: &str, target: &Target, expires: Option<i64>, now: i64) {
         let Target::Address(net) = target else { return };
         let net = net.trunc();
         let held = Held {
@@ -294,11 +309,11 @@ impl Book {
             Some(h) => *h = held,
             None => list.push(held),
         }
-        self.set(net, list);
+        self.set(net, list, now);
     }
 
     /// `jail`'s ban on `target` ended (expired or lifted).
-    pub fn unban(&mut self, jail: &str, target: &Target) {
+    pub fn unban(&mut self, jail: &str, target: &Target, now: i64) {
         let Target::Address(net) = target else { return };
         let net = net.trunc();
         let Some(e) = self.entries.get(&net) else {
@@ -310,7 +325,7 @@ impl Book {
             .filter(|h| &*h.jail != jail)
             .cloned()
             .collect();
-        self.set(net, list);
+        self.set(net, list, now);
     }
 
     /// Makes the book hold exactly `bans` (jail, target, expiry): what a
@@ -319,6 +334,7 @@ impl Book {
     pub fn reconcile<'a>(
         &mut self,
         bans: impl IntoIterator<Item = (&'a str, &'a Target, Option<i64>)>,
+        now: i64,
     ) {
         let mut want: HashMap<IpNet, Vec<Held>> = HashMap::new();
         for (jail, target, expires) in bans {
@@ -342,16 +358,16 @@ impl Book {
             .copied()
             .collect();
         for net in gone {
-            self.set(net, Vec::new());
+            self.set(net, Vec::new(), now);
         }
         for (net, list) in want {
-            self.set(net, list);
+            self.set(net, list, now);
         }
     }
 
     /// Sets the bans held on `net` and serves the winner, withdrawing what
     /// was served before if it differs.
-    fn set(&mut self, net: IpNet, held: Vec<Held>) {
+    fn set(&mut self, net: IpNet, held: Vec<Held>, now: i64) {
         let best = winner(&held).cloned();
         let old = self.entries.get(&net).map(|e| &e.served);
         let unchanged = match (old, &best) {
@@ -365,30 +381,76 @@ impl Book {
             }
             return;
         }
-        if let Some(e) = self.entries.remove(&net) {
-            self.seq += 1;
-            self.by_seq.remove(&e.served.seq);
-            self.lens[family(&net)][usize::from(net.prefix_len())] -= 1;
-            self.withdrawn.push_back(Withdrawn {
-                at: self.seq,
-                decision: e.served,
-            });
-        }
+        self.withdraw(net);
         if let Some(b) = best {
-            self.seq += 1;
-            let served = Decision {
-                seq: self.seq,
-                net,
-                scenario: b.jail,
-                expires: b.expires,
-            };
-            self.by_seq.insert(self.seq, net);
-            self.lens[family(&net)][usize::from(net.prefix_len())] += 1;
-            self.entries.insert(net, Entry { held, served });
+            self.serve(net, held, b.jail, b.expires, now);
         }
+    }
+
+    /// Takes the decision on `net` off the served list, remembering it for
+    /// the bouncers that have it; returns what it held.
+    fn withdraw(&mut self, net: IpNet) -> Option<Vec<Held>> {
+        let e = self.entries.remove(&net)?;
+        self.seq += 1;
+        self.by_seq.remove(&e.served.seq);
+        if let Some(at) = e.served.renew_at() {
+            self.renewals.remove(&(at, e.served.seq));
+        }
+        self.lens[family(&net)][usize::from(net.prefix_len())] -= 1;
+        self.withdrawn.push_back(Withdrawn {
+            at: self.seq,
+            decision: e.served,
+        });
         while self.withdrawn.len() > MAX_WITHDRAWN {
             if let Some(w) = self.withdrawn.pop_front() {
                 self.horizon = self.horizon.max(w.at);
+            }
+        }
+        Some(e.held)
+    }
+
+    fn serve(
+        &mut self,
+        net: IpNet,
+        held: Vec<Held>,
+        scenario: Arc<str>,
+        expires: Option<i64>,
+        now: i64,
+    ) {
+        self.seq += 1;
+        let cap = now + MAX_SERVED_SECS;
+        let served = Decision {
+            seq: self.seq,
+            net,
+            scenario,
+            expires,
+            until: expires.map_or(cap, |e| e.min(cap)),
+        };
+        if let Some(at) = served.renew_at() {
+            self.renewals.insert((at, served.seq));
+        }
+        self.by_seq.insert(self.seq, net);
+        self.lens[family(&net)][usize::from(net.prefix_len())] += 1;
+        self.entries.insert(net, Entry { held, served });
+    }
+
+    /// Serves again, with a fresh duration, every decision whose served
+    /// duration is about to run out while its ban goes on.
+    fn renew(&mut self, now: i64) {
+        while let Some(&(at, seq)) = self.renewals.first() {
+            if at > now {
+                break;
+            }
+            self.renewals.pop_first();
+            let Some(&net) = self.by_seq.get(&seq) else {
+                continue;
+            };
+            let Some(e) = self.entries.get(&net) else {
+                continue;
+            };
+            let (scenario, expires) = (e.served.scenario.clone(), e.served.expires);
+            if let Some(held) = self.withdraw(net) {
+                self.serve(net, held, scenario, expires, now);
             }
         }
     }
@@ -399,6 +461,7 @@ impl Book {
     /// poll. Moves its cursor to now.
     pub fn stream(&mut self, who: &str, startup: bool, filter: &Filter, now: i64) -> Vec<u8> {
         self.forget_idle(now);
+        self.renew(now);
         let cursor = self
             .cursors
             .get(who)
@@ -468,7 +531,7 @@ impl Book {
                     .as_deref()
                     .is_none_or(|s| s == d.scope().to_ascii_lowercase())
                     && q.value.as_deref().is_none_or(|v| v == d.value())
-                    && d.left(now) > 0
+                    && d.expires.is_none_or(|e| e > now)
             };
             match (q.ip, q.range) {
                 (Some(ip), _) => {
@@ -499,7 +562,18 @@ impl Book {
             return b"null".to_vec();
         }
         found.sort_by_key(|d| d.seq);
-        let out: Vec<Out> = found.iter().map(|d| self.render(d, d.left(now))).collect();
+        // Live bouncers cache what they get for its duration: capped too.
+        let out: Vec<Out> = found
+            .iter()
+            .map(|d| {
+                self.render(
+                    d,
+                    d.expires
+                        .map_or(MAX_SERVED_SECS, |e| e - now)
+                        .min(MAX_SERVED_SECS),
+                )
+            })
+            .collect();
         serde_json::to_vec(&out).unwrap_or_default()
     }
 

@@ -257,7 +257,7 @@ impl Api {
     /// port stays open until a restart, answering 403).
     pub fn close(&self) {
         self.set_keys(Keys::default());
-        self.book().reconcile(std::iter::empty());
+        self.book().reconcile(std::iter::empty(), now_secs());
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -323,10 +323,11 @@ impl Action for BouncerAction {
 
     fn apply(&self, batch: &[Change]) -> Result<(), String> {
         let mut book = self.api.book();
+        let now = now_secs();
         for c in batch {
             match c {
-                Change::Add(b) => book.ban(&b.jail, &b.target, b.expires),
-                Change::Remove { ban, .. } => book.unban(&ban.jail, &ban.target),
+                Change::Add(b) => book.ban(&b.jail, &b.target, b.expires, now),
+                Change::Remove { ban, .. } => book.unban(&ban.jail, &ban.target, now),
             }
         }
         Ok(())
@@ -337,6 +338,7 @@ impl Action for BouncerAction {
             active
                 .iter()
                 .map(|b| (b.jail.as_str(), &b.target, b.expires)),
+            now_secs(),
         );
         Ok(())
     }

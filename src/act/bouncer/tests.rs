@@ -2,6 +2,9 @@ use super::http::{parse_head, parse_query, route};
 use super::*;
 use crate::detect::Target;
 
+/// When the tests' bans are made.
+const NOW: i64 = 0;
+
 fn t(s: &str) -> Target {
     Target::parse(s).unwrap()
 }
@@ -45,13 +48,13 @@ fn durations_read_as_go_prints_them() {
 #[test]
 fn a_poll_gets_what_changed_since_the_last_one() {
     let mut b = Book::new(1_000_000);
-    b.ban("scan", &t("203.0.113.5"), Some(1000 + 3600));
-    b.ban("flood", &t("2001:db8::/64"), None);
+    b.ban("scan", &t("203.0.113.5"), Some(1000 + 3600), NOW);
+    b.ban("flood", &t("2001:db8::/64"), None, NOW);
     let first = stream(&mut b, "fw", true, 1000);
     assert_eq!(
         items(&first, "new"),
         vec![
-            ("2001:db8::/64".into(), "flood".into(), "87600h0m0s".into()),
+            ("2001:db8::/64".into(), "flood".into(), "479h43m20s".into()),
             ("203.0.113.5".into(), "scan".into(), "1h0m0s".into()),
         ]
     );
@@ -68,8 +71,8 @@ fn a_poll_gets_what_changed_since_the_last_one() {
     // Nothing changed: nothing new.
     let again = stream(&mut b, "fw", false, 1010);
     assert!(values(&again, "new").is_empty() && values(&again, "deleted").is_empty());
-    b.ban("scan", &t("198.51.100.7"), Some(1000 + 60));
-    b.unban("scan", &t("203.0.113.5"));
+    b.ban("scan", &t("198.51.100.7"), Some(1000 + 60), NOW);
+    b.unban("scan", &t("203.0.113.5"), NOW);
     let next = stream(&mut b, "fw", false, 1020);
     assert_eq!(values(&next, "new"), vec!["198.51.100.7"]);
     assert_eq!(values(&next, "deleted"), vec!["203.0.113.5"]);
@@ -83,8 +86,8 @@ fn a_poll_gets_what_changed_since_the_last_one() {
 fn a_ban_made_and_lifted_between_polls_is_never_sent() {
     let mut b = Book::new(0);
     stream(&mut b, "fw", true, 0);
-    b.ban("scan", &t("203.0.113.5"), Some(600));
-    b.unban("scan", &t("203.0.113.5"));
+    b.ban("scan", &t("203.0.113.5"), Some(600), NOW);
+    b.unban("scan", &t("203.0.113.5"), NOW);
     let v = stream(&mut b, "fw", false, 10);
     assert!(values(&v, "new").is_empty() && values(&v, "deleted").is_empty());
 }
@@ -92,22 +95,22 @@ fn a_ban_made_and_lifted_between_polls_is_never_sent() {
 #[test]
 fn two_jails_on_one_address_serve_the_longest_and_lifting_it_serves_the_other() {
     let mut b = Book::new(0);
-    b.ban("short", &t("203.0.113.5"), Some(600));
-    b.ban("long", &t("203.0.113.5"), Some(3600));
+    b.ban("short", &t("203.0.113.5"), Some(600), NOW);
+    b.ban("long", &t("203.0.113.5"), Some(3600), NOW);
     let v = stream(&mut b, "fw", true, 0);
     assert_eq!(
         items(&v, "new"),
         vec![("203.0.113.5".into(), "long".into(), "1h0m0s".into())]
     );
     // The shorter ending changes nothing a bouncer sees.
-    b.unban("short", &t("203.0.113.5"));
+    b.unban("short", &t("203.0.113.5"), NOW);
     let v = stream(&mut b, "fw", false, 10);
     assert!(values(&v, "new").is_empty() && values(&v, "deleted").is_empty());
     // A lifted longest gives way to the remaining one: deleted, then new.
-    b.ban("short", &t("203.0.113.5"), Some(600));
+    b.ban("short", &t("203.0.113.5"), Some(600), NOW);
     let v = stream(&mut b, "fw", false, 20);
     assert!(values(&v, "new").is_empty(), "the longest still wins: {v}");
-    b.unban("long", &t("203.0.113.5"));
+    b.unban("long", &t("203.0.113.5"), NOW);
     let v = stream(&mut b, "fw", false, 30);
     assert_eq!(values(&v, "deleted"), vec!["203.0.113.5"]);
     assert_eq!(
@@ -120,22 +123,22 @@ fn two_jails_on_one_address_serve_the_longest_and_lifting_it_serves_the_other() 
 fn reconcile_changes_only_what_differs() {
     let mut b = Book::new(0);
     let (x, y, z) = (t("203.0.113.5"), t("203.0.113.6"), t("203.0.113.7"));
-    b.reconcile([("j", &x, Some(600)), ("j", &y, Some(600))]);
+    b.reconcile([("j", &x, Some(600)), ("j", &y, Some(600))], NOW);
     stream(&mut b, "fw", true, 0);
-    b.reconcile([("j", &y, Some(600)), ("j", &z, Some(600))]);
+    b.reconcile([("j", &y, Some(600)), ("j", &z, Some(600))], NOW);
     let v = stream(&mut b, "fw", false, 1);
     assert_eq!(values(&v, "new"), vec!["203.0.113.7"]);
     assert_eq!(values(&v, "deleted"), vec!["203.0.113.5"]);
     // Keys are not decisions.
-    b.reconcile([("k", &t("key:abc"), Some(600))]);
+    b.reconcile([("k", &t("key:abc"), Some(600))], NOW);
     assert!(b.is_empty());
 }
 
 #[test]
 fn filters_follow_crowdsec() {
     let mut b = Book::new(0);
-    b.ban("http-scan", &t("203.0.113.5"), Some(600));
-    b.ban("flood", &t("2001:db8::/64"), Some(600));
+    b.ban("http-scan", &t("203.0.113.5"), Some(600), NOW);
+    b.ban("flood", &t("2001:db8::/64"), Some(600), NOW);
     let q = |s: &str| Filter::from_query(&parse_query(s));
     let get = |b: &mut Book, f: Filter| -> Vec<String> {
         let v: serde_json::Value = serde_json::from_slice(&b.stream("x", true, &f, 0)).unwrap();
@@ -159,8 +162,8 @@ fn filters_follow_crowdsec() {
 #[test]
 fn live_queries_find_the_covering_decision_or_null() {
     let mut b = Book::new(0);
-    b.ban("flood", &t("2001:db8::/64"), Some(600));
-    b.ban("scan", &t("203.0.113.5"), Some(600));
+    b.ban("flood", &t("2001:db8::/64"), Some(600), NOW);
+    b.ban("scan", &t("203.0.113.5"), Some(600), NOW);
     let q = |b: &Book, s: &str| -> serde_json::Value {
         serde_json::from_slice(&b.query(&Query::from_query(&parse_query(s)).unwrap(), 0)).unwrap()
     };
@@ -197,12 +200,12 @@ fn withdrawals_are_dropped_once_every_bouncer_has_them() {
     stream(&mut b, "a", true, 0);
     stream(&mut b, "b", true, 0);
     for i in 0..100u8 {
-        b.ban("j", &t(&format!("198.51.100.{i}")), Some(600));
-        b.unban("j", &t(&format!("198.51.100.{i}")));
+        b.ban("j", &t(&format!("198.51.100.{i}")), Some(600), NOW);
+        b.unban("j", &t(&format!("198.51.100.{i}")), NOW);
     }
-    b.ban("j", &t("203.0.113.5"), Some(600));
+    b.ban("j", &t("203.0.113.5"), Some(600), NOW);
     stream(&mut b, "a", false, 1);
-    b.unban("j", &t("203.0.113.5"));
+    b.unban("j", &t("203.0.113.5"), NOW);
     // `b` has not polled since: it still gets the deletion...
     let v = stream(&mut b, "a", false, 2);
     assert_eq!(values(&v, "deleted"), vec!["203.0.113.5"]);
@@ -316,4 +319,45 @@ fn key_files_are_checked() {
     let keys = Keys::load(&[good]).unwrap();
     assert_eq!(keys.check(b"0123456789abcdef0123"), Some("good"));
     assert!(!format!("{keys:?}").contains("0123"));
+}
+
+#[test]
+fn long_and_permanent_bans_are_served_in_20_day_terms_and_renewed() {
+    let day = 24 * 3600;
+    let mut b = Book::new(0);
+    b.ban("forever", &t("203.0.113.5"), None, 0);
+    b.ban("month", &t("203.0.113.6"), Some(30 * day), 0);
+    b.ban("hour", &t("203.0.113.7"), Some(3600), 0);
+    let v = stream(&mut b, "ipset", true, 0);
+    assert_eq!(
+        items(&v, "new"),
+        vec![
+            ("203.0.113.5".into(), "forever".into(), "480h0m0s".into()),
+            ("203.0.113.6".into(), "month".into(), "480h0m0s".into()),
+            ("203.0.113.7".into(), "hour".into(), "1h0m0s".into()),
+        ]
+    );
+    // Two days before the term runs out (polling daily, as a bouncer
+    // polls every few seconds): withdrawn and served again.
+    for half in 1..36 {
+        let v = stream(&mut b, "ipset", false, half * day / 2);
+        assert!(values(&v, "new").is_empty(), "half-day {half}: {v}");
+    }
+    let v = stream(&mut b, "ipset", false, 18 * day);
+    assert_eq!(values(&v, "deleted"), vec!["203.0.113.5", "203.0.113.6"]);
+    assert_eq!(
+        items(&v, "new"),
+        vec![
+            ("203.0.113.5".into(), "forever".into(), "480h0m0s".into()),
+            // The rest of the month.
+            ("203.0.113.6".into(), "month".into(), "288h0m0s".into()),
+        ]
+    );
+    // The month's ban now ends within its term: never renewed again.
+    for half in 37..72 {
+        let v = stream(&mut b, "ipset", false, half * day / 2);
+        assert!(values(&v, "new").is_empty(), "half-day {half}: {v}");
+    }
+    let v = stream(&mut b, "ipset", false, 36 * day);
+    assert_eq!(values(&v, "new"), vec!["203.0.113.5"]);
 }
