@@ -5,20 +5,22 @@
 //!
 //! Hostile clients are expected: a request head is read with a deadline
 //! and at most [`MAX_HEAD`] bytes, at most [`MAX_CONNECTIONS`] are served
-//! at once (more are closed at once), and nothing is answered before the
-//! API key checks out.
+//! at once and [`MAX_PER_PEER`] from one address (more are closed at once,
+//! so one client holding idle connections cannot starve the bouncers), and
+//! nothing is answered before the API key checks out.
 
 use super::{Api, Filter, Query, now_secs};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const MAX_HEAD: usize = 16 * 1024;
 /// Request bodies are read and dropped (bouncers' usage metrics), up to this.
 const MAX_BODY: usize = 1024 * 1024;
 const MAX_CONNECTIONS: usize = 64;
+const MAX_PER_PEER: usize = 8;
 /// The whole request must arrive within this.
 const READ_DEADLINE: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,35 +38,65 @@ pub fn spawn(
         .map_err(|e| format!("bouncer API: cannot start its thread: {e}"))
 }
 
+/// Connections open now, in all and per peer address.
+#[derive(Default)]
+struct Slots {
+    all: usize,
+    per_peer: HashMap<IpAddr, usize>,
+}
+
+impl Slots {
+    fn take(slots: &Mutex<Slots>, peer: IpAddr) -> bool {
+        let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = s.per_peer.get(&peer).copied().unwrap_or(0);
+        if s.all >= MAX_CONNECTIONS || mine >= MAX_PER_PEER {
+            return false;
+        }
+        s.all += 1;
+        s.per_peer.insert(peer, mine + 1);
+        true
+    }
+
+    fn give_back(slots: &Mutex<Slots>, peer: IpAddr) {
+        let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
+        s.all -= 1;
+        if let Some(n) = s.per_peer.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_peer.remove(&peer);
+            }
+        }
+    }
+}
+
 fn accept(listener: TcpListener, api: Arc<Api>, tls: Option<Arc<rustls::ServerConfig>>) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Mutex::new(Slots::default()));
     for conn in listener.incoming() {
         let Ok(stream) = conn else {
             // EMFILE and the like: do not spin.
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
+        let Ok(peer) = stream.peer_addr().map(|a| a.ip()) else {
+            continue;
+        };
+        if !Slots::take(&slots, peer) {
             continue;
         }
-        let (api, tls, done) = (api.clone(), tls.clone(), active.clone());
+        let (api, tls, done) = (api.clone(), tls.clone(), slots.clone());
         let spawned = std::thread::Builder::new()
             .name("bouncer-conn".into())
             .spawn(move || {
-                connection(stream, &api, tls);
-                done.fetch_sub(1, Ordering::SeqCst);
+                connection(stream, peer, &api, tls);
+                Slots::give_back(&done, peer);
             });
         if spawned.is_err() {
-            active.fetch_sub(1, Ordering::SeqCst);
+            Slots::give_back(&slots, peer);
         }
     }
 }
 
-fn connection(stream: TcpStream, api: &Api, tls: Option<Arc<rustls::ServerConfig>>) {
-    let Ok(peer) = stream.peer_addr().map(|a| a.ip()) else {
-        return;
-    };
+fn connection(stream: TcpStream, peer: IpAddr, api: &Api, tls: Option<Arc<rustls::ServerConfig>>) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + READ_DEADLINE;
