@@ -2,6 +2,7 @@
 //! ledger, store) and runs the loop. Nothing on the hot path takes a lock;
 //! the control socket, inotify and actions reach it through one channel.
 
+mod fleet;
 mod lists;
 mod status;
 
@@ -41,9 +42,6 @@ pub enum Msg {
     /// Something from the fleet (another host's decision, a fleet-wide count).
     Fleet(Box<crate::fleet::FromFleet>),
 }
-
-/// Where the fleet stream's last read id is kept (in the positions table).
-const FLEET_CURSOR: &str = "\u{0}fleet-stream-id";
 
 const TICK: Duration = Duration::from_millis(250);
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
@@ -206,14 +204,7 @@ impl Engine {
             fleet: None,
             bouncer,
         };
-        if let Some(cfg) = engine.config.main.fleet.clone() {
-            let cursor: Option<String> = engine.store.get(Table::Positions, FLEET_CURSOR)?;
-            let tx = Arc::new(std::sync::Mutex::new(engine.tx.clone()));
-            let to_engine = move |m: crate::fleet::FromFleet| {
-                let _ = tx.lock().map(|t| t.send(Msg::Fleet(Box::new(m))));
-            };
-            engine.fleet = Some(crate::fleet::Fleet::start(&cfg, cursor, to_engine)?);
-        }
+        engine.start_fleet()?;
         let _ = engine.store.prune(Table::Incidents, RETENTION);
         let saved: HashMap<String, Position> =
             engine.store.load(Table::Positions)?.into_iter().collect();
@@ -417,117 +408,6 @@ impl Engine {
         }
         self.handle_decisions();
         self.count_in_fleet();
-    }
-
-    /// Sends the matches of fleet-scoped jails to the fleet counters.
-    fn count_in_fleet(&mut self) {
-        let matches = self.pipeline.detector.take_fleet_matches();
-        let Some(fleet) = &self.fleet else { return };
-        // One item per (jail, key, sub-bucket): the fleet counts in buckets of
-        // findtime/10, so formatting and sending happen once per bucket, not per line.
-        let width = |j: usize| {
-            (self.pipeline.entries[j].spec.findtime.as_secs() / 10).clamp(1, u32::MAX as u64) as u32
-        };
-        let mut per_bucket: hashbrown::HashMap<
-            (usize, crate::detect::FleetKey, u32),
-            (u32, u32),
-            foldhash::fast::RandomState,
-        > = hashbrown::HashMap::default();
-        for m in matches {
-            let e = per_bucket
-                .entry((m.jail, m.key, m.sec / width(m.jail)))
-                .or_insert((0, m.sec));
-            e.0 += 1;
-            e.1 = e.1.max(m.sec);
-        }
-        let detector = &self.pipeline.detector;
-        let items = per_bucket
-            .into_iter()
-            .map(|((jail, key, _), (n, sec))| {
-                let spec = &self.pipeline.entries[jail].spec;
-                let m = crate::detect::FleetMatch { jail, key, sec };
-                crate::fleet::CountItem {
-                    jail: spec.name.clone(),
-                    key: detector.fleet_key_text(&m),
-                    sec,
-                    n,
-                    findtime: spec.findtime.as_secs().clamp(1, u32::MAX as u64) as u32,
-                    maxretry: spec.maxretry,
-                }
-            })
-            .collect();
-        fleet.count(items);
-    }
-
-    fn fleet_message(&mut self, m: crate::fleet::FromFleet) {
-        use crate::fleet::FromFleet;
-        let now = now_secs();
-        let mut changes = Vec::new();
-        match m {
-            FromFleet::Remote(ev, id) => {
-                self.pending
-                    .push(Write::put(Table::Positions, FLEET_CURSOR.into(), &id));
-                if ev.kind == "ban" {
-                    let ban = Ban {
-                        jail: ev.jail.clone(),
-                        target: ev.target.clone(),
-                        since: ev.at_ms / 1000,
-                        expires: ev.expires,
-                        count: ev.count,
-                        offence: 1,
-                        manual: false,
-                        incident: None,
-                        origin: Some(ev.origin.clone()),
-                    };
-                    if ban.expires.is_none_or(|e| e > now) && self.ledger.remote_ban(ban.clone()) {
-                        tracing::info!(jail = ev.jail, target = %ev.target, origin = ev.origin, "ban from the fleet");
-                        changes.push(Change::Add(ban));
-                    }
-                } else {
-                    let removed = self.ledger.unban(Some(&ev.target), Some(&ev.jail));
-                    self.resolve(&removed, "unbanned on another host");
-                    for b in &removed {
-                        if let Some(i) = self.pipeline.jail_index(&b.jail) {
-                            self.pipeline.detector.jails[i].forget(&b.target);
-                        }
-                    }
-                    changes.extend(removed.into_iter().map(|ban| Change::Remove {
-                        ban,
-                        reason: "unbanned on another host",
-                    }));
-                }
-            }
-            FromFleet::Fire {
-                jail,
-                key,
-                total,
-                sec,
-            } => {
-                let Some(i) = self.pipeline.jail_index(&jail) else {
-                    return;
-                };
-                let entry = &self.pipeline.entries[i];
-                let target = match entry.spec.target {
-                    crate::detect::TargetKind::Address => Target::parse(&key),
-                    crate::detect::TargetKind::Key => Ok(Target::Key(key.clone())),
-                };
-                let Ok(target) = target else { return };
-                let d = Decision {
-                    jail: self.pipeline.detector.jails[i].name.clone(),
-                    target,
-                    key,
-                    time: sec as i64 * 1000,
-                    first_seen: (sec as i64 - entry.spec.findtime.as_secs() as i64 + 1) * 1000,
-                    count: total,
-                    severity: entry.spec.severity,
-                    bantime: entry.spec.bantime,
-                    evidence: Vec::new(),
-                };
-                self.decide(d, now, &mut changes);
-            }
-        }
-        self.persist(Vec::new());
-        self.dispatch(&changes);
     }
 
     fn positions(&self) -> Vec<Write> {
