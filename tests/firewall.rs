@@ -990,3 +990,87 @@ fn geo_denylist_bans_clients_behind_a_load_balancer() {
     let geo = std::fs::read_to_string(d.dir.path().join("api/banned.geo")).unwrap();
     assert!(geo.contains("2001:db8:1::/64 1;"), "{geo}");
 }
+
+/// A boot with many bans (past the size where the refill goes straight to
+/// the kernel over netlink rather than through `nft`): every address is in
+/// its set with its timeout and its jail's comment (what a lost store is
+/// rebuilt from), prefixes are in theirs, and packets are dropped.
+#[test]
+fn nft_boot_refill_of_many_bans_is_complete() {
+    if !prerequisites() {
+        return;
+    }
+    use portcullis::decide::Ban;
+    use portcullis::detect::Target;
+    let mut net = Net::new();
+    net.start_http();
+    let dir = Daemon::config("nft-refill", 3, "action = [\"log\", \"firewall\"]\n");
+    add_to_main(&dir, "", "[firewall]\nbackend = \"nftables\"\n");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let ban = |target: &str, expires: Option<i64>| Ban {
+        jail: "auth".into(),
+        target: Target::parse(target).unwrap(),
+        since: now,
+        expires,
+        count: 3,
+        offence: 1,
+        manual: false,
+        incident: None,
+        origin: None,
+    };
+    let mut bans: Vec<Ban> = (0..30_000u32)
+        .map(|i| {
+            ban(
+                &std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string(),
+                Some(now + 3600),
+            )
+        })
+        .collect();
+    bans.push(ban("192.0.2.2", Some(now + 3600)));
+    bans.push(ban("192.0.2.3", None));
+    bans.push(ban("2001:db8:1::/64", Some(now + 3600)));
+    let store = portcullis::state::Store::open(&dir.path().join("state")).unwrap();
+    let writes: Vec<_> = bans
+        .iter()
+        .map(|b| portcullis::state::Write::put(portcullis::state::Table::Bans, b.key(), b))
+        .collect();
+    store.apply(&writes).unwrap();
+    drop(store);
+    let d = Daemon::start_in(dir, &["ip", "netns", "exec", &net.srv]);
+    wait_for(
+        || !net.get("192.0.2.2", "192.0.2.1"),
+        "the refilled ban to drop packets",
+    );
+    wait_for(
+        || net.nft_elements("addr4").len() == 30_002,
+        "all 30,002 addresses in the set",
+    );
+    assert!(!net.get("192.0.2.3", "192.0.2.1"), "the permanent ban");
+    assert!(!net.get("2001:db8:1::2", "2001:db8:1::1"), "the /64");
+    assert!(net.get("192.0.2.4", "192.0.2.1"), "an address never banned");
+    let out = net.nft(&["-j", "list", "set", "inet", "portcullis", "addr4"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let elems = v["nftables"][1]["set"]["elem"].as_array().unwrap();
+    let mut permanent = 0;
+    for e in elems {
+        let m = &e["elem"];
+        assert_eq!(m["comment"], "auth", "{e}");
+        match m["timeout"].as_i64() {
+            Some(t) => assert!((3590..=3600).contains(&t), "{e}"),
+            None => {
+                assert_eq!(m["val"], "192.0.2.3", "{e}");
+                permanent += 1;
+            }
+        }
+    }
+    assert_eq!(permanent, 1);
+    // The addresses went over netlink, not through the fallback.
+    assert!(
+        !d.daemon_log().contains("over netlink failed"),
+        "{}",
+        d.daemon_log()
+    );
+}

@@ -2,6 +2,7 @@
 //! per-element timeouts, one transaction per batch.
 
 use super::*;
+use crate::act::nft_netlink::NewElement;
 
 /// The nftables backend.
 pub struct NftablesBackend {
@@ -178,6 +179,38 @@ impl NftablesBackend {
         s
     }
 
+    /// Adds every address (not prefix) of `ops`, all `Put`s into sets just
+    /// made, over netlink; returns the ops left for `nft`.
+    fn add_addresses(&self, ops: &[(Slot, Op)]) -> Result<Vec<(Slot, Op)>, String> {
+        let mut rest = Vec::new();
+        let mut per_set: std::collections::BTreeMap<String, Vec<NewElement>> = Default::default();
+        let comments: Vec<Option<String>> = ops
+            .iter()
+            .map(|(_, op)| match op {
+                Op::Put { jail, .. } => jail.as_deref().map(comment),
+                Op::Remove => None,
+            })
+            .collect();
+        for (((scope, net), op), c) in ops.iter().zip(&comments) {
+            let kind = SetKind::of(net);
+            match op {
+                Op::Put { timeout, .. } if !kind.interval() => per_set
+                    .entry(self.scopes.set(*scope, kind))
+                    .or_default()
+                    .push(NewElement {
+                        addr: net.addr(),
+                        timeout: *timeout,
+                        comment: c.as_deref(),
+                    }),
+                _ => rest.push(((*scope, *net), op.clone())),
+            }
+        }
+        for (set, elements) in &per_set {
+            crate::act::nft_netlink::add_elements(&self.table, set, elements)?;
+        }
+        Ok(rest)
+    }
+
     fn apply_ops(&self, ops: &[(Slot, Op)]) -> Result<(), String> {
         if ops.is_empty() {
             return Ok(());
@@ -312,15 +345,26 @@ impl Action for NftablesBackend {
         // Sets the kernel still holds (a service restart) are flushed and
         // refilled in one transaction: no banned client gets through in
         // between. Sets that are gone (a boot, a flushed ruleset) protect
-        // nothing yet, so a large refill is split over several `nft`
-        // processes, one per core, after the transaction that creates them.
-        let parallel = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        // nothing yet, so a large refill follows the transaction that
+        // creates them: addresses straight over netlink (nft's parsing of a
+        // million elements is most of its 3-4 s), prefixes with `nft`.
         let gone = !crate::act::nft_netlink::table_exists(t).unwrap_or(true);
-        if !gone || parallel < 2 || ops.len() < PARALLEL_FROM {
+        if !gone || ops.len() < PARALLEL_FROM {
             s.push_str(&self.script(&ops));
             return self.nft(&s);
         }
         self.nft(&s)?;
+        let ops = match self.add_addresses(&ops) {
+            Ok(rest) => rest,
+            Err(e) => {
+                tracing::warn!("bulk refill over netlink failed ({e}); using nft");
+                ops
+            }
+        };
+        let parallel = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        if parallel < 2 || ops.len() < PARALLEL_FROM {
+            return self.nft(&self.script(&ops));
+        }
         let parts = ops.chunks(ops.len().div_ceil(parallel));
         let errors: Vec<String> = std::thread::scope(|scope| {
             let running: Vec<_> = parts
