@@ -550,3 +550,111 @@ prometheus:
     );
     assert!(!custom.log().contains("certificate"), "{}", custom.log());
 }
+
+/// A restart forgets every bouncer's cursor; what they hold from before is
+/// not forgotten: a ban that does not come back after the restart (here,
+/// the jail no longer feeds the API) is a deletion at their next poll.
+#[test]
+fn a_restart_tells_bouncers_what_ended_while_it_was_down() {
+    let port = free_port();
+    let mut d = Daemon::start(config("bouncer-restart", &format!("127.0.0.1:{port}")));
+    get(port, "/v1/decisions/stream?startup=true", Some(KEY));
+    for ip in ["203.0.113.9", "203.0.113.10"] {
+        for _ in 0..3 {
+            d.append(&attack_line(ip));
+        }
+    }
+    wait_for(
+        || values(&get(port, "/v1/decisions", Some(KEY)).1).len() == 2,
+        "both decisions to be served",
+    );
+    let (_, v) = get(port, "/v1/decisions/stream", Some(KEY));
+    assert_eq!(values(&v["new"]), vec!["203.0.113.10", "203.0.113.9"]);
+    d.stop();
+    let jail = d.dir.path().join("conf/jails.d/auth.toml");
+    let text = std::fs::read_to_string(&jail).unwrap();
+    std::fs::write(&jail, text.replace("\"bouncer_api\"", "\"log\"")).unwrap();
+    d.spawn();
+    let (_, v) = get(port, "/v1/decisions/stream", Some(KEY));
+    assert_eq!(
+        values(&v["deleted"]),
+        vec!["203.0.113.10", "203.0.113.9"],
+        "{v}"
+    );
+    assert!(values(&v["new"]).is_empty(), "{v}");
+    // Told once.
+    let (_, v) = get(port, "/v1/decisions/stream", Some(KEY));
+    assert!(values(&v["deleted"]).is_empty(), "{v}");
+}
+
+/// A TCP connection to 127.0.0.1:`port` from `src` (another loopback address).
+fn connect_from(src: std::net::Ipv4Addr, port: u16) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let addr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        let local = addr(src, 0);
+        assert_eq!(
+            libc::bind(fd, &local as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        let remote = addr(std::net::Ipv4Addr::LOCALHOST, port);
+        assert_eq!(
+            libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// Slow clients from many addresses holding every connection with an
+/// unfinished request cannot keep a bouncer from being answered, and one
+/// address cannot hold more than 8.
+#[test]
+fn slow_clients_cannot_starve_the_bouncers() {
+    let port = free_port();
+    let _d = Daemon::start(config("bouncer-slow", &format!("127.0.0.1:{port}")));
+    let mut held = Vec::new();
+    for host in 2..12u8 {
+        for _ in 0..8 {
+            let mut s = connect_from(std::net::Ipv4Addr::new(127, 0, 0, host), port);
+            s.write_all(b"GET /v1/decisions/stream HTTP/1.1\r\n")
+                .unwrap();
+            held.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let (code, _) = get(port, "/v1/decisions/stream?startup=true", Some(KEY));
+    assert_eq!(code, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "answered after {:?}",
+        t.elapsed()
+    );
+    // A ninth connection from one address is closed at once.
+    let eight: Vec<_> = (0..8)
+        .map(|_| connect_from(std::net::Ipv4Addr::new(127, 0, 0, 20), port))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut ninth = connect_from(std::net::Ipv4Addr::new(127, 0, 0, 20), port);
+    ninth
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    match ninth.read(&mut b) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the ninth connection was kept: {other:?}"),
+    }
+    drop((held, eight));
+}

@@ -75,7 +75,7 @@ pub(super) fn build_actions(
         };
         actions.insert(
             "bouncer_api".into(),
-            Arc::new(crate::act::bouncer::BouncerAction::new(api)),
+            Arc::new(crate::act::bouncer::BouncerAction::new(api, store.clone())),
         );
     }
     for (name, a) in &config.main.actions {
@@ -105,8 +105,8 @@ pub(super) fn build_actions(
         (Some(api), Some(_)) => api.set_keys(config.bouncer_keys.clone()),
         (Some(api), None) => {
             tracing::warn!(
-                "[bouncer_api] was removed: bouncers now get 403 and no decisions; \
-                 restart portcullis to close {}",
+                "[bouncer_api] was removed: its decisions are withdrawn (bouncers are told \
+                 at their next poll); restart portcullis to close {}",
                 api.listen
             );
             api.close();

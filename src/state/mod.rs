@@ -20,6 +20,8 @@ const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions"
 const OFFENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("offences");
 const INCIDENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("incidents");
 const WEBHOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhook_queue");
+/// What CrowdSec bouncers may hold (see `act::bouncer`): value → until.
+const BOUNCER: TableDefinition<&str, &[u8]> = TableDefinition::new("bouncer_values");
 
 /// Which table a write goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,6 +31,7 @@ pub enum Table {
     Offences,
     Incidents,
     Webhooks,
+    Bouncer,
 }
 
 impl Table {
@@ -39,6 +42,7 @@ impl Table {
             Table::Offences => OFFENCES,
             Table::Incidents => INCIDENTS,
             Table::Webhooks => WEBHOOKS,
+            Table::Bouncer => BOUNCER,
         }
     }
 }
@@ -228,7 +232,7 @@ impl Store {
     fn check(&self) -> Result<(), String> {
         self.with_db(|db| {
             let tx = db.begin_read().map_err(err)?;
-            for t in [BANS, POSITIONS, OFFENCES, INCIDENTS, WEBHOOKS] {
+            for t in [BANS, POSITIONS, OFFENCES, INCIDENTS, WEBHOOKS, BOUNCER] {
                 let t = tx.open_table(t).map_err(err)?;
                 for row in t.iter().map_err(err)? {
                     row.map_err(err)?;
@@ -327,6 +331,7 @@ impl Store {
             let mut offences = tx.open_table(OFFENCES).map_err(err)?;
             let mut incidents = tx.open_table(INCIDENTS).map_err(err)?;
             let mut webhooks = tx.open_table(WEBHOOKS).map_err(err)?;
+            let mut bouncer = tx.open_table(BOUNCER).map_err(err)?;
             for w in writes {
                 let (table, key) = match w {
                     Write::Put(t, k, _) | Write::Delete(t, k) => (t, k.as_str()),
@@ -337,6 +342,7 @@ impl Store {
                     Table::Offences => &mut offences,
                     Table::Incidents => &mut incidents,
                     Table::Webhooks => &mut webhooks,
+                    Table::Bouncer => &mut bouncer,
                 };
                 match w {
                     Write::Put(_, _, v) => {

@@ -12,6 +12,14 @@
 //! sequence that made it. A bouncer's cursor is the sequence of its last
 //! answer, so a poll costs what changed since (a range of a `BTreeMap` and
 //! the tail of the withdrawn list), never a walk over every ban.
+//!
+//! A withdrawn decision is kept until every bouncer's copy of it has run
+//! out (its `until`), not until every known bouncer was told: a bouncer
+//! this book does not know (its cursor forgotten, this daemon restarted)
+//! gets every active decision *and* every withdrawn one it may still hold,
+//! so no lifted ban outlives a lost cursor. Served and withdrawn values are
+//! also handed out for the state store ([`Book::take_persist`]), so a
+//! restart remembers what bouncers may hold.
 
 use crate::detect::Target;
 use ipnet::IpNet;
@@ -25,8 +33,12 @@ use std::sync::Arc;
 const CURSOR_TTL_SECS: i64 = 24 * 3600;
 /// Bouncers remembered at most (one per API key, user agent and address).
 const MAX_CURSORS: usize = 1024;
-/// Withdrawn decisions kept at most for bouncers that have not polled since.
+/// Withdrawn decisions kept at most (those whose copies may not have run
+/// out yet); past it the oldest are dropped.
 const MAX_WITHDRAWN: usize = 1_000_000;
+/// Bouncers start a copy's clock when they receive it, a little after we
+/// render it: a withdrawn decision is kept this much past its `until`.
+const UNTIL_SLACK: i64 = 120;
 /// The longest duration served. ipset (which bouncers' iptables modes
 /// use) refuses a timeout over 2,147,483 s (24.8 days), and every bouncer
 /// needs a duration: a longer or permanent ban is served for 20 days and
@@ -204,18 +216,20 @@ impl Query {
         };
         for (k, v) in query {
             match k.as_str() {
+                // `::ffff:a.b.c.d` (a dual-stack socket's view of an IPv4
+                // client) is the IPv4 address, as CrowdSec reads it.
                 "ip" => {
                     q.ip = Some(
-                        v.parse()
-                            .map_err(|_| format!("`ip`: not an address: {}", v.escape_debug()))?,
+                        v.parse::<IpAddr>()
+                            .map_err(|_| format!("`ip`: not an address: {}", v.escape_debug()))?
+                            .to_canonical(),
                     )
                 }
                 "range" => {
-                    q.range = Some(
-                        v.parse::<IpNet>()
-                            .map_err(|_| format!("`range`: not a CIDR: {}", v.escape_debug()))?
-                            .trunc(),
-                    )
+                    let net = v
+                        .parse::<IpNet>()
+                        .map_err(|_| format!("`range`: not a CIDR: {}", v.escape_debug()))?;
+                    q.range = Some(canonical(net).trunc());
                 }
                 "scope" => q.scope = Some(v.to_ascii_lowercase()),
                 "value" => q.value = Some(v.clone()),
@@ -225,6 +239,21 @@ impl Query {
             }
         }
         Ok(q)
+    }
+}
+
+/// A store write: a value bouncers may hold, with its scenario and the
+/// time their copies run out, or `None` once none can hold it.
+pub type Persist = (IpNet, Option<(Arc<str>, i64)>);
+
+/// An IPv4-mapped IPv6 prefix (`::ffff:192.0.2.0/120`) as the IPv4 one.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
+            Some(a) => IpNet::new(IpAddr::V4(a), n.prefix_len() - 96).unwrap_or(net),
+            None => net,
+        },
+        _ => net,
     }
 }
 
@@ -239,8 +268,13 @@ pub struct Book {
     /// Withdrawn decisions, in the order they were withdrawn.
     withdrawn: VecDeque<Withdrawn>,
     /// A cursor below this missed a withdrawal that was dropped (too many
-    /// kept): it is answered as at startup.
+    /// kept): it is answered as an unknown bouncer.
     horizon: u64,
+    /// When to look for withdrawn decisions whose copies have all run out.
+    compact_at: usize,
+    /// Changes for the state store: a value served or withdrawn with the
+    /// time bouncers may hold it until, or `None` once none may.
+    persist: Vec<Persist>,
     cursors: HashMap<String, Cursor>,
     /// Served decisions by prefix length (IPv4, IPv6), so `?ip=` looks up
     /// only the lengths in use.
@@ -265,6 +299,8 @@ impl Book {
             by_seq: BTreeMap::new(),
             withdrawn: VecDeque::new(),
             horizon: 0,
+            compact_at: 1024,
+            persist: Vec::new(),
             cursors: HashMap::new(),
             lens: [[0; 129]; 2],
             renewals: Default::default(),
@@ -385,6 +421,7 @@ impl Book {
         if let Some(b) = best {
             self.serve(net, held, b.jail, b.expires, now);
         }
+        self.compact(now);
     }
 
     /// Takes the decision on `net` off the served list, remembering it for
@@ -401,11 +438,6 @@ impl Book {
             at: self.seq,
             decision: e.served,
         });
-        while self.withdrawn.len() > MAX_WITHDRAWN {
-            if let Some(w) = self.withdrawn.pop_front() {
-                self.horizon = self.horizon.max(w.at);
-            }
-        }
         Some(e.held)
     }
 
@@ -429,6 +461,8 @@ impl Book {
         if let Some(at) = served.renew_at() {
             self.renewals.insert((at, served.seq));
         }
+        self.persist
+            .push((net, Some((served.scenario.clone(), served.until))));
         self.by_seq.insert(self.seq, net);
         self.lens[family(&net)][usize::from(net.prefix_len())] += 1;
         self.entries.insert(net, Entry { held, served });
@@ -473,6 +507,20 @@ impl Book {
                 for e in self.entries.values() {
                     self.push_new(&mut out, &e.served, filter, now);
                 }
+                // What it may still hold of what was withdrawn (a bouncer
+                // deletes what it does not have without complaint; CrowdSec
+                // sends its expired decisions at startup too).
+                let mut seen = std::collections::HashSet::new();
+                for w in self.withdrawn.iter().rev() {
+                    let d = &w.decision;
+                    if d.until > now
+                        && !self.entries.contains_key(&d.net)
+                        && seen.insert(d.net)
+                        && filter.admits(d)
+                    {
+                        out.deleted.push(self.render(d, d.left(now)));
+                    }
+                }
             }
             Some(c) => {
                 for net in self.by_seq.range(c + 1..).map(|(_, n)| n) {
@@ -508,7 +556,6 @@ impl Book {
                 seen: now,
             },
         );
-        self.trim_withdrawn();
         body
     }
 
@@ -605,21 +652,75 @@ impl Book {
         self.cursors.retain(|_, c| now - c.seen < CURSOR_TTL_SECS);
     }
 
-    /// Drops withdrawals every known bouncer has been told of (a bouncer
-    /// not known gets a full answer, which needs none).
-    fn trim_withdrawn(&mut self) {
-        let oldest = self
-            .cursors
-            .values()
-            .map(|c| c.seq)
-            .min()
-            .unwrap_or(u64::MAX);
-        let done = self.withdrawn.partition_point(|w| w.at <= oldest);
-        self.withdrawn.drain(..done);
+    /// Drops withdrawn decisions no bouncer can hold any more (their
+    /// `until` passed), once the list has doubled since the last look
+    /// (amortised: a constant cost per withdrawal), then the oldest past
+    /// [`MAX_WITHDRAWN`].
+    fn compact(&mut self, now: i64) {
+        if self.withdrawn.len() < self.compact_at {
+            return;
+        }
+        let mut dropped = Vec::new();
+        self.withdrawn.retain(|w| {
+            let keep = w.decision.until + UNTIL_SLACK > now;
+            if !keep {
+                dropped.push(w.decision.net);
+            }
+            keep
+        });
+        while self.withdrawn.len() > MAX_WITHDRAWN {
+            if let Some(w) = self.withdrawn.pop_front() {
+                self.horizon = self.horizon.max(w.at);
+                dropped.push(w.decision.net);
+            }
+        }
+        if !dropped.is_empty() {
+            let kept: std::collections::HashSet<IpNet> =
+                self.withdrawn.iter().map(|w| w.decision.net).collect();
+            for net in dropped {
+                if !self.entries.contains_key(&net) && !kept.contains(&net) {
+                    self.persist.push((net, None));
+                }
+            }
+        }
+        self.compact_at = (self.withdrawn.len() * 2).max(1024);
+    }
+
+    /// What bouncers may hold from before this start (the state store's
+    /// record): withdrawn decisions, so an unknown bouncer is told to delete
+    /// any of them this start does not serve again.
+    pub fn restore(&mut self, held: impl IntoIterator<Item = (IpNet, Arc<str>, i64)>, now: i64) {
+        for (net, scenario, until) in held {
+            if until + UNTIL_SLACK <= now {
+                self.persist.push((net, None));
+                continue;
+            }
+            // Sequence 0: before every change of this run, so the list stays
+            // in order whatever was done before.
+            self.withdrawn.push_front(Withdrawn {
+                at: 0,
+                decision: Decision {
+                    seq: 0,
+                    net,
+                    scenario,
+                    expires: Some(until),
+                    until,
+                },
+            });
+        }
+        self.compact_at = (self.withdrawn.len() * 2).max(1024);
+    }
+
+    /// Store writes since the last call: each value served (with the time
+    /// bouncers may hold it until), or forgotten (`None`).
+    pub fn take_persist(&mut self) -> Vec<Persist> {
+        std::mem::take(&mut self.persist)
     }
 
     #[cfg(test)]
-    pub fn withdrawn_len(&self) -> usize {
+    pub fn withdrawn_len(&mut self, now: i64) -> usize {
+        self.compact_at = 0;
+        self.compact(now);
         self.withdrawn.len()
     }
 }

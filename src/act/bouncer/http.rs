@@ -4,15 +4,18 @@
 //! `Connection: close`, which every HTTP client handles.
 //!
 //! Hostile clients are expected: a request head is read with a deadline
-//! and at most [`MAX_HEAD`] bytes, at most [`MAX_CONNECTIONS`] are served
-//! at once and [`MAX_PER_PEER`] from one address (more are closed at once,
-//! so one client holding idle connections cannot starve the bouncers), and
-//! nothing is answered before the API key checks out.
+//! and at most [`MAX_HEAD`] bytes; at most [`MAX_PER_PEER`] connections
+//! come from one address (an IPv6 /64), and when all [`MAX_CONNECTIONS`]
+//! are taken the one that has waited longest for its request head is shut
+//! to make room (clients holding idle connections cannot starve the
+//! bouncers, which send their request at once); nothing is answered before
+//! the API key checks out.
 
 use super::{Api, Filter, Query, now_secs};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,35 +41,86 @@ pub fn spawn(
         .map_err(|e| format!("bouncer API: cannot start its thread: {e}"))
 }
 
-/// Connections open now, in all and per peer address.
+/// Connections open now, by id, and how many come from each peer (an
+/// IPv6 peer counted by its /64, which one client holds whole).
 #[derive(Default)]
 struct Slots {
-    all: usize,
+    next: u64,
+    open: HashMap<u64, Conn>,
     per_peer: HashMap<IpAddr, usize>,
 }
 
+struct Conn {
+    peer: IpAddr,
+    opened: Instant,
+    /// A handle to shut it down with.
+    stream: TcpStream,
+    /// Still reading its request head (it may be a slow client's).
+    reading: Arc<AtomicBool>,
+    /// Shut down to make room; no longer counted.
+    evicted: bool,
+}
+
+fn peer_group(peer: IpAddr) -> IpAddr {
+    match peer.to_canonical() {
+        IpAddr::V6(a) => ipnet::Ipv6Net::new(a, 64).map_or(peer, |n| IpAddr::V6(n.network())),
+        v4 => v4,
+    }
+}
+
 impl Slots {
-    fn take(slots: &Mutex<Slots>, peer: IpAddr) -> bool {
-        let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = s.per_peer.get(&peer).copied().unwrap_or(0);
-        if s.all >= MAX_CONNECTIONS || mine >= MAX_PER_PEER {
-            return false;
+    /// Admits a connection, or says no. When every slot is taken, the
+    /// connection that has been reading its head the longest is shut down
+    /// to make room: slow clients cannot hold the API, while a bouncer
+    /// (which sends its request at once) is never the one evicted.
+    fn take(&mut self, peer: IpAddr, stream: &TcpStream) -> Option<(u64, Arc<AtomicBool>)> {
+        let group = peer_group(peer);
+        let mine = self.per_peer.get(&group).copied().unwrap_or(0);
+        if mine >= MAX_PER_PEER || self.open.len() >= 2 * MAX_CONNECTIONS {
+            return None;
         }
-        s.all += 1;
-        s.per_peer.insert(peer, mine + 1);
-        true
+        let live = self.open.values().filter(|c| !c.evicted).count();
+        if live >= MAX_CONNECTIONS {
+            let oldest = self
+                .open
+                .iter_mut()
+                .filter(|(_, c)| !c.evicted && c.reading.load(Ordering::SeqCst))
+                .min_by_key(|(_, c)| c.opened)?;
+            let _ = oldest.1.stream.shutdown(std::net::Shutdown::Both);
+            oldest.1.evicted = true;
+        }
+        let handle = stream.try_clone().ok()?;
+        let reading = Arc::new(AtomicBool::new(true));
+        self.next += 1;
+        self.open.insert(
+            self.next,
+            Conn {
+                peer: group,
+                opened: Instant::now(),
+                stream: handle,
+                reading: reading.clone(),
+                evicted: false,
+            },
+        );
+        *self.per_peer.entry(group).or_default() += 1;
+        Some((self.next, reading))
     }
 
-    fn give_back(slots: &Mutex<Slots>, peer: IpAddr) {
-        let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
-        s.all -= 1;
-        if let Some(n) = s.per_peer.get_mut(&peer) {
+    fn give_back(&mut self, id: u64) {
+        let Some(c) = self.open.remove(&id) else {
+            return;
+        };
+        if let Some(n) = self.per_peer.get_mut(&c.peer) {
             *n -= 1;
             if *n == 0 {
-                s.per_peer.remove(&peer);
+                self.per_peer.remove(&c.peer);
             }
         }
     }
+}
+
+fn lock(s: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn accept(listener: TcpListener, api: Arc<Api>, tls: Option<Arc<rustls::ServerConfig>>) {
@@ -80,34 +134,40 @@ fn accept(listener: TcpListener, api: Arc<Api>, tls: Option<Arc<rustls::ServerCo
         let Ok(peer) = stream.peer_addr().map(|a| a.ip()) else {
             continue;
         };
-        if !Slots::take(&slots, peer) {
+        let Some((id, reading)) = lock(&slots).take(peer, &stream) else {
             continue;
-        }
+        };
         let (api, tls, done) = (api.clone(), tls.clone(), slots.clone());
         let spawned = std::thread::Builder::new()
             .name("bouncer-conn".into())
             .spawn(move || {
-                connection(stream, peer, &api, tls);
-                Slots::give_back(&done, peer);
+                connection(stream, peer, &api, tls, &reading);
+                lock(&done).give_back(id);
             });
         if spawned.is_err() {
-            Slots::give_back(&slots, peer);
+            lock(&slots).give_back(id);
         }
     }
 }
 
-fn connection(stream: TcpStream, peer: IpAddr, api: &Api, tls: Option<Arc<rustls::ServerConfig>>) {
+fn connection(
+    stream: TcpStream,
+    peer: IpAddr,
+    api: &Api,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    reading: &AtomicBool,
+) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + READ_DEADLINE;
     match tls {
-        None => serve(Deadline { stream, deadline }, peer, api),
+        None => serve(Deadline { stream, deadline }, peer, api, reading),
         Some(cfg) => {
             let Ok(conn) = rustls::ServerConnection::new(cfg) else {
                 return;
             };
             let mut io = rustls::StreamOwned::new(conn, Deadline { stream, deadline });
-            serve(&mut io, peer, api);
+            serve(&mut io, peer, api, reading);
             io.conn.send_close_notify();
             let _ = io.flush();
         }
@@ -166,9 +226,12 @@ fn message(status: &'static str, text: &str) -> Response {
     }
 }
 
-fn serve(mut io: impl Read + Write, peer: IpAddr, api: &Api) {
+fn serve(mut io: impl Read + Write, peer: IpAddr, api: &Api, reading: &AtomicBool) {
     let (head, rest) = match read_head(&mut io) {
-        Ok(h) => h,
+        Ok(h) => {
+            reading.store(false, Ordering::SeqCst);
+            h
+        }
         Err(Some(r)) => return respond(&mut io, &r, false),
         Err(None) => return,
     };
@@ -240,7 +303,7 @@ pub(super) fn parse_head(head: &[u8]) -> Result<Request, Response> {
     else {
         return Err(bad());
     };
-    if !version.starts_with("HTTP/1.") {
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
         return Err(message("505 HTTP Version Not Supported", "HTTP/1.x only"));
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -256,8 +319,12 @@ pub(super) fn parse_head(head: &[u8]) -> Result<Request, Response> {
         if name.eq_ignore_ascii_case("x-api-key") {
             req.api_key = Some(value.as_bytes().to_vec());
         } else if name.eq_ignore_ascii_case("user-agent") {
-            req.user_agent = crate::text::printable(value).chars().take(100).collect();
+            // Kept as sent (escaped where it is shown), and short.
+            req.user_agent = value.chars().take(100).collect();
         } else if name.eq_ignore_ascii_case("content-length") {
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
             req.content_length = value.parse().map_err(|_| bad())?;
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(message("411 Length Required", "send a Content-Length"));
@@ -313,6 +380,12 @@ pub(super) fn route(req: &Request, peer: IpAddr, api: &Api) -> Response {
     };
     let read = req.method == "GET" || req.method == "HEAD";
     match req.path.as_str() {
+        // A connectivity check: answered without moving the bouncer's
+        // cursor (the changes it would have carried are not lost).
+        "/v1/decisions/stream" if req.method == "HEAD" => Response {
+            status: "200 OK",
+            body: Vec::new(),
+        },
         "/v1/decisions/stream" if read => {
             let startup = req.query.iter().any(|(k, v)| k == "startup" && v == "true");
             let who = format!("{name} {} {peer}", req.user_agent);

@@ -35,6 +35,7 @@ pub use http::spawn;
 use super::{Action, Change};
 use crate::config::ConfigError;
 use crate::decide::Ban;
+use crate::state::{Store, Table, Write};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -109,6 +110,23 @@ impl Keys {
                     let name = path
                         .file_stem()
                         .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+                    // The name identifies the bouncer (status, its cursor).
+                    if name.is_empty()
+                        || !name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                    {
+                        errors.push(error(
+                            path,
+                            "the file name names the bouncer: use letters, digits, `.`, `_` and `-`"
+                                .into(),
+                        ));
+                    } else if keys.iter().any(|k: &Key| k.name == name) {
+                        errors.push(error(
+                            path,
+                            format!("another key file is also named `{name}`; give each bouncer its own name"),
+                        ));
+                    }
                     if keys.iter().any(|k: &Key| k.secret == secret) {
                         errors.push(error(
                             path,
@@ -229,6 +247,8 @@ pub fn tls_config(cfg: &BouncerApiConfig) -> Result<Option<Arc<rustls::ServerCon
 /// the keys. Made once at start, so bouncers' cursors survive reloads.
 pub struct Api {
     pub listen: SocketAddr,
+    /// Whether the store's record of what bouncers hold was read in.
+    restored: std::sync::atomic::AtomicBool,
     book: Mutex<Book>,
     keys: RwLock<Keys>,
     forbidden: AtomicU64,
@@ -239,6 +259,7 @@ impl Api {
     pub fn new(listen: SocketAddr, keys: Keys, id_base: i64) -> Api {
         Api {
             listen,
+            restored: Default::default(),
             book: Mutex::new(Book::new(id_base)),
             keys: RwLock::new(keys),
             forbidden: AtomicU64::new(0),
@@ -253,11 +274,56 @@ impl Api {
         }
     }
 
-    /// Stops serving anything: the section was removed at a reload (the
-    /// port stays open until a restart, answering 403).
+    /// Withdraws every decision: the section was removed at a reload.
+    /// Bouncers keep their keys until a restart closes the port, so they
+    /// hear of the deletions rather than keep every ban for its term.
     pub fn close(&self) {
-        self.set_keys(Keys::default());
         self.book().reconcile(std::iter::empty(), now_secs());
+    }
+
+    /// Reads the store's record of what bouncers may hold from before this
+    /// start (once, before the first reconcile).
+    pub fn restore(&self, store: &Store) {
+        if self.restored.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let records: Vec<(String, Held)> = match store.load(Table::Bouncer) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("bouncer API: cannot read what bouncers held before: {e}");
+                return;
+            }
+        };
+        let held = records.into_iter().filter_map(|(k, h)| {
+            let net: ipnet::IpNet = k.parse().ok()?;
+            Some((net, Arc::from(h.scenario.as_str()), h.until))
+        });
+        self.book().restore(held, now_secs());
+    }
+
+    /// Writes what changed in what bouncers may hold to the store.
+    fn persist(&self, store: &Store) {
+        let changes = self.book().take_persist();
+        if changes.is_empty() {
+            return;
+        }
+        let writes: Vec<Write> = changes
+            .into_iter()
+            .map(|(net, held)| match held {
+                Some((scenario, until)) => Write::put(
+                    Table::Bouncer,
+                    net.to_string(),
+                    &Held {
+                        scenario: scenario.to_string(),
+                        until,
+                    },
+                ),
+                None => Write::Delete(Table::Bouncer, net.to_string()),
+            })
+            .collect();
+        if let Err(e) = store.apply(&writes) {
+            tracing::warn!("bouncer API: cannot record what bouncers hold: {e}");
+        }
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -304,15 +370,24 @@ impl Api {
     }
 }
 
+/// A value bouncers may hold, as the store keeps it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Held {
+    scenario: String,
+    until: i64,
+}
+
 /// The action jails name as `bouncer_api`: keeps the book in step with
-/// their bans.
+/// their bans, and the store in step with what bouncers may hold.
 pub struct BouncerAction {
     api: Arc<Api>,
+    store: Arc<Store>,
 }
 
 impl BouncerAction {
-    pub fn new(api: Arc<Api>) -> BouncerAction {
-        BouncerAction { api }
+    pub fn new(api: Arc<Api>, store: Arc<Store>) -> BouncerAction {
+        api.restore(&store);
+        BouncerAction { api, store }
     }
 }
 
@@ -330,7 +405,19 @@ impl Action for BouncerAction {
                 Change::Remove { ban, .. } => book.unban(&ban.jail, &ban.target, now),
             }
         }
+        drop(book);
+        self.api.persist(&self.store);
         Ok(())
+    }
+
+    /// Every few seconds: records what polls changed (renewed terms).
+    fn verify(&self) -> Result<(), String> {
+        self.api.persist(&self.store);
+        Ok(())
+    }
+
+    fn shutdown(&self) {
+        self.api.persist(&self.store);
     }
 
     fn reconcile(&self, active: &[&Ban]) -> Result<(), String> {
@@ -340,6 +427,7 @@ impl Action for BouncerAction {
                 .map(|b| (b.jail.as_str(), &b.target, b.expires)),
             now_secs(),
         );
+        self.api.persist(&self.store);
         Ok(())
     }
 
