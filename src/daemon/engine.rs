@@ -143,16 +143,17 @@ impl Engine {
         recover: bool,
         bouncer: Option<Arc<crate::act::bouncer::Api>>,
     ) -> Result<Engine, String> {
+        let t = Instant::now();
         let opened = crate::state::Store::open_checked(&config.state_dir(), recover)?;
         let fresh = opened.fresh;
+        let raw_bans = opened.bans;
         let store = Arc::new(opened.store);
         let mut ledger = Ledger::new(
             config.ignore.clone(),
             config.main.ignore_keys.clone(),
             config.main.max_bans_per_minute.unwrap_or(300),
         );
-        let t = Instant::now();
-        let bans: Vec<(String, Ban)> = store.load(Table::Bans)?;
+        let bans: Vec<(String, Ban)> = crate::state::Store::decode(raw_bans);
         let offences: Vec<(String, u32)> = store.load(Table::Offences)?;
         let mut active = ledger.restore(bans, offences, now_secs());
         // A new store knows no bans, but the kernel may hold many: adopt

@@ -162,6 +162,9 @@ pub struct Opened {
     /// The store holds no history (a first start, a lost or moved-aside
     /// file): the kernel's sets are then the only record of active bans.
     pub fresh: bool,
+    /// The ban records, read by the check (not decoded yet: see
+    /// [`Store::decode`]), so a million bans are walked once at start.
+    pub bans: Vec<(String, Vec<u8>)>,
 }
 
 impl Store {
@@ -194,11 +197,11 @@ impl Store {
         let path = dir.join("state.redb");
         let fresh = !path.exists();
         let attempt = Store::open(dir).and_then(|s| {
-            s.check()?;
-            Ok(s)
+            let bans = s.check()?;
+            Ok((s, bans))
         });
         match attempt {
-            Ok(store) => Ok(Opened { store, fresh }),
+            Ok((store, bans)) => Ok(Opened { store, fresh, bans }),
             Err(e) if recover => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -215,6 +218,7 @@ impl Store {
                 Ok(Opened {
                     store: Store::open(dir)?,
                     fresh: true,
+                    bans: Vec::new(),
                 })
             }
             Err(e) => Err(format!(
@@ -228,18 +232,30 @@ impl Store {
     }
 
     /// Reads every record of every table (and decodes nothing): finds a
-    /// corrupted file.
-    fn check(&self) -> Result<(), String> {
+    /// corrupted file. Returns the ban records, which the start needs next.
+    fn check(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
         self.with_db(|db| {
             let tx = db.begin_read().map_err(err)?;
-            for t in [BANS, POSITIONS, OFFENCES, INCIDENTS, WEBHOOKS, BOUNCER] {
+            let bans = Store::rows(&tx.open_table(BANS).map_err(err)?)?;
+            for t in [POSITIONS, OFFENCES, INCIDENTS, WEBHOOKS, BOUNCER] {
                 let t = tx.open_table(t).map_err(err)?;
                 for row in t.iter().map_err(err)? {
                     row.map_err(err)?;
                 }
             }
-            Ok(())
+            Ok(bans)
         })
+    }
+
+    fn rows(
+        t: &impl ReadableTable<&'static str, &'static [u8]>,
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut rows = Vec::new();
+        for row in t.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            rows.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(rows)
     }
 
     /// The store's health, for `status` and metrics.
@@ -412,12 +428,15 @@ impl Store {
         table: Table,
     ) -> Result<Vec<(String, T)>, String> {
         let tx = db.begin_read().map_err(err)?;
-        let t = tx.open_table(table.def()).map_err(err)?;
-        let mut rows: Vec<(String, Vec<u8>)> = Vec::new();
-        for row in t.iter().map_err(err)? {
-            let (k, v) = row.map_err(err)?;
-            rows.push((k.value().to_string(), v.value().to_vec()));
-        }
+        let rows = Store::rows(&tx.open_table(table.def()).map_err(err)?)?;
+        Ok(Store::decode(rows))
+    }
+
+    /// Decodes records read raw (on every core when there are many);
+    /// records that no longer decode are skipped with a warning.
+    pub fn decode<T: DeserializeOwned + Send>(
+        mut rows: Vec<(String, Vec<u8>)>,
+    ) -> Vec<(String, T)> {
         let decode = |rows: Vec<(String, Vec<u8>)>| -> Vec<(String, T)> {
             rows.into_iter()
                 .filter_map(|(k, v)| match serde_json::from_slice(&v) {
@@ -431,7 +450,7 @@ impl Store {
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         if cores < 2 || rows.len() < 20_000 {
-            return Ok(decode(rows));
+            return decode(rows);
         }
         let per = rows.len().div_ceil(cores);
         let mut parts = Vec::new();
@@ -440,7 +459,7 @@ impl Store {
         }
         parts.push(rows);
         parts.reverse();
-        Ok(std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let running: Vec<_> = parts
                 .into_iter()
                 .map(|part| scope.spawn(move || decode(part)))
@@ -449,7 +468,7 @@ impl Store {
                 .into_iter()
                 .flat_map(|h| h.join().unwrap_or_default())
                 .collect()
-        }))
+        })
     }
 }
 

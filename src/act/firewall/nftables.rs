@@ -183,30 +183,36 @@ impl NftablesBackend {
     /// made, over netlink; returns the ops left for `nft`.
     fn add_addresses(&self, ops: &[(Slot, Op)]) -> Result<Vec<(Slot, Op)>, String> {
         let mut rest = Vec::new();
-        let mut per_set: std::collections::BTreeMap<String, Vec<NewElement>> = Default::default();
-        let comments: Vec<Option<String>> = ops
+        // A jail's comment is made once, not once per element.
+        let comments: HashMap<&str, String> = ops
             .iter()
-            .map(|(_, op)| match op {
-                Op::Put { jail, .. } => jail.as_deref().map(comment),
-                Op::Remove => None,
+            .filter_map(|(_, op)| match op {
+                Op::Put { jail: Some(j), .. } => Some(j.as_str()),
+                _ => None,
             })
+            .map(|j| (j, comment(j)))
             .collect();
-        for (((scope, net), op), c) in ops.iter().zip(&comments) {
+        let mut per_set: std::collections::BTreeMap<(u16, SetKind), Vec<NewElement>> =
+            Default::default();
+        for ((scope, net), op) in ops {
             let kind = SetKind::of(net);
             match op {
-                Op::Put { timeout, .. } if !kind.interval() => per_set
-                    .entry(self.scopes.set(*scope, kind))
-                    .or_default()
-                    .push(NewElement {
+                Op::Put { timeout, jail, .. } if !kind.interval() => {
+                    per_set.entry((*scope, kind)).or_default().push(NewElement {
                         addr: net.addr(),
                         timeout: *timeout,
-                        comment: c.as_deref(),
-                    }),
+                        comment: jail
+                            .as_deref()
+                            .and_then(|j| comments.get(j))
+                            .map(String::as_str),
+                    })
+                }
                 _ => rest.push(((*scope, *net), op.clone())),
             }
         }
-        for (set, elements) in &per_set {
-            crate::act::nft_netlink::add_elements(&self.table, set, elements)?;
+        for ((scope, kind), elements) in &per_set {
+            let set = self.scopes.set(*scope, *kind);
+            crate::act::nft_netlink::add_elements(&self.table, &set, elements)?;
         }
         Ok(rest)
     }
