@@ -83,12 +83,15 @@ fn expected_keys(main: &str, jails: &str, filters: &str) -> Vec<String> {
         .output()
         .unwrap();
     let err = stderr(&out);
+    // serde says "expected one of `a`, `b`, `c`", or "expected `a` or `b"`.
     let list = err
         .split("expected one of ")
         .nth(1)
+        .or_else(|| err.split("expected ").nth(1))
         .unwrap_or_else(|| panic!("no key list in: {err}"));
     let list = list.split(';').next().unwrap().lines().next().unwrap();
     list.split(", ")
+        .flat_map(|k| k.split(" or "))
         .map(|k| k.trim().trim_matches('`').to_string())
         .collect()
 }
@@ -116,12 +119,16 @@ fn portcullis_toml_5_documents_every_key() {
             expected_keys("[firewall]\nzzz_unknown = 1\n", j, f),
         ),
         (
+            "[syslog]",
+            expected_keys("[syslog]\nzzz_unknown = 1\n", j, f),
+        ),
+        (
             "[bouncer_api]",
             expected_keys("[bouncer_api]\nzzz_unknown = 1\n", j, f),
         ),
     ];
     for (what, keys) in tables {
-        assert!(keys.len() >= 3, "{what}: {keys:?}");
+        assert!(keys.len() >= 2, "{what}: {keys:?}");
         for k in keys {
             let k_roff = k.replace('-', "\\-");
             assert!(

@@ -54,9 +54,9 @@ pub fn warnings(config: &Config, files: &ConfigFiles) -> Vec<String> {
     }
     out.extend(bouncer_warnings(config));
     for jail in config.jails.iter().filter(|j| j.enabled) {
-        if jail.logpath.is_empty() {
+        if jail.logpath.is_empty() && jail.syslog.is_none() {
             out.push(format!(
-                "jail `{}`: no logpath: it reads nothing",
+                "jail `{}`: no logpath (or syslog): it reads nothing",
                 jail.spec.name
             ));
         }

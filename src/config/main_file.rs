@@ -69,6 +69,8 @@ pub struct MainConfig {
     pub metrics: Option<crate::daemon::metrics::MetricsConfig>,
     /// Enforcement in the kernel: the `firewall` action (nftables or ipset).
     pub firewall: Option<crate::act::FirewallConfig>,
+    /// How the daemon makes the unix sockets of jails' `syslog` sources.
+    pub syslog: Option<SyslogMain>,
     /// CrowdSec bouncers poll bans from here: the `bouncer_api` action.
     pub bouncer_api: Option<crate::act::bouncer::BouncerApiConfig>,
     /// Named actions usable in a jail's `action`.
@@ -79,6 +81,37 @@ pub struct MainConfig {
     /// Custom formats by name, usable as a jail's `format`.
     #[serde(default)]
     pub formats: BTreeMap<String, FormatConfig>,
+}
+
+/// `[syslog]`: who may write to the daemon's unix syslog sockets.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogMain {
+    /// Octal mode, default `"0660"`.
+    pub socket_mode: Option<String>,
+    /// A group (name or gid) that may write, e.g. nginx's `www-data`.
+    pub socket_group: Option<String>,
+}
+
+impl SyslogMain {
+    /// The mode and group, or what is wrong with them.
+    pub fn access(&self) -> Result<crate::watch::syslog::UnixAccess, String> {
+        let mode = match &self.socket_mode {
+            None => 0o660,
+            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    format!("[syslog] socket_mode `{m}`: use an octal mode such as \"0660\"")
+                })?,
+        };
+        let gid = self
+            .socket_group
+            .as_deref()
+            .map(crate::control::server::group_id)
+            .transpose()?;
+        Ok(crate::watch::syslog::UnixAccess { mode, gid })
+    }
 }
 
 /// Defaults for every jail's unset options.

@@ -120,6 +120,8 @@ pub struct JailEntry {
     pub format: String,
     pub wrap: Wrap,
     pub logpath: Vec<String>,
+    /// A syslog socket, and the tag its lines must carry (`None`: all).
+    pub syslog: Option<(crate::watch::syslog::Listen, Option<String>)>,
     pub policy: Policy,
     pub actions: Vec<String>,
     pub read_from: ReadFrom,
@@ -563,6 +565,21 @@ fn resolve_jail(
             .as_ref()
             .map_or_else(|| vec!["log".to_string()], |a| a.0.clone()),
     };
+    let syslog = match &jail.syslog {
+        Some(s) => match s.get_ref().parse::<crate::watch::syslog::Listen>() {
+            Ok(l) => Some((l, jail.syslog_tag.clone())),
+            Err(e) => {
+                err(s.span(), e);
+                None
+            }
+        },
+        None => {
+            if jail.syslog_tag.is_some() {
+                err(header.clone(), "`syslog_tag` needs `syslog`".into());
+            }
+            None
+        }
+    };
     let ports = match (&jail.ports, &jail.protocol) {
         (Some(p), proto) => {
             let protocol = proto
@@ -625,6 +642,7 @@ fn resolve_jail(
             .as_ref()
             .map(|l| l.0.clone())
             .unwrap_or_default(),
+        syslog,
         policy: Policy {
             bantime,
             factor,

@@ -177,6 +177,20 @@ pub fn status(data: &Value) -> String {
             },
         );
     }
+    // A syslog source that loses datagrams says so.
+    let mut seen = std::collections::BTreeSet::new();
+    for j in &jails {
+        for s in j["sources"].as_array().into_iter().flatten() {
+            let dropped = s["syslog"]["dropped"].as_u64().unwrap_or(0);
+            if dropped > 0 && seen.insert(field(&s["path"])) {
+                let _ = writeln!(
+                    out,
+                    "{}: {dropped} datagram(s) DROPPED by the kernel (the daemon fell behind)",
+                    field(&s["path"])
+                );
+            }
+        }
+    }
     if let Some(f) = data["fleet"].as_object() {
         let _ = writeln!(
             out,

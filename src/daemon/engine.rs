@@ -5,6 +5,7 @@
 mod fleet;
 mod lists;
 mod status;
+mod syslog;
 
 use super::actions::{adopt_enforced, build_actions, jails_using, one_line};
 use crate::act::supervise::Supervisor;
@@ -41,6 +42,8 @@ pub enum Msg {
     Metrics(tokio::sync::oneshot::Sender<String>),
     /// Something from the fleet (another host's decision, a fleet-wide count).
     Fleet(Box<crate::fleet::FromFleet>),
+    /// Messages from a syslog socket.
+    Syslog(Vec<crate::watch::syslog::Received>),
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -94,6 +97,8 @@ pub struct Engine {
     fleet: Option<crate::fleet::Fleet>,
     /// The bouncer API's shared book, when `[bouncer_api]` was set at start.
     bouncer: Option<Arc<crate::act::bouncer::Api>>,
+    /// Syslog sockets and where their messages go.
+    syslog: syslog::Syslog,
 }
 
 /// Paths to follow, each with the indices of the jails reading it.
@@ -204,12 +209,14 @@ impl Engine {
             poll_started: Instant::now(),
             fleet: None,
             bouncer,
+            syslog: Default::default(),
         };
         engine.start_fleet()?;
         let _ = engine.store.prune(Table::Incidents, RETENTION);
         let saved: HashMap<String, Position> =
             engine.store.load(Table::Positions)?.into_iter().collect();
         engine.open_sources(&saved, &mut HashMap::new())?;
+        engine.open_syslog(true)?;
         Ok(engine)
     }
 
@@ -515,6 +522,7 @@ impl Engine {
                 }
                 Ok(Msg::ActionDone(o)) => self.action_done(o),
                 Ok(Msg::Fleet(m)) => self.fleet_message(*m),
+                Ok(Msg::Syslog(batch)) => self.syslog_lines(batch),
                 Ok(Msg::Metrics(reply)) => {
                     let _ = reply.send(self.metrics());
                 }
@@ -717,6 +725,7 @@ impl Engine {
         self.actions = actions;
         self.config = config;
         self.open_sources(&HashMap::new(), &mut kept)?;
+        self.open_syslog(false)?;
         tracing::info!(kept = kept_jails.join(","), "config reloaded");
         Ok(json!({ "jails": self.pipeline.entries.len(), "kept_counters": kept_jails }))
     }

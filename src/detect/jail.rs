@@ -83,6 +83,11 @@ pub struct JailConfig {
     pub filter: Spanned<String>,
     /// Log files (globs allowed) this jail reads in the daemon.
     pub logpath: Option<OneOrMany<String>>,
+    /// A syslog socket this jail reads, beside or instead of `logpath`:
+    /// `unix:/run/portcullis/NAME.sock`, `udp:ADDR:PORT` or `tcp:ADDR:PORT`.
+    pub syslog: Option<Spanned<String>>,
+    /// Only the messages of this tag (app-name) on the `syslog` socket.
+    pub syslog_tag: Option<String>,
     /// Name of a built-in format or one under `[formats]`. Default: `[defaults] format`.
     pub format: Option<Spanned<String>>,
     /// Container-runtime wrapping of the lines: `none`, `cri` or `docker`.

@@ -6,6 +6,7 @@
 //! good even if an event is.
 
 pub mod lines;
+pub mod syslog;
 pub mod tail;
 
 use notify::{RecursiveMode, Watcher as _};

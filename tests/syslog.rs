@@ -1,0 +1,179 @@
+//! Syslog sources against a real nginx writing its access log with
+//! `access_log syslog:server=...,tag=...`: over a unix datagram socket the
+//! daemon makes, and over UDP. A credential-stuffing burst is banned; lines
+//! of another tag on the same socket are not counted.
+//!
+//! Needs `nginx` and `curl` (`.ci/run` installs them); in CI a missing one
+//! fails the test.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn have_nginx() -> bool {
+    if Command::new("nginx").arg("-v").output().is_ok() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI must have nginx");
+    eprintln!("skipping: no nginx");
+    false
+}
+
+/// A real nginx on 127.0.0.1:PORT: `/login` answers 401 and logs to the
+/// syslog `server` with tag `api`; `/other` answers 401 and logs with tag
+/// `other`; stopped when dropped.
+struct Nginx {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(dir: &std::path::Path, server: &str) -> Nginx {
+        let port = free_port();
+        let d = dir.display();
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        std::fs::write(
+            dir.join("nginx.conf"),
+            format!(
+                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n \
+                 client_body_temp_path {d}/tmp;\n proxy_temp_path {d}/tmp;\n fastcgi_temp_path {d}/tmp;\n \
+                 uwsgi_temp_path {d}/tmp;\n scgi_temp_path {d}/tmp;\n \
+                 server {{\n  listen 127.0.0.1:{port};\n  \
+                 location /login {{ access_log syslog:server={server},tag=api combined; return 401; }}\n  \
+                 location /other {{ access_log syslog:server={server},tag=other combined; return 401; }}\n \
+                 }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new("nginx")
+            .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "nginx: {}", stderr(&out));
+        Nginx {
+            dir: dir.to_path_buf(),
+            port,
+        }
+    }
+
+    /// A GET of `path` from `src` (a loopback address): its status.
+    fn get(&self, src: &str, path: &str) -> u16 {
+        curl_status(&[
+            "--interface",
+            src,
+            &format!("http://127.0.0.1:{}{path}", self.port),
+        ])
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let d = self.dir.display().to_string();
+        let _ = Command::new("nginx")
+            .args(["-p", &d, "-c", &format!("{d}/nginx.conf"), "-s", "stop"])
+            .output();
+    }
+}
+
+/// A daemon whose jail `auth` reads syslog source `listen`, tag `api`.
+fn daemon(tag: &str, listen: &str) -> Daemon {
+    let dir = Daemon::config(
+        tag,
+        3,
+        &format!("syslog = \"{listen}\"\nsyslog_tag = \"api\"\n"),
+    );
+    // nginx's workers run as another user: they must be able to write.
+    add_to_main(&dir, "", "[syslog]\nsocket_mode = \"0666\"\n");
+    Daemon::start(dir)
+}
+
+fn banned_through(d: &Daemon, nginx: &Nginx) {
+    // Another tag on the same socket: answered, logged, never counted.
+    for _ in 0..5 {
+        assert_eq!(nginx.get("127.0.0.4", "/other"), 401);
+    }
+    for _ in 0..3 {
+        assert_eq!(nginx.get("127.0.0.3", "/login"), 401);
+    }
+    wait_for(
+        || d.bans() == ["auth 127.0.0.3 3"],
+        "the ban from syslog lines",
+    );
+    let jail = d.jail("auth");
+    assert_eq!(jail["matches"], 3, "{jail}");
+    let src = jail["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["path"].as_str().unwrap().starts_with("syslog "))
+        .unwrap_or_else(|| panic!("no syslog source: {jail}"));
+    assert_eq!(src["syslog"]["received"], 8, "{jail}");
+    assert_eq!(src["syslog"]["dropped"], 0, "{jail}");
+    assert_eq!(src["parse"]["parsed"], 3, "{jail}");
+}
+
+#[test]
+fn nginx_over_a_unix_socket_is_banned_and_other_tags_are_not_counted() {
+    if !have_nginx() {
+        return;
+    }
+    let tmp = TempDir::new("syslog-unix-nginx");
+    let sock = tmp.path().join("nginx-syslog.sock");
+    let d = daemon("syslog-unix", &format!("unix:{}", sock.display()));
+    assert!(sock.exists());
+    let nginx = Nginx::start(tmp.path(), &format!("unix:{}", sock.display()));
+    banned_through(&d, &nginx);
+}
+
+#[test]
+fn nginx_over_udp_is_banned_and_other_tags_are_not_counted() {
+    if !have_nginx() {
+        return;
+    }
+    let tmp = TempDir::new("syslog-udp-nginx");
+    let port = free_port();
+    let d = daemon("syslog-udp", &format!("udp:127.0.0.1:{port}"));
+    let nginx = Nginx::start(tmp.path(), &format!("127.0.0.1:{port}"));
+    banned_through(&d, &nginx);
+}
+
+/// Octet-counted and newline-framed messages over TCP, as rsyslog and
+/// syslog-ng forward them; a stray socket file is replaced, anything else
+/// at the path is refused at start.
+#[test]
+fn tcp_framing_and_socket_paths() {
+    use std::io::Write;
+    let port = free_port();
+    let d = daemon("syslog-tcp", &format!("tcp:127.0.0.1:{port}"));
+    let line = |n: u32| {
+        format!(
+            "<190>Nov 24 02:00:0{n} web1 api: 198.51.100.7 - - [24/Nov/2026:02:00:0{n} +0000] \"POST /login HTTP/1.1\" 401 0 \"-\" \"x\""
+        )
+    };
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let one = line(1);
+    write!(s, "{} {one}", one.len()).unwrap();
+    writeln!(s, "{}", line(2)).unwrap();
+    // Another tag: not this jail's.
+    writeln!(s, "{}", line(3).replace(" api: ", " other: ")).unwrap();
+    let three = line(3);
+    write!(s, "{} {three}", three.len()).unwrap();
+    s.flush().unwrap();
+    wait_for(|| d.bans() == ["auth 198.51.100.7 3"], "the ban over TCP");
+    drop(d);
+
+    let tmp = TempDir::new("syslog-path");
+    let not_a_socket = tmp.write("regular.sock", "x");
+    let dir = Daemon::config(
+        "syslog-bad-path",
+        3,
+        &format!("syslog = \"unix:{}\"\n", not_a_socket.display()),
+    );
+    let out = bin()
+        .args(["run", "--config"])
+        .arg(dir.path().join("conf"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is not a socket"), "{}", stderr(&out));
+}
