@@ -751,6 +751,63 @@ fn a_lost_or_corrupted_store_never_empties_the_kernel() {
     assert!(aside, "the corrupted file is kept aside");
 }
 
+/// A lost store is rebuilt from the kernel with each ban under its own
+/// jail, whatever characters the jail's name has (the element comment holds
+/// a cleaned form of it).
+#[test]
+fn a_lost_store_gives_bans_back_to_jails_with_unusual_names() {
+    if !prerequisites() {
+        return;
+    }
+    let net = Net::new();
+    let dir = Daemon::config("nft-adopt-names", 3, "action = [\"log\", \"firewall\"]\n");
+    let jails = dir.path().join("conf/jails.d/auth.toml");
+    let mut text = std::fs::read_to_string(&jails).unwrap();
+    let d0 = dir.path().display().to_string();
+    text.push_str(&format!(
+        "\n[\"api ü \\\" weird\"]\nfilter = \"auth\"\nlogpath = \"{d0}/logs/other.log\"\naction = [\"log\", \"firewall\"]\n"
+    ));
+    std::fs::write(&jails, text).unwrap();
+    add_to_main(&dir, "", "[firewall]\nbackend = \"nftables\"\n");
+    let mut d = Daemon::start_in(dir, &["ip", "netns", "exec", &net.srv]);
+    let weird = "api ü \" weird";
+    assert!(
+        d.cli(&["ban", "192.0.2.2", "--jail", weird])
+            .status
+            .success()
+    );
+    assert!(
+        d.cli(&["ban", "192.0.2.4", "--jail", "auth"])
+            .status
+            .success()
+    );
+    wait_for(|| net.nft_elements("addr4").len() == 2, "both in the set");
+    d.stop();
+    let state = d.dir.path().join("state/state.redb");
+    std::fs::rename(&state, d.dir.path().join("lost.redb")).unwrap();
+    d.spawn();
+    let mut got: Vec<(String, String)> = d
+        .json(&["bans"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["target"]["value"].as_str().unwrap().to_string(),
+                b["jail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("192.0.2.2".to_string(), weird.to_string()),
+            ("192.0.2.4".to_string(), "auth".to_string()),
+        ]
+    );
+}
+
 /// The verifier's netlink lookups (`src/act/nft_netlink.rs`), which replace
 /// `nft get element` and `nft list chain` (both read every element of every
 /// set first): right answers for present and missing addresses, a prefix in

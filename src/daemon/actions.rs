@@ -167,9 +167,15 @@ pub(super) fn adopt_enforced(config: &Config, ledger: &mut Ledger) -> (Vec<Ban>,
     let now = now_secs();
     let mut adopted = Vec::new();
     for a in found {
+        // The comment holds the jail's name as `comment` wrote it.
         let jail = a
             .jail
-            .filter(|j| users.contains(&j.as_str()))
+            .and_then(|c| {
+                users
+                    .iter()
+                    .find(|u| crate::act::firewall::comment(u) == c)
+                    .map(|u| u.to_string())
+            })
             .or_else(|| users.first().map(|j| j.to_string()));
         let Some(jail) = jail else { continue };
         let ban = Ban {

@@ -49,8 +49,10 @@ const RENEW_BEFORE: i64 = 2 * 24 * 3600;
 /// A decision as served.
 #[derive(Debug, Clone)]
 pub struct Decision {
-    /// The sequence that made it; the id is `id_base + seq`.
+    /// The sequence that made it.
     seq: u64,
+    /// Its id as served (`id_base + seq`, or the id it had before a restart).
+    id: i64,
     net: IpNet,
     scenario: Arc<str>,
     /// Unix seconds; `None`: permanent.
@@ -244,7 +246,7 @@ impl Query {
 
 /// A store write: a value bouncers may hold, with its scenario and the
 /// time their copies run out, or `None` once none can hold it.
-pub type Persist = (IpNet, Option<(Arc<str>, i64)>);
+pub type Persist = (IpNet, Option<(Arc<str>, i64, i64)>);
 
 /// An IPv4-mapped IPv6 prefix (`::ffff:192.0.2.0/120`) as the IPv4 one.
 fn canonical(net: IpNet) -> IpNet {
@@ -281,6 +283,12 @@ pub struct Book {
     lens: [[u32; 129]; 2],
     /// Decisions that outlast their served duration, by when to renew them.
     renewals: std::collections::BTreeSet<(i64, u64)>,
+    /// The longest copy bouncers may hold of each value (what the store
+    /// records): scenario, until, id.
+    held_until: HashMap<IpNet, (Arc<str>, i64, i64)>,
+    /// What was served before this start, as restored: a bouncer not known
+    /// since may hold these with their old terms.
+    before_restart: HashMap<IpNet, Decision>,
 }
 
 fn family(net: &IpNet) -> usize {
@@ -304,6 +312,8 @@ impl Book {
             cursors: HashMap::new(),
             lens: [[0; 129]; 2],
             renewals: Default::default(),
+            held_until: HashMap::new(),
+            before_restart: HashMap::new(),
         }
     }
 
@@ -453,6 +463,7 @@ impl Book {
         let cap = now + MAX_SERVED_SECS;
         let served = Decision {
             seq: self.seq,
+            id: self.id_base + self.seq as i64,
             net,
             scenario,
             expires,
@@ -461,8 +472,17 @@ impl Book {
         if let Some(at) = served.renew_at() {
             self.renewals.insert((at, served.seq));
         }
-        self.persist
-            .push((net, Some((served.scenario.clone(), served.until))));
+        // Bouncers may hold a longer copy from before (a ban lifted, then a
+        // shorter one): the record keeps the longest.
+        let longest = self.held_until.get(&net).map_or(0, |h| h.1);
+        if served.until > longest {
+            self.held_until
+                .insert(net, (served.scenario.clone(), served.until, served.id));
+            self.persist.push((
+                net,
+                Some((served.scenario.clone(), served.until, served.id)),
+            ));
+        }
         self.by_seq.insert(self.seq, net);
         self.lens[family(&net)][usize::from(net.prefix_len())] += 1;
         self.entries.insert(net, Entry { held, served });
@@ -496,6 +516,8 @@ impl Book {
     pub fn stream(&mut self, who: &str, startup: bool, filter: &Filter, now: i64) -> Vec<u8> {
         self.forget_idle(now);
         self.renew(now);
+        self.before_restart
+            .retain(|_, d| d.until + UNTIL_SLACK > now);
         let cursor = self
             .cursors
             .get(who)
@@ -513,12 +535,24 @@ impl Book {
                 let mut seen = std::collections::HashSet::new();
                 for w in self.withdrawn.iter().rev() {
                     let d = &w.decision;
-                    if d.until > now
+                    if d.until + UNTIL_SLACK > now
                         && !self.entries.contains_key(&d.net)
                         && seen.insert(d.net)
                         && filter.admits(d)
                     {
-                        out.deleted.push(self.render(d, d.left(now)));
+                        out.deleted.push(self.render(d, d.left(now).max(0)));
+                    }
+                }
+                // Served again since a restart with another term: its old
+                // copy goes first (deleted, then new), or a bouncer that
+                // keeps an element's first timeout would drop it early.
+                for (net, d) in &self.before_restart {
+                    let again = self.entries.get(net).map(|e| e.served.until);
+                    if again.is_some_and(|u| u != d.until)
+                        && d.until + UNTIL_SLACK > now
+                        && filter.admits(d)
+                    {
+                        out.deleted.push(self.render(d, d.left(now).max(0)));
                     }
                 }
             }
@@ -639,7 +673,7 @@ impl Book {
     fn render<'a>(&self, d: &'a Decision, left: i64) -> Out<'a> {
         Out {
             duration: go_duration(left),
-            id: self.id_base + d.seq as i64,
+            id: d.id,
             origin: super::ORIGIN,
             scenario: &d.scenario,
             scope: d.scope(),
@@ -678,7 +712,12 @@ impl Book {
             let kept: std::collections::HashSet<IpNet> =
                 self.withdrawn.iter().map(|w| w.decision.net).collect();
             for net in dropped {
-                if !self.entries.contains_key(&net) && !kept.contains(&net) {
+                let ran_out = self
+                    .held_until
+                    .get(&net)
+                    .is_none_or(|h| h.1 + UNTIL_SLACK <= now);
+                if !self.entries.contains_key(&net) && !kept.contains(&net) && ran_out {
+                    self.held_until.remove(&net);
                     self.persist.push((net, None));
                 }
             }
@@ -689,24 +728,30 @@ impl Book {
     /// What bouncers may hold from before this start (the state store's
     /// record): withdrawn decisions, so an unknown bouncer is told to delete
     /// any of them this start does not serve again.
-    pub fn restore(&mut self, held: impl IntoIterator<Item = (IpNet, Arc<str>, i64)>, now: i64) {
-        for (net, scenario, until) in held {
+    /// Each is (value, scenario, until, id as served then).
+    pub fn restore(
+        &mut self,
+        held: impl IntoIterator<Item = (IpNet, Arc<str>, i64, i64)>,
+        now: i64,
+    ) {
+        for (net, scenario, until, id) in held {
             if until + UNTIL_SLACK <= now {
                 self.persist.push((net, None));
                 continue;
             }
+            let decision = Decision {
+                seq: 0,
+                id,
+                net,
+                scenario: scenario.clone(),
+                expires: Some(until),
+                until,
+            };
+            self.held_until.insert(net, (scenario, until, id));
+            self.before_restart.insert(net, decision.clone());
             // Sequence 0: before every change of this run, so the list stays
             // in order whatever was done before.
-            self.withdrawn.push_front(Withdrawn {
-                at: 0,
-                decision: Decision {
-                    seq: 0,
-                    net,
-                    scenario,
-                    expires: Some(until),
-                    until,
-                },
-            });
+            self.withdrawn.push_front(Withdrawn { at: 0, decision });
         }
         self.compact_at = (self.withdrawn.len() * 2).max(1024);
     }

@@ -75,19 +75,16 @@ impl Slots {
     /// (which sends its request at once) is never the one evicted.
     fn take(&mut self, peer: IpAddr, stream: &TcpStream) -> Option<(u64, Arc<AtomicBool>)> {
         let group = peer_group(peer);
-        let mine = self.per_peer.get(&group).copied().unwrap_or(0);
-        if mine >= MAX_PER_PEER || self.open.len() >= 2 * MAX_CONNECTIONS {
+        if self.open.len() >= 2 * MAX_CONNECTIONS {
             return None;
+        }
+        // The same rule within one address's share as over all of them.
+        if self.per_peer.get(&group).copied().unwrap_or(0) >= MAX_PER_PEER {
+            self.evict_oldest_reading(Some(group))?;
         }
         let live = self.open.values().filter(|c| !c.evicted).count();
         if live >= MAX_CONNECTIONS {
-            let oldest = self
-                .open
-                .iter_mut()
-                .filter(|(_, c)| !c.evicted && c.reading.load(Ordering::SeqCst))
-                .min_by_key(|(_, c)| c.opened)?;
-            let _ = oldest.1.stream.shutdown(std::net::Shutdown::Both);
-            oldest.1.evicted = true;
+            self.evict_oldest_reading(None)?;
         }
         let handle = stream.try_clone().ok()?;
         let reading = Arc::new(AtomicBool::new(true));
@@ -106,15 +103,37 @@ impl Slots {
         Some((self.next, reading))
     }
 
-    fn give_back(&mut self, id: u64) {
-        let Some(c) = self.open.remove(&id) else {
-            return;
-        };
-        if let Some(n) = self.per_peer.get_mut(&c.peer) {
+    /// Shuts the connection (of `group`, or any) that has waited longest
+    /// for its request; `None` if every one is being served.
+    fn evict_oldest_reading(&mut self, group: Option<IpAddr>) -> Option<()> {
+        let (_, c) = self
+            .open
+            .iter_mut()
+            .filter(|(_, c)| {
+                !c.evicted && group.is_none_or(|g| c.peer == g) && c.reading.load(Ordering::SeqCst)
+            })
+            .min_by_key(|(_, c)| c.opened)?;
+        let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        c.evicted = true;
+        let peer = c.peer;
+        self.release(peer);
+        Some(())
+    }
+
+    fn release(&mut self, peer: IpAddr) {
+        if let Some(n) = self.per_peer.get_mut(&peer) {
             *n -= 1;
             if *n == 0 {
-                self.per_peer.remove(&c.peer);
+                self.per_peer.remove(&peer);
             }
+        }
+    }
+
+    fn give_back(&mut self, id: u64) {
+        if let Some(c) = self.open.remove(&id)
+            && !c.evicted
+        {
+            self.release(c.peer);
         }
     }
 }
@@ -228,10 +247,7 @@ fn message(status: &'static str, text: &str) -> Response {
 
 fn serve(mut io: impl Read + Write, peer: IpAddr, api: &Api, reading: &AtomicBool) {
     let (head, rest) = match read_head(&mut io) {
-        Ok(h) => {
-            reading.store(false, Ordering::SeqCst);
-            h
-        }
+        Ok(h) => h,
         Err(Some(r)) => return respond(&mut io, &r, false),
         Err(None) => return,
     };
@@ -239,13 +255,26 @@ fn serve(mut io: impl Read + Write, peer: IpAddr, api: &Api, reading: &AtomicBoo
         Ok(r) => r,
         Err(r) => return respond(&mut io, &r, false),
     };
-    if req.content_length > 0 && drain(&mut io, req.content_length, rest).is_err() {
-        return respond(
-            &mut io,
-            &message("413 Payload Too Large", "body too large"),
-            false,
-        );
+    if req.content_length > 0 {
+        // Nobody without a key gets to make us wait for a body.
+        if api.authenticate(req.api_key.as_deref(), peer).is_none() {
+            return respond(
+                &mut io,
+                &message("403 Forbidden", "access forbidden"),
+                false,
+            );
+        }
+        if drain(&mut io, req.content_length, rest).is_err() {
+            return respond(
+                &mut io,
+                &message("413 Payload Too Large", "body too large"),
+                false,
+            );
+        }
     }
+    // The whole request is in: from now on the connection is being served,
+    // and never shut to make room.
+    reading.store(false, Ordering::SeqCst);
     let resp = route(&req, peer, api);
     respond(&mut io, &resp, req.method == "HEAD");
 }

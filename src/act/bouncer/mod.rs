@@ -296,7 +296,7 @@ impl Api {
         };
         let held = records.into_iter().filter_map(|(k, h)| {
             let net: ipnet::IpNet = k.parse().ok()?;
-            Some((net, Arc::from(h.scenario.as_str()), h.until))
+            Some((net, Arc::from(h.scenario.as_str()), h.until, h.id))
         });
         self.book().restore(held, now_secs());
     }
@@ -310,12 +310,13 @@ impl Api {
         let writes: Vec<Write> = changes
             .into_iter()
             .map(|(net, held)| match held {
-                Some((scenario, until)) => Write::put(
+                Some((scenario, until, id)) => Write::put(
                     Table::Bouncer,
                     net.to_string(),
                     &Held {
                         scenario: scenario.to_string(),
                         until,
+                        id,
                     },
                 ),
                 None => Write::Delete(Table::Bouncer, net.to_string()),
@@ -331,7 +332,11 @@ impl Api {
     }
 
     /// The key's name, or `None` (counted, and logged at most once a minute).
-    fn authenticate(&self, presented: Option<&[u8]>, peer: std::net::IpAddr) -> Option<String> {
+    pub(super) fn authenticate(
+        &self,
+        presented: Option<&[u8]>,
+        peer: std::net::IpAddr,
+    ) -> Option<String> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         if let Some(name) = presented.and_then(|p| keys.check(p)) {
             return Some(name.to_string());
@@ -375,6 +380,9 @@ impl Api {
 struct Held {
     scenario: String,
     until: i64,
+    /// The id bouncers were given (so a deletion after a restart names it).
+    #[serde(default)]
+    id: i64,
 }
 
 /// The action jails name as `bouncer_api`: keeps the book in step with

@@ -247,32 +247,33 @@ fn withdrawals_are_kept_until_every_copy_has_run_out() {
 #[test]
 fn what_bouncers_held_before_a_restart_is_deleted_unless_served_again() {
     let mut b = Book::new(0);
+    let arc = std::sync::Arc::from;
     b.restore(
         [
-            (
-                "203.0.113.5/32".parse().unwrap(),
-                std::sync::Arc::from("j"),
-                5000,
-            ),
-            (
-                "203.0.113.6/32".parse().unwrap(),
-                std::sync::Arc::from("j"),
-                5000,
-            ),
-            (
-                "203.0.113.7/32".parse().unwrap(),
-                std::sync::Arc::from("j"),
-                50,
-            ),
+            ("203.0.113.5/32".parse().unwrap(), arc("j"), 5000, 77),
+            ("203.0.113.6/32".parse().unwrap(), arc("j"), 5000, 78),
+            ("203.0.113.8/32".parse().unwrap(), arc("j"), 5000, 79),
+            ("203.0.113.7/32".parse().unwrap(), arc("j"), 50, 80),
         ],
         1000,
     );
     // The store is told to forget the one that ran out.
     assert_eq!(b.take_persist().len(), 1);
     b.ban("j", &t("203.0.113.6"), Some(5000), 1000);
+    // Served again with another term: the old copy must go first.
+    b.ban("j", &t("203.0.113.8"), Some(9000), 1000);
     let v = stream(&mut b, "fw", false, 1000);
-    assert_eq!(values(&v, "new"), vec!["203.0.113.6"]);
-    assert_eq!(values(&v, "deleted"), vec!["203.0.113.5"]);
+    assert_eq!(values(&v, "new"), vec!["203.0.113.6", "203.0.113.8"]);
+    assert_eq!(values(&v, "deleted"), vec!["203.0.113.5", "203.0.113.8"]);
+    // Deletions name the ids bouncers were given.
+    let mut ids: Vec<i64> = v["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec![77, 79]);
     // A known bouncer is not told again.
     let v = stream(&mut b, "fw", false, 1001);
     assert!(values(&v, "deleted").is_empty());
@@ -427,4 +428,24 @@ fn long_and_permanent_bans_are_served_in_20_day_terms_and_renewed() {
     }
     let v = stream(&mut b, "ipset", false, 36 * day);
     assert_eq!(values(&v, "new"), vec!["203.0.113.5"]);
+}
+
+#[test]
+fn the_record_keeps_the_longest_copy_a_bouncer_may_hold() {
+    let mut b = Book::new(0);
+    b.ban("j", &t("192.0.2.200"), Some(3600), 0);
+    stream(&mut b, "fw", true, 0);
+    b.unban("j", &t("192.0.2.200"), 0);
+    b.ban("j", &t("192.0.2.200"), Some(10), 0);
+    let persisted = b.take_persist();
+    let last = persisted
+        .iter()
+        .rev()
+        .find(|(n, _)| n.to_string() == "192.0.2.200/32")
+        .unwrap();
+    assert_eq!(last.1.as_ref().map(|h| h.1), Some(3600), "{persisted:?}");
+    // Past the short ban and the slack, the long copy is still recorded.
+    b.unban("j", &t("192.0.2.200"), 140);
+    assert!(b.withdrawn_len(140) > 0);
+    assert!(b.take_persist().iter().all(|(_, h)| h.is_some()));
 }

@@ -205,7 +205,8 @@ enum Op {
 }
 
 /// A jail name as an nft comment: a quoted string of safe characters only.
-fn comment(jail: &str) -> String {
+/// Adopting reads it back, so jails are matched by this form.
+pub fn comment(jail: &str) -> String {
     jail.chars()
         .filter(|c| c.is_ascii_alphanumeric() || "_.:-".contains(*c))
         .take(64)
