@@ -110,6 +110,9 @@ fn banned_through(d: &Daemon, nginx: &Nginx) {
     assert_eq!(src["syslog"]["received"], 8, "{jail}");
     assert_eq!(src["syslog"]["dropped"], 0, "{jail}");
     assert_eq!(src["parse"]["parsed"], 3, "{jail}");
+    // The table names the last decision's target.
+    let table = stdout(&d.cli(&["status"]));
+    assert!(table.contains("127.0.0.3"), "{table}");
 }
 
 #[test]

@@ -54,9 +54,9 @@ pub fn warnings(config: &Config, files: &ConfigFiles) -> Vec<String> {
     }
     out.extend(bouncer_warnings(config));
     for jail in config.jails.iter().filter(|j| j.enabled) {
-        if jail.logpath.is_empty() && jail.syslog.is_none() {
+        if jail.logpath.is_empty() && jail.syslog.is_none() && jail.journal.is_none() {
             out.push(format!(
-                "jail `{}`: no logpath (or syslog): it reads nothing",
+                "jail `{}`: no logpath (or syslog, or journal): it reads nothing",
                 jail.spec.name
             ));
         }

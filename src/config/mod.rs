@@ -122,6 +122,8 @@ pub struct JailEntry {
     pub logpath: Vec<String>,
     /// A syslog socket, and the tag its lines must carry (`None`: all).
     pub syslog: Option<(crate::watch::syslog::Listen, Option<String>)>,
+    /// Entries of the systemd journal.
+    pub journal: Option<crate::watch::journal::JournalSpec>,
     pub policy: Policy,
     pub actions: Vec<String>,
     pub read_from: ReadFrom,
@@ -580,6 +582,16 @@ fn resolve_jail(
             None
         }
     };
+    let journal = match &jail.journal {
+        Some(j) => match j.get_ref().check() {
+            Ok(()) => Some(j.get_ref().clone()),
+            Err(e) => {
+                err(j.span(), e);
+                None
+            }
+        },
+        None => None,
+    };
     let ports = match (&jail.ports, &jail.protocol) {
         (Some(p), proto) => {
             let protocol = proto
@@ -643,6 +655,7 @@ fn resolve_jail(
             .map(|l| l.0.clone())
             .unwrap_or_default(),
         syslog,
+        journal,
         policy: Policy {
             bantime,
             factor,

@@ -157,7 +157,11 @@ pub fn status(data: &Value) -> String {
     for j in &jails {
         let last = match &j["last_decision"] {
             Value::Null => "-".to_string(),
-            d => format!("{} {}", time(d["time"].as_i64()), field(&d["target"])),
+            d => format!(
+                "{} {}",
+                time(d["time"].as_i64()),
+                field(&d["target"]["value"])
+            ),
         };
         let _ = writeln!(
             out,

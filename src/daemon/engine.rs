@@ -3,6 +3,7 @@
 //! the control socket, inotify and actions reach it through one channel.
 
 mod fleet;
+mod journal;
 mod lists;
 mod status;
 mod syslog;
@@ -44,6 +45,8 @@ pub enum Msg {
     Fleet(Box<crate::fleet::FromFleet>),
     /// Messages from a syslog socket.
     Syslog(Vec<crate::watch::syslog::Received>),
+    /// An entry of a journal source.
+    Journal(crate::watch::journal::Entry),
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -99,6 +102,8 @@ pub struct Engine {
     bouncer: Option<Arc<crate::act::bouncer::Api>>,
     /// Syslog sockets and where their messages go.
     syslog: syslog::Syslog,
+    /// Journal readers and where their entries go.
+    journal: journal::Journal,
 }
 
 /// Paths to follow, each with the indices of the jails reading it.
@@ -210,6 +215,7 @@ impl Engine {
             fleet: None,
             bouncer,
             syslog: Default::default(),
+            journal: Default::default(),
         };
         engine.start_fleet()?;
         let _ = engine.store.prune(Table::Incidents, RETENTION);
@@ -217,6 +223,7 @@ impl Engine {
             engine.store.load(Table::Positions)?.into_iter().collect();
         engine.open_sources(&saved, &mut HashMap::new())?;
         engine.open_syslog(true)?;
+        engine.open_journal(true)?;
         Ok(engine)
     }
 
@@ -432,6 +439,7 @@ impl Engine {
                     &pos,
                 ))
             })
+            .chain(self.journal.positions())
             .collect()
     }
 
@@ -523,6 +531,7 @@ impl Engine {
                 Ok(Msg::ActionDone(o)) => self.action_done(o),
                 Ok(Msg::Fleet(m)) => self.fleet_message(*m),
                 Ok(Msg::Syslog(batch)) => self.syslog_lines(batch),
+                Ok(Msg::Journal(e)) => self.journal_entry(e),
                 Ok(Msg::Metrics(reply)) => {
                     let _ = reply.send(self.metrics());
                 }
@@ -726,6 +735,7 @@ impl Engine {
         self.config = config;
         self.open_sources(&HashMap::new(), &mut kept)?;
         self.open_syslog(false)?;
+        self.open_journal(false)?;
         tracing::info!(kept = kept_jails.join(","), "config reloaded");
         Ok(json!({ "jails": self.pipeline.entries.len(), "kept_counters": kept_jails }))
     }

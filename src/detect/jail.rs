@@ -88,6 +88,9 @@ pub struct JailConfig {
     pub syslog: Option<Spanned<String>>,
     /// Only the messages of this tag (app-name) on the `syslog` socket.
     pub syslog_tag: Option<String>,
+    /// Entries of the systemd journal: `{ unit = "envoy.service" }` or
+    /// `{ identifier = "nginx" }` (and optionally `directory`).
+    pub journal: Option<Spanned<crate::watch::journal::JournalSpec>>,
     /// Name of a built-in format or one under `[formats]`. Default: `[defaults] format`.
     pub format: Option<Spanned<String>>,
     /// Container-runtime wrapping of the lines: `none`, `cri` or `docker`.

@@ -5,6 +5,7 @@
 //! wake-ups, with a periodic poll as a safety net so no change is missed for
 //! good even if an event is.
 
+pub mod journal;
 pub mod lines;
 pub mod syslog;
 pub mod tail;

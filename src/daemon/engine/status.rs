@@ -73,6 +73,26 @@ impl Engine {
                         .push(json!({ "path": src.name, "lag_bytes": f.tail.lag(), "parse": st }));
                 }
             }
+            for (source, reader) in self.journal.sources() {
+                let src = &self.pipeline.sources[source as usize];
+                if src.has_jail(i) {
+                    let st = src.jail_stats(i);
+                    lines += st.lines;
+                    parsed += st.parsed;
+                    unparsed += st.unparsed;
+                    let load = |c: &std::sync::atomic::AtomicU64| {
+                        c.load(std::sync::atomic::Ordering::Relaxed)
+                    };
+                    sources.push(json!({
+                        "path": src.name,
+                        "journal": {
+                            "received": load(&reader.stats.received),
+                            "malformed": load(&reader.stats.malformed),
+                        },
+                        "parse": st,
+                    }));
+                }
+            }
             for (source, listener) in self.syslog.sources() {
                 let src = &self.pipeline.sources[source as usize];
                 if src.has_jail(i) {
