@@ -147,7 +147,18 @@ fn nginx_over_udp_is_banned_and_other_tags_are_not_counted() {
 fn tcp_framing_and_socket_paths() {
     use std::io::Write;
     let port = free_port();
-    let d = daemon("syslog-tcp", &format!("tcp:127.0.0.1:{port}"));
+    let metrics = free_port();
+    let dir = Daemon::config(
+        "syslog-tcp",
+        3,
+        &format!("syslog = \"tcp:127.0.0.1:{port}\"\nsyslog_tag = \"api\"\n"),
+    );
+    add_to_main(
+        &dir,
+        "",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
+    );
+    let d = Daemon::start(dir);
     let line = |n: u32| {
         format!(
             "<190>Nov 24 02:00:0{n} web1 api: 198.51.100.7 - - [24/Nov/2026:02:00:0{n} +0000] \"POST /login HTTP/1.1\" 401 0 \"-\" \"x\""
@@ -163,6 +174,23 @@ fn tcp_framing_and_socket_paths() {
     write!(s, "{} {three}", three.len()).unwrap();
     s.flush().unwrap();
     wait_for(|| d.bans() == ["auth 198.51.100.7 3"], "the ban over TCP");
+    // Counted in the metrics like a file's lines.
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{metrics}/metrics")])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("portcullis_lines_parsed_total{")
+                && l.contains(&format!("source=\"syslog tcp:127.0.0.1:{port} tag api\""))
+                && l.ends_with(" 3")),
+        "{text}"
+    );
+    assert!(
+        text.contains("portcullis_syslog_dropped_datagrams_total{socket=\"tcp:"),
+        "{text}"
+    );
     drop(d);
 
     let tmp = TempDir::new("syslog-path");

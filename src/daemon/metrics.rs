@@ -41,6 +41,7 @@ pub struct Snapshot {
     pub decisions: Family<Labels, Counter>,
     pub tracked: Family<Labels, Gauge>,
     pub lag: Family<Labels, Gauge>,
+    pub syslog_dropped: Family<Labels, Counter>,
     pub actions: Family<Labels, Counter>,
     pub action_refused: Family<Labels, Counter>,
     pub action_failing: Family<Labels, Gauge>,
@@ -68,6 +69,7 @@ impl Snapshot {
             decisions: Family::default(),
             tracked: Family::default(),
             lag: Family::default(),
+            syslog_dropped: Family::default(),
             actions: Family::default(),
             action_refused: Family::default(),
             action_failing: Family::default(),
@@ -109,6 +111,11 @@ impl Snapshot {
             "tail_lag_bytes",
             "Bytes written to a file and not read yet",
             s.lag.clone(),
+        );
+        registry.register(
+            "syslog_dropped_datagrams",
+            "Datagrams the kernel dropped on a syslog socket because the daemon fell behind",
+            s.syslog_dropped.clone(),
         );
         registry.register(
             "action_batches",

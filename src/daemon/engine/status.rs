@@ -173,6 +173,26 @@ impl Engine {
                 .get_or_create(&labels(&[("file", &src.name)]))
                 .set(f.tail.lag() as i64);
         }
+        // Syslog and journal sources count like files (no lag: nothing waits
+        // unread in a file); a syslog socket also reports the kernel's drops.
+        let sockets = self.syslog.sources().map(|(s, l)| (s, Some(l)));
+        let journals = self.journal.sources().map(|(s, _)| (s, None));
+        let mut counted = std::collections::HashSet::new();
+        for (source, listener) in sockets.chain(journals) {
+            let src = &self.pipeline.sources[source as usize];
+            for (format, st) in src.stats() {
+                let l = labels(&[("source", &src.name), ("format", &format)]);
+                m.lines.get_or_create(&l).inc_by(st.lines);
+                m.parsed.get_or_create(&l).inc_by(st.parsed);
+                m.unparsed.get_or_create(&l).inc_by(st.unparsed);
+            }
+            if let Some(l) = listener.filter(|l| counted.insert(l.listen.to_string())) {
+                let dropped = l.stats.dropped.load(std::sync::atomic::Ordering::Relaxed);
+                m.syslog_dropped
+                    .get_or_create(&labels(&[("socket", &l.listen.to_string())]))
+                    .inc_by(dropped);
+            }
+        }
         for j in &self.pipeline.detector.jails {
             let st = j.stats();
             let l = labels(&[("jail", &j.name)]);
