@@ -142,7 +142,8 @@ enum Command {
         /// Read the files with this format instead of each jail's own.
         #[arg(long, value_name = "NAME")]
         format: Option<String>,
-        /// Container-runtime wrapping of the lines: none, cri, docker.
+        /// Wrapping of the lines: none, cri, docker (container runtimes),
+        /// syslog (raw syslog messages), journal (`journalctl -o json`).
         #[arg(long, value_parser = parse_wrap)]
         wrap: Option<Wrap>,
         /// JSON lines: one per decision, then a summary.
@@ -173,7 +174,9 @@ fn parse_wrap(s: &str) -> Result<Wrap, String> {
         "none" => Ok(Wrap::None),
         "cri" => Ok(Wrap::Cri),
         "docker" => Ok(Wrap::Docker),
-        _ => Err("use none, cri or docker".into()),
+        "syslog" => Ok(Wrap::Syslog),
+        "journal" => Ok(Wrap::Journal),
+        _ => Err("use none, cri, docker, syslog or journal".into()),
     }
 }
 

@@ -208,3 +208,67 @@ fn tcp_framing_and_socket_paths() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("is not a socket"), "{}", stderr(&out));
 }
+
+/// `replay --wrap syslog` (a capture of raw messages, or a file rsyslog
+/// wrote) and `--wrap journal` (`journalctl -o json` output) decide exactly
+/// what replaying the bare lines decides.
+#[test]
+fn replay_of_syslog_and_journal_captures_decides_as_the_bare_lines() {
+    let tmp = TempDir::new("syslog-replay");
+    let d = tmp.path().display().to_string();
+    tmp.write(
+        "conf/portcullis.toml",
+        "[defaults]\nformat = \"combined\"\n",
+    );
+    tmp.write("conf/filters.d/f.toml", "[auth]\nstatus = 401\n");
+    tmp.write(
+        "conf/jails.d/j.toml",
+        "[auth]\nfilter = \"auth\"\nmaxretry = 3\nfindtime = \"10m\"\n",
+    );
+    let mut bare = String::new();
+    let mut syslog = String::new();
+    let mut journal = String::new();
+    for i in 0..200u32 {
+        let ip = format!("198.51.100.{}", i % 7);
+        let line = format!(
+            "{ip} - - [24/Nov/2026:02:{:02}:{:02} +0000] \"POST /login?n={i} HTTP/1.1\" {} 0 \"-\" \"x\"",
+            i / 60,
+            i % 60,
+            if i % 3 == 0 { 200 } else { 401 }
+        );
+        bare.push_str(&line);
+        bare.push('\n');
+        syslog.push_str(&format!("<190>Nov 24 02:00:01 web1 api[12]: {line}\n"));
+        journal.push_str(
+            &serde_json::json!({ "MESSAGE": line, "__CURSOR": format!("s=x;i={i}") }).to_string(),
+        );
+        journal.push('\n');
+    }
+    let files = [
+        ("bare.log", bare, None),
+        ("syslog.log", syslog, Some("syslog")),
+        ("journal.json", journal, Some("journal")),
+    ];
+    let mut results = Vec::new();
+    for (name, text, wrap) in &files {
+        let path = tmp.write(name, text);
+        let mut args = vec!["--config".to_string(), format!("{d}/conf")];
+        if let Some(w) = wrap {
+            args.extend(["--wrap".to_string(), w.to_string()]);
+        }
+        args.push(path.display().to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (decisions, summary) = replay_json(&args);
+        assert!(!decisions.is_empty(), "{name}: no decisions");
+        let formats = summary["formats"].as_object().unwrap();
+        assert!(
+            formats
+                .values()
+                .all(|f| f["unparsed"] == 0 && f["parsed"] == 200),
+            "{name}: {summary}"
+        );
+        results.push(decision_keys(&decisions));
+    }
+    assert_eq!(results[0], results[1], "syslog capture");
+    assert_eq!(results[0], results[2], "journal capture");
+}

@@ -5,6 +5,13 @@
 //! - Docker json-file: `{"log":"<text>\n","stream":"stdout","time":"..."}`; a
 //!   `log` without the trailing newline is continued by the next record.
 //!
+//! - Syslog (`syslog`): a file of raw syslog messages, one a line (what
+//!   rsyslog writes when it stores nginx's `syslog:` output, or a capture of
+//!   the daemon's socket): the RFC 3164 or 5424 header is taken off, as the
+//!   syslog source does.
+//! - Journal (`journal`): `journalctl -o json` output, one entry a line: its
+//!   `MESSAGE`, as the journal source reads it.
+//!
 //! The runtime's timestamp is kept as the event time for formats whose lines
 //! have none.
 
@@ -20,6 +27,8 @@ pub enum Wrap {
     None,
     Cri,
     Docker,
+    Syslog,
+    Journal,
 }
 
 /// The outcome of unwrapping one physical line.
@@ -39,6 +48,14 @@ pub struct Unwrapper {
     /// `partial` holds a line already handed out; clear it before reuse.
     joined: bool,
     max_len: usize,
+}
+
+#[derive(Deserialize)]
+struct JournalRecord {
+    #[serde(rename = "MESSAGE")]
+    message: serde_json::Value,
+    #[serde(rename = "__REALTIME_TIMESTAMP", default)]
+    realtime: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -82,6 +99,42 @@ impl Unwrapper {
                     "F" => self.finish(text, time),
                     _ => Err(reason::BAD_WRAPPER),
                 }
+            }
+            Wrap::Syslog => {
+                let m = crate::watch::syslog::parse(line.as_bytes()).ok_or(reason::BAD_WRAPPER)?;
+                // The body is a tail of the line, cut at ASCII: a str still.
+                let start = m.body.as_ptr() as usize - line.as_ptr() as usize;
+                let text = line
+                    .get(start..start + m.body.len())
+                    .ok_or(reason::BAD_WRAPPER)?;
+                Ok(Unwrapped::Line { text, time: None })
+            }
+            Wrap::Journal => {
+                let rec: JournalRecord =
+                    serde_json::from_str(line).map_err(|_| reason::BAD_WRAPPER)?;
+                let time = rec
+                    .realtime
+                    .as_deref()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .map(|us| us / 1000);
+                match rec.message {
+                    serde_json::Value::String(s) => self.append(&s)?,
+                    // Not UTF-8: an array of bytes (as the journal source
+                    // gets it; parsed lossily here).
+                    serde_json::Value::Array(a) => {
+                        let bytes: Vec<u8> = a
+                            .iter()
+                            .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                            .collect::<Option<_>>()
+                            .ok_or(reason::BAD_WRAPPER)?;
+                        self.append(&String::from_utf8_lossy(&bytes))?
+                    }
+                    _ => return Err(reason::BAD_WRAPPER),
+                }
+                Ok(Unwrapped::Line {
+                    text: self.take_line(),
+                    time,
+                })
             }
             Wrap::Docker => {
                 let rec: DockerRecord =
@@ -184,6 +237,32 @@ mod tests {
             "part1 part2"
         );
         assert!(u.unwrap("not json").is_err());
+    }
+
+    #[test]
+    fn syslog_and_journal_captures() {
+        let mut u = Unwrapper::new(Wrap::Syslog, 1000);
+        assert_eq!(
+            text(&mut u, "<190>Nov 24 02:00:01 web1 api: a b c")
+                .unwrap()
+                .0,
+            "a b c"
+        );
+        assert!(u.unwrap("no header").is_err());
+        let mut u = Unwrapper::new(Wrap::Journal, 1000);
+        let (t, time) = text(
+            &mut u,
+            r#"{"MESSAGE":"x \"y\"","__REALTIME_TIMESTAMP":"1735689600500000","__CURSOR":"c"}"#,
+        )
+        .unwrap();
+        assert_eq!((t.as_str(), time), ("x \"y\"", Some(1_735_689_600_500)));
+        assert_eq!(
+            text(&mut u, r#"{"MESSAGE":[104,105],"__CURSOR":"c"}"#)
+                .unwrap()
+                .0,
+            "hi"
+        );
+        assert!(u.unwrap(r#"{"__CURSOR":"c"}"#).is_err());
     }
 
     #[test]
