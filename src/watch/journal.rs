@@ -125,6 +125,9 @@ pub struct Stats {
     pub received: AtomicU64,
     /// Lines `journalctl` wrote that were not an entry with a message.
     pub malformed: AtomicU64,
+    /// Entries handed to the engine and not processed yet: past 100,000
+    /// the reader waits (and `journalctl` with it; the journal keeps them).
+    pub in_flight: AtomicU64,
 }
 
 /// A `journalctl` process being read, started again (after the last
@@ -213,11 +216,17 @@ impl JournalReader {
                         match parse_line(&line) {
                             Some((message, c)) => {
                                 cursor = Some(c.clone());
+                                st.in_flight.fetch_add(1, Ordering::Relaxed);
                                 deliver(Entry {
                                     reader,
                                     message,
                                     cursor: c,
                                 });
+                                while st.in_flight.load(Ordering::Relaxed) > 100_000
+                                    && !sp.load(Ordering::SeqCst)
+                                {
+                                    std::thread::sleep(Duration::from_millis(1));
+                                }
                             }
                             None => {
                                 st.malformed.fetch_add(1, Ordering::Relaxed);

@@ -173,6 +173,28 @@ pub struct Stats {
     pub malformed: AtomicU64,
     /// Datagrams the kernel dropped because the buffer was full.
     pub dropped: AtomicU64,
+    /// Messages handed to the engine and not processed yet: past
+    /// [`MAX_IN_FLIGHT`] the reader waits, so a flood fills the kernel's
+    /// buffer (and is counted as dropped) rather than this process's memory.
+    pub in_flight: AtomicU64,
+}
+
+/// Messages at most waiting for the engine, per listener.
+pub const MAX_IN_FLIGHT: u64 = 200_000;
+
+impl Stats {
+    /// Waits while the engine is behind (or until `stop`).
+    fn wait_for_room(&self, stop: &AtomicBool) {
+        while self.in_flight.load(Ordering::Relaxed) > MAX_IN_FLIGHT && !stop.load(Ordering::SeqCst)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The engine processed `n` messages.
+    pub fn done(&self, n: usize) {
+        self.in_flight.fetch_sub(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// A socket being read on its own thread; stopped when dropped.
@@ -347,7 +369,11 @@ fn datagrams(
             flags = libc::MSG_DONTWAIT;
         }
         if !batch.is_empty() {
+            stats
+                .in_flight
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             deliver(batch);
+            stats.wait_for_room(stop);
         }
     }
 }
@@ -462,7 +488,11 @@ fn stream(
             break;
         }
         if !batch.is_empty() {
+            stats
+                .in_flight
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             deliver(batch);
+            stats.wait_for_room(stop);
         }
     }
 }

@@ -115,6 +115,11 @@ impl Engine {
     /// Feeds one entry to its source, then decides.
     pub(super) fn journal_entry(&mut self, e: Entry) {
         self.poll_started = std::time::Instant::now();
+        if let Some(r) = self.journal.readers.get(&e.reader) {
+            r.stats
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(r) = self
             .journal
             .routes

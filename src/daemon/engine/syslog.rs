@@ -110,6 +110,11 @@ impl Engine {
     /// them to, then decides, as after reading files.
     pub(super) fn syslog_lines(&mut self, batch: Vec<Received>) {
         self.poll_started = std::time::Instant::now();
+        if let Some(first) = batch.first()
+            && let Some(l) = self.syslog.listeners.get(&first.listener)
+        {
+            l.stats.done(batch.len());
+        }
         for m in &batch {
             for r in &mut self.syslog.routes {
                 if r.listener == m.listener && r.tag.as_deref().is_none_or(|t| t == &*m.tag) {
