@@ -272,3 +272,90 @@ fn replay_of_syslog_and_journal_captures_decides_as_the_bare_lines() {
     assert_eq!(results[0], results[1], "syslog capture");
     assert_eq!(results[0], results[2], "journal capture");
 }
+
+/// The socket path is checked: the control socket's path is a config
+/// error, and a socket something listens on is never taken over.
+#[test]
+fn a_syslog_socket_never_takes_over_another() {
+    let tmp = TempDir::new("syslog-takeover");
+    let ctl = Daemon::config("syslog-ctl", 3, "");
+    let control = ctl.path().join("ctl.sock");
+    let jails = ctl.path().join("conf/jails.d/auth.toml");
+    let text = std::fs::read_to_string(&jails).unwrap();
+    std::fs::write(
+        &jails,
+        format!("{text}syslog = \"unix:{}\"\n", control.display()),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(ctl.path().join("conf"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is the control socket"),
+        "{}",
+        stderr(&out)
+    );
+
+    let live = tmp.path().join("live.sock");
+    let _listener = std::os::unix::net::UnixDatagram::bind(&live).unwrap();
+    let dir = Daemon::config(
+        "syslog-live",
+        3,
+        &format!("syslog = \"unix:{}\"\n", live.display()),
+    );
+    let out = bin()
+        .args(["run", "--config"])
+        .arg(dir.path().join("conf"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("something is listening"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Idle TCP connections, and lines that merely start with digits, do not
+/// keep a sender's messages from being counted.
+#[test]
+fn idle_tcp_connections_and_digit_lines_do_not_block_senders() {
+    use std::io::Write;
+    let port = free_port();
+    let d = daemon("syslog-tcp-idle", &format!("tcp:127.0.0.1:{port}"));
+    let idle: Vec<_> = (0..70)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // A raw access line first (no syslog header): counted as malformed, and
+    // the messages after it still arrive.
+    writeln!(
+        s,
+        "203.0.113.77 - - [24/Nov/2026:02:00:01 +0000] \"GET / HTTP/1.1\" 200 0"
+    )
+    .unwrap();
+    for n in 1..=3 {
+        writeln!(
+            s,
+            "<190>Nov 24 02:00:0{n} web1 api: 198.51.100.8 - - [24/Nov/2026:02:00:0{n} +0000] \"POST /login HTTP/1.1\" 401 0 \"-\" \"x\""
+        )
+        .unwrap();
+    }
+    wait_for(
+        || d.bans() == ["auth 198.51.100.8 3"],
+        "the ban despite idle connections",
+    );
+    let src = d.jail("auth")["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["syslog"].is_object())
+        .unwrap()
+        .clone();
+    assert_eq!(src["syslog"]["malformed"], 1, "{src}");
+    drop(idle);
+}

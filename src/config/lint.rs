@@ -60,6 +60,23 @@ pub fn warnings(config: &Config, files: &ConfigFiles) -> Vec<String> {
                 jail.spec.name
             ));
         }
+        if let Some(j) = &jail.journal {
+            if let Some(d) = j.directory.as_ref().filter(|d| !d.is_dir()) {
+                out.push(format!(
+                    "jail `{}`: journal directory {} does not exist: it reads nothing until it does",
+                    jail.spec.name,
+                    d.display()
+                ));
+            }
+            if j.unit.is_none() {
+                out.push(format!(
+                    "jail `{}`: journal `identifier` alone: any local user can log with any \
+                     identifier (`logger -t`) and forge lines; add `unit`, which the journal \
+                     sets itself",
+                    jail.spec.name
+                ));
+            }
+        }
         for pattern in &jail.logpath {
             out.extend(logpath_warning(&jail.spec.name, pattern));
         }

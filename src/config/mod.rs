@@ -261,6 +261,26 @@ impl Config {
             }
         }
         errors.extend(firewall_errors(&main, &entries, &files.main.name));
+        let control = main
+            .control_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/run/portcullis/control.sock"));
+        for j in &entries {
+            if let Some((crate::watch::syslog::Listen::Unix(p), _)) = &j.syslog
+                && *p == control
+            {
+                errors.push(ConfigError {
+                    file: files.main.name.clone(),
+                    line: 0,
+                    col: 0,
+                    message: format!(
+                        "jail `{}`: its syslog socket {} is the control socket; choose another path",
+                        crate::text::printable(&j.spec.name),
+                        p.display()
+                    ),
+                });
+            }
+        }
         let paths =
             |f: &Option<de::OneOrMany<PathBuf>>| f.as_ref().map_or_else(Vec::new, |f| f.0.clone());
         let net_files = netfile::NetFiles::load(

@@ -219,8 +219,13 @@ impl Engine {
         };
         engine.start_fleet()?;
         let _ = engine.store.prune(Table::Incidents, RETENTION);
-        let saved: HashMap<String, Position> =
-            engine.store.load(Table::Positions)?.into_iter().collect();
+        // File positions; cursors (the fleet's, journals') sit beside them
+        // under keys starting with NUL.
+        let saved: HashMap<String, Position> = engine
+            .store
+            .load_where(Table::Positions, |k| !k.starts_with('\u{0}'))?
+            .into_iter()
+            .collect();
         engine.open_sources(&saved, &mut HashMap::new())?;
         engine.open_syslog(true)?;
         engine.open_journal(true)?;

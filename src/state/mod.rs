@@ -421,6 +421,21 @@ impl Store {
         self.with_db(|db| Store::load_inner(db, table))
     }
 
+    /// The records of `table` whose key `keep` accepts (the positions table
+    /// also holds cursors of other shapes, under keys starting with NUL).
+    pub fn load_where<T: DeserializeOwned + Send>(
+        &self,
+        table: Table,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, T)>, String> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(err)?;
+            let mut rows = Store::rows(&tx.open_table(table.def()).map_err(err)?)?;
+            rows.retain(|(k, _)| keep(k));
+            Ok(Store::decode(rows))
+        })
+    }
+
     /// Every record of `table`. The rows are read in one pass and decoded on
     /// every core when there are many (a million bans at start).
     fn load_inner<T: DeserializeOwned + Send>(

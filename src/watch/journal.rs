@@ -95,17 +95,30 @@ pub struct Entry {
     pub reader: usize,
     pub message: Vec<u8>,
     pub cursor: String,
+    /// Read again after a restart to rebuild the jails' windows (counted
+    /// before): it fills windows and never fires a jail by itself.
+    pub warm: bool,
+}
+
+/// The entry's time in a cursor (`...;t=<hex µs>;...`).
+pub fn cursor_time(cursor: &str) -> Option<u64> {
+    cursor
+        .split(';')
+        .find_map(|f| f.strip_prefix("t="))
+        .and_then(|t| u64::from_str_radix(t, 16).ok())
 }
 
 /// The message of a `journalctl -o json` line and its cursor. `MESSAGE` is a
 /// string, or an array of bytes when it is not valid UTF-8.
-pub fn parse_line(line: &[u8]) -> Option<(Vec<u8>, String)> {
+pub fn parse_line(line: &[u8]) -> Option<(Vec<u8>, String, u64)> {
     #[derive(Deserialize)]
     struct Json {
         #[serde(rename = "MESSAGE")]
         message: Option<serde_json::Value>,
         #[serde(rename = "__CURSOR")]
         cursor: String,
+        #[serde(rename = "__REALTIME_TIMESTAMP", default)]
+        realtime: Option<String>,
     }
     let j: Json = serde_json::from_slice(line).ok()?;
     let message = match j.message? {
@@ -116,7 +129,8 @@ pub fn parse_line(line: &[u8]) -> Option<(Vec<u8>, String)> {
             .collect::<Option<Vec<u8>>>()?,
         _ => return None,
     };
-    Some((message, j.cursor))
+    let realtime = j.realtime.and_then(|t| t.parse().ok()).unwrap_or(0);
+    Some((message, j.cursor, realtime))
 }
 
 /// Counters shared with `status`.
@@ -156,12 +170,15 @@ impl Drop for JournalReader {
 const RESTART_AFTER: Duration = Duration::from_secs(1);
 
 impl JournalReader {
-    /// Starts `journalctl` after `cursor` (or at the end of the journal)
-    /// and hands each entry to `deliver` from a thread of its own.
+    /// Starts `journalctl` after `cursor` (or at the start time) and hands
+    /// each entry to `deliver` from a thread of its own. With a cursor, the
+    /// `rewind` seconds before it are read first as warm entries, so the
+    /// jails' windows are whole again after a restart, as a file's are.
     pub fn start(
         spec: JournalSpec,
         reader: usize,
         cursor: Option<&str>,
+        rewind: u64,
         deliver: impl Fn(Entry) + Send + 'static,
     ) -> Result<JournalReader, String> {
         // A missing journalctl is an error now, not a retry loop.
@@ -175,9 +192,17 @@ impl JournalReader {
         let stop = Arc::new(AtomicBool::new(false));
         let (st, ch, sp, sp2) = (stats.clone(), child.clone(), stop.clone(), spec.clone());
         let mut cursor = cursor.map(String::from);
-        let since = std::time::SystemTime::now()
+        let mut since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        // Warm until the saved cursor's entry (or anything newer) comes by.
+        let mut warm_until = cursor
+            .as_deref()
+            .and_then(|c| Some((c.to_string(), cursor_time(c)?)));
+        if let Some((_, t)) = &warm_until {
+            since = (t / 1_000_000).saturating_sub(rewind);
+            cursor = None;
+        }
         std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || {
@@ -214,13 +239,26 @@ impl JournalReader {
                         }
                         st.received.fetch_add(1, Ordering::Relaxed);
                         match parse_line(&line) {
-                            Some((message, c)) => {
+                            Some((message, c, realtime)) => {
+                                let warm = match &warm_until {
+                                    Some((saved, _)) if *saved == c => {
+                                        warm_until = None;
+                                        true
+                                    }
+                                    Some((_, t)) if realtime > *t => {
+                                        warm_until = None;
+                                        false
+                                    }
+                                    Some(_) => true,
+                                    None => false,
+                                };
                                 cursor = Some(c.clone());
                                 st.in_flight.fetch_add(1, Ordering::Relaxed);
                                 deliver(Entry {
                                     reader,
                                     message,
                                     cursor: c,
+                                    warm,
                                 });
                                 while st.in_flight.load(Ordering::Relaxed) > 100_000
                                     && !sp.load(Ordering::SeqCst)
@@ -259,9 +297,18 @@ mod tests {
 
     #[test]
     fn json_lines() {
-        let (m, c) = parse_line(br#"{"MESSAGE":"hello","__CURSOR":"s=1;i=2"}"#).unwrap();
-        assert_eq!((m.as_slice(), c.as_str()), (&b"hello"[..], "s=1;i=2"));
-        let (m, _) = parse_line(br#"{"MESSAGE":[104,255,10],"__CURSOR":"c"}"#).unwrap();
+        let (m, c, t) =
+            parse_line(br#"{"MESSAGE":"hello","__CURSOR":"s=1;i=2","__REALTIME_TIMESTAMP":"42"}"#)
+                .unwrap();
+        assert_eq!(
+            (m.as_slice(), c.as_str(), t),
+            (&b"hello"[..], "s=1;i=2", 42)
+        );
+        assert_eq!(
+            cursor_time("s=ab;i=3;b=cd;m=0;t=660fc11632800;x=1"),
+            Some(0x660fc11632800)
+        );
+        let (m, _, _) = parse_line(br#"{"MESSAGE":[104,255,10],"__CURSOR":"c"}"#).unwrap();
         assert_eq!(m, vec![104, 255, 10]);
         assert!(parse_line(br#"{"__CURSOR":"c"}"#).is_none());
         assert!(parse_line(br#"{"MESSAGE":[300],"__CURSOR":"c"}"#).is_none());

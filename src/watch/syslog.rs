@@ -14,6 +14,7 @@
 //! (`SO_RXQ_OVFL`) are reported in `status`. The reader never blocks the
 //! engine: it hands batches over a channel.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,7 +75,12 @@ pub fn parse(msg: &[u8]) -> Option<Message<'_>> {
     let msg = trim_end(msg);
     let rest = msg.strip_prefix(b"<")?;
     let close = rest.iter().take(4).position(|&b| b == b'>')?;
-    if close == 0 || !rest[..close].iter().all(u8::is_ascii_digit) {
+    let pri = std::str::from_utf8(&rest[..close])
+        .ok()
+        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|p| p.parse::<u16>().ok());
+    // Facility 0-23 times 8, plus severity 0-7.
+    if pri.is_none_or(|p| p > 191) {
         return None;
     }
     let rest = &rest[close + 1..];
@@ -149,6 +155,7 @@ fn rfc3164(b: &[u8]) -> Message<'_> {
         Some(i) => &tag[..i],
         None => tag,
     };
+    let body = body.strip_prefix("\u{feff}".as_bytes()).unwrap_or(body);
     Message { tag, body }
 }
 
@@ -173,6 +180,11 @@ pub struct Stats {
     pub malformed: AtomicU64,
     /// Datagrams the kernel dropped because the buffer was full.
     pub dropped: AtomicU64,
+    /// Messages whose tag no jail reads (a typo in `syslog_tag`, a header
+    /// that hid the tag).
+    pub unrouted: AtomicU64,
+    /// TCP connections refused or closed to make room.
+    pub refused: AtomicU64,
     /// Messages handed to the engine and not processed yet: past
     /// [`MAX_IN_FLIGHT`] the reader waits, so a flood fills the kernel's
     /// buffer (and is counted as dropped) rather than this process's memory.
@@ -277,29 +289,70 @@ fn bind_unix(
     path: &std::path::Path,
     access: UnixAccess,
 ) -> Result<std::os::unix::net::UnixDatagram, String> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    // A socket left by a previous run is replaced; anything else is not ours.
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    let shown = path.display();
+    // A socket left by a previous run is replaced; a socket something
+    // listens on (another daemon's, our own control socket, /dev/log) and
+    // anything that is not a socket are not ours.
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
             return Err(format!(
-                "syslog: {} exists and is not a socket; remove it or choose another path",
-                path.display()
+                "syslog: {shown} exists and is not a socket; remove it or choose another path"
+            ));
+        }
+        if in_use(path) {
+            return Err(format!(
+                "syslog: something is listening on {shown}; choose another path"
             ));
         }
         let _ = std::fs::remove_file(path);
     }
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
+    let dir = path
+        .parent()
+        .filter(|d| d.is_dir())
+        .ok_or_else(|| format!("syslog: the directory of {shown} does not exist"))?;
+    // Bound, given its mode and group inside a directory only this process
+    // can write, then renamed into place: no chmod or chown ever goes
+    // through a name someone else could swap for a symlink.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let private = dir.join(format!(
+        ".portcullis-bind-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| format!("syslog: cannot make {}: {e}", private.display()))?;
+    let inner = private.join("s");
+    let result = (|| {
+        let sock = std::os::unix::net::UnixDatagram::bind(&inner)
+            .map_err(|e| format!("syslog: cannot listen on unix:{shown}: {e}"))?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(access.mode))
+            .map_err(|e| format!("syslog: chmod {shown}: {e}"))?;
+        if let Some(gid) = access.gid {
+            std::os::unix::fs::chown(&inner, None, Some(gid))
+                .map_err(|e| format!("syslog: chown {shown}: {e}"))?;
+        }
+        std::fs::rename(&inner, path)
+            .map_err(|e| format!("syslog: cannot put the socket at {shown}: {e}"))?;
+        Ok(sock)
+    })();
+    let _ = std::fs::remove_file(&inner);
+    let _ = std::fs::remove_dir(&private);
+    result
+}
+
+/// Whether a socket at `path` has someone listening (a datagram connect
+/// succeeds, or meets a stream socket).
+fn in_use(path: &std::path::Path) -> bool {
+    let Ok(probe) = std::os::unix::net::UnixDatagram::unbound() else {
+        return false;
+    };
+    match probe.connect(path) {
+        Ok(()) => true,
+        Err(e) => e.raw_os_error() == Some(libc::EPROTOTYPE),
     }
-    let sock = std::os::unix::net::UnixDatagram::bind(path)
-        .map_err(|e| format!("syslog: cannot listen on unix:{}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode))
-        .map_err(|e| format!("syslog: chmod {}: {e}", path.display()))?;
-    if let Some(gid) = access.gid {
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .map_err(|e| format!("syslog: chown {}: {e}", path.display()))?;
-    }
-    Ok(sock)
 }
 
 enum DatagramFd {
@@ -365,7 +418,9 @@ fn datagrams(
             let Some(n) = recv(fd, &mut buf, flags, stats) else {
                 break;
             };
-            push(&buf[..n], listener, stats, &mut batch);
+            if n > 0 {
+                push(&buf[..n], listener, stats, &mut batch);
+            }
             flags = libc::MSG_DONTWAIT;
         }
         if !batch.is_empty() {
@@ -394,6 +449,12 @@ fn recv(fd: i32, buf: &mut [u8], flags: i32, stats: &Stats) -> Option<usize> {
     if n < 0 {
         return None;
     }
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        // Longer than any message: counted, and not half-parsed.
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        stats.malformed.fetch_add(1, Ordering::Relaxed);
+        return Some(0);
+    }
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
@@ -421,7 +482,21 @@ fn push(raw: &[u8], listener: usize, stats: &Stats, batch: &mut Vec<Received>) {
     }
 }
 
-/// Accepts connections (at most 64 at once), each read on its own thread.
+/// TCP connections open at most; past it the one idle longest is closed.
+const MAX_TCP: usize = 64;
+/// A TCP connection that sends nothing for this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(30);
+
+/// The open TCP connections: their peer, when they last sent, and a handle
+/// to close them with.
+type Open = Arc<
+    std::sync::Mutex<HashMap<u64, (std::net::IpAddr, std::time::Instant, std::net::TcpStream)>>,
+>;
+
+/// Accepts connections, each read on its own thread. Idle senders cannot
+/// hold the listener: at most 8 connections from one address and 64 in all,
+/// past which the one idle longest (of that address, or of all) is closed;
+/// and one silent for 30 s is closed anyway.
 fn tcp(
     sock: std::net::TcpListener,
     listener: usize,
@@ -429,17 +504,47 @@ fn tcp(
     stop: Arc<AtomicBool>,
     deliver: Arc<dyn Fn(Vec<Received>) + Send + Sync>,
 ) {
-    let open = Arc::new(AtomicU64::new(0));
+    let open: Open = Arc::default();
+    let mut next = 0u64;
     let _ = sock.set_nonblocking(true);
     while !stop.load(Ordering::SeqCst) {
-        let Ok((conn, _)) = sock.accept() else {
+        let Ok((conn, peer)) = sock.accept() else {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
-        if open.load(Ordering::SeqCst) >= 64 {
+        let peer = peer.ip().to_canonical();
+        let Ok(handle) = conn.try_clone() else {
             continue;
+        };
+        {
+            let mut o = open.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = o.values().filter(|c| c.0 == peer).count();
+            let evict = |o: &mut HashMap<
+                u64,
+                (std::net::IpAddr, std::time::Instant, std::net::TcpStream),
+            >,
+                         only: Option<std::net::IpAddr>| {
+                let idlest = o
+                    .iter()
+                    .filter(|(_, c)| only.is_none_or(|p| c.0 == p))
+                    .min_by_key(|(_, c)| c.1)
+                    .map(|(&id, _)| id);
+                if let Some((_, _, s)) = idlest.and_then(|id| o.remove(&id)) {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+            };
+            if mine >= 8 {
+                evict(&mut o, Some(peer));
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            if o.len() >= MAX_TCP {
+                evict(&mut o, None);
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            next += 1;
+            o.insert(next, (peer, std::time::Instant::now(), handle));
         }
-        open.fetch_add(1, Ordering::SeqCst);
+        let id = next;
         let (stats, stop, deliver, open) =
             (stats.clone(), stop.clone(), deliver.clone(), open.clone());
         let _ = std::thread::Builder::new()
@@ -447,8 +552,30 @@ fn tcp(
             .spawn(move || {
                 let _ = conn.set_nonblocking(false);
                 let _ = conn.set_read_timeout(Some(Duration::from_millis(300)));
-                stream(conn, listener, &stats, &stop, &*deliver);
-                open.fetch_sub(1, Ordering::SeqCst);
+                let seen = |o: &Open| -> bool {
+                    let mut o = o.lock().unwrap_or_else(|p| p.into_inner());
+                    match o.get_mut(&id) {
+                        Some(c) => {
+                            c.1 = std::time::Instant::now();
+                            true
+                        }
+                        // Closed to make room.
+                        None => false,
+                    }
+                };
+                stream(
+                    conn,
+                    listener,
+                    &stats,
+                    &stop,
+                    &*deliver,
+                    || seen(&open),
+                    || {
+                        let o = open.lock().unwrap_or_else(|p| p.into_inner());
+                        o.get(&id).is_none_or(|c| c.1.elapsed() > TCP_IDLE)
+                    },
+                );
+                open.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             });
     }
 }
@@ -461,6 +588,8 @@ fn stream(
     stats: &Stats,
     stop: &AtomicBool,
     deliver: &(dyn Fn(Vec<Received>) + Send + Sync),
+    mut sent: impl FnMut() -> bool,
+    idle: impl Fn() -> bool,
 ) {
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -474,15 +603,21 @@ fn stream(
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
+                if idle() {
+                    break;
+                }
                 continue;
             }
             Err(_) => break,
         };
+        if !sent() {
+            break;
+        }
         pending.extend_from_slice(&chunk[..n]);
         let mut batch = Vec::new();
         let used = frames(&pending, |m| push(m, listener, stats, &mut batch));
         pending.drain(..used);
-        if pending.len() > MAX_MESSAGE {
+        if pending.len() > MAX_MESSAGE + 8 {
             // A frame longer than any message: the sender is not speaking syslog.
             stats.malformed.fetch_add(1, Ordering::Relaxed);
             break;
@@ -497,35 +632,68 @@ fn stream(
     }
 }
 
+/// What the next frame of a TCP stream is.
+enum Frame {
+    /// Octet-counted (RFC 6587): the count's digits, then a space, then `<`.
+    Counted { len: usize, header: usize },
+    /// Anything else: up to the next newline.
+    Line,
+    /// Too few bytes to tell.
+    Undecided,
+}
+
+fn frame_kind(rest: &[u8]) -> Frame {
+    if !matches!(rest.first(), Some(b'1'..=b'9')) {
+        return Frame::Line;
+    }
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits > 6 {
+        return Frame::Line;
+    }
+    match (rest.get(digits), rest.get(digits + 1)) {
+        (None, _) | (Some(b' '), None) => Frame::Undecided,
+        (Some(b' '), Some(b'<')) => {
+            let len = std::str::from_utf8(&rest[..digits])
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+                .filter(|&l| l <= MAX_MESSAGE);
+            match len {
+                Some(len) => Frame::Counted {
+                    len,
+                    header: digits + 1,
+                },
+                None => Frame::Line,
+            }
+        }
+        _ => Frame::Line,
+    }
+}
+
 /// Calls `each` on every complete frame of `buf`; returns the bytes used.
+/// A line that merely starts with digits (a raw access line, an ISO date)
+/// is a newline-framed message, not a count.
 fn frames(buf: &[u8], mut each: impl FnMut(&[u8])) -> usize {
     let mut at = 0;
     while at < buf.len() {
         let rest = &buf[at..];
-        if rest[0].is_ascii_digit() {
-            let Some(sp) = rest.iter().take(8).position(|&b| b == b' ') else {
-                break;
-            };
-            let len: usize = match std::str::from_utf8(&rest[..sp])
-                .ok()
-                .and_then(|s| s.parse().ok())
-            {
-                Some(l) if l <= MAX_MESSAGE => l,
-                _ => return buf.len(),
-            };
-            if rest.len() < sp + 1 + len {
-                break;
+        match frame_kind(rest) {
+            Frame::Undecided => break,
+            Frame::Counted { len, header } => {
+                if rest.len() < header + len {
+                    break;
+                }
+                each(&rest[header..header + len]);
+                at += header + len;
             }
-            each(&rest[sp + 1..sp + 1 + len]);
-            at += sp + 1 + len;
-        } else {
-            let Some(nl) = memchr::memchr(b'\n', rest) else {
-                break;
-            };
-            if nl > 0 {
-                each(&rest[..nl]);
+            Frame::Line => {
+                let Some(nl) = memchr::memchr(b'\n', rest) else {
+                    break;
+                };
+                if nl > 0 {
+                    each(&rest[..nl]);
+                }
+                at += nl + 1;
             }
-            at += nl + 1;
         }
     }
     at
@@ -601,6 +769,11 @@ mod tests {
         }
         assert_eq!(p("no header"), None);
         assert_eq!(p("<a>x"), None);
+        assert_eq!(p("<192>x"), None, "past facility 23");
+        assert_eq!(
+            p("<13>Nov 24 02:00:01 h api: \u{feff}line"),
+            Some(("api".into(), "line".into()))
+        );
     }
 
     #[test]
@@ -610,6 +783,13 @@ mod tests {
         let used = frames(buf, |m| got.push(String::from_utf8_lossy(m).into_owned()));
         assert_eq!(got, vec!["<1>ab", "<13>x: line one", "<13>x: two"]);
         assert_eq!(&buf[used..], b"3 <1");
+        // Lines that start with digits are lines, and do not stall or
+        // swallow what follows.
+        let mut got = Vec::new();
+        let buf = b"2026-11-24T02:00:01 h x\n1.2.3.4 - - raw\n<13>x: ok\n";
+        let used = frames(buf, |m| got.push(String::from_utf8_lossy(m).into_owned()));
+        assert_eq!(got.len(), 3);
+        assert_eq!(used, buf.len());
     }
 
     #[test]

@@ -83,7 +83,14 @@ impl Engine {
                     let deliver = move |e: Entry| {
                         let _ = tx.lock().map(|t| t.send(Msg::Journal(e)));
                     };
-                    match JournalReader::start(spec.clone(), id, saved.as_deref(), deliver) {
+                    // The jails' longest findtime is read again, warm.
+                    let rewind = jails
+                        .iter()
+                        .map(|&i| self.pipeline.entries[i].spec.findtime.as_secs())
+                        .max()
+                        .unwrap_or(0);
+                    match JournalReader::start(spec.clone(), id, saved.as_deref(), rewind, deliver)
+                    {
                         Ok(r) => {
                             tracing::info!(source = %spec, resumed = saved.is_some(), "journal source reading");
                             self.journal.readers.insert(id, r);
@@ -126,9 +133,13 @@ impl Engine {
             .iter_mut()
             .find(|r| r.reader == e.reader)
         {
-            self.pipeline.line(r.source, r.offset, &e.message, false);
+            self.pipeline.line(r.source, r.offset, &e.message, e.warm);
             r.offset += e.message.len() as u64 + 1;
-            r.cursor = Some(e.cursor);
+            // A warm entry was counted before: the saved place stays after
+            // the last one counted.
+            if !e.warm {
+                r.cursor = Some(e.cursor);
+            }
         }
         self.handle_decisions();
         self.count_in_fleet();

@@ -110,6 +110,8 @@ impl Engine {
                             "received": load(&s.received),
                             "malformed": load(&s.malformed),
                             "dropped": load(&s.dropped),
+                            "unrouted": load(&s.unrouted),
+                            "refused_connections": load(&s.refused),
                         },
                         "parse": st,
                     }));

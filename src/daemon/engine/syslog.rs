@@ -115,13 +115,26 @@ impl Engine {
         {
             l.stats.done(batch.len());
         }
+        let mut unrouted = 0;
         for m in &batch {
+            let mut routed = false;
             for r in &mut self.syslog.routes {
                 if r.listener == m.listener && r.tag.as_deref().is_none_or(|t| t == &*m.tag) {
                     self.pipeline.line(r.source, r.offset, &m.line, false);
                     r.offset += m.line.len() as u64 + 1;
+                    routed = true;
                 }
             }
+            unrouted += u64::from(!routed);
+        }
+        if unrouted > 0
+            && let Some(l) = batch
+                .first()
+                .and_then(|m| self.syslog.listeners.get(&m.listener))
+        {
+            l.stats
+                .unrouted
+                .fetch_add(unrouted, std::sync::atomic::Ordering::Relaxed);
         }
         self.handle_decisions();
         self.count_in_fleet();
