@@ -1107,3 +1107,35 @@ fn list_files_take_effect_within_two_seconds() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("cdn.txt:2:1:"), "{}", stderr(&out));
 }
+
+/// A ban wider than a /8 (IPv4) or /16 (IPv6) is a typo or an attack
+/// (`0.0.0.0/0` would drop the internet): refused by hand, whatever the
+/// allowlist, and a jail cannot be configured to make one.
+#[test]
+fn bans_wider_than_a_slash_8_or_16_are_refused() {
+    let d = Daemon::start(Daemon::config("too-wide", 3, ""));
+    for wide in ["128.0.0.0/1", "0.0.0.0/0", "2000::/3", "::/0"] {
+        let out = d.cli(&["ban", wide, "--jail", "auth"]);
+        assert!(!out.status.success(), "{wide} was banned");
+        assert!(
+            stderr(&out).contains("too wide"),
+            "{wide}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(d.bans().is_empty());
+    let out = d.cli(&["ban", "10.0.0.0/8", "--jail", "auth"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = Daemon::config("too-wide-jail", 3, "ipv4_prefix = 4\n");
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(dir.path().join("conf"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("ipv4_prefix 4 in 8..=32"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -533,10 +533,13 @@ fn resolve_jail(
 
     let v4 = jail.ipv4_prefix.or(d.ipv4_prefix).unwrap_or(32);
     let v6 = jail.ipv6_prefix.or(d.ipv6_prefix).unwrap_or(64);
-    if v4 > 32 || v6 > 128 {
+    let (min4, min6) = (crate::decide::MIN_V4_PREFIX, crate::decide::MIN_V6_PREFIX);
+    if !(min4..=32).contains(&v4) || !(min6..=128).contains(&v6) {
         err(
             header.clone(),
-            format!("prefix lengths out of range (ipv4_prefix {v4} ≤ 32, ipv6_prefix {v6} ≤ 128)"),
+            format!(
+                "prefix lengths out of range (ipv4_prefix {v4} in {min4}..=32, ipv6_prefix {v6} in {min6}..=128)"
+            ),
         );
     }
     let maxretry = jail.maxretry.or(d.maxretry).unwrap_or(5);

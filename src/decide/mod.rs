@@ -75,6 +75,10 @@ impl Policy {
     }
 }
 
+/// The widest networks a ban may cover: a /8 of IPv4, a /16 of IPv6.
+pub const MIN_V4_PREFIX: u8 = 8;
+pub const MIN_V6_PREFIX: u8 = 16;
+
 /// What became of a decision.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -192,6 +196,16 @@ impl Ledger {
         self.bans.values()
     }
 
+    /// A network so wide a ban of it is a mistake (a typo, `0.0.0.0/0`) or
+    /// an attack (through the fleet), whatever the allowlist says.
+    fn too_broad(target: &Target) -> bool {
+        match target {
+            Target::Address(ipnet::IpNet::V4(n)) => n.prefix_len() < MIN_V4_PREFIX,
+            Target::Address(ipnet::IpNet::V6(n)) => n.prefix_len() < MIN_V6_PREFIX,
+            Target::Key(_) => false,
+        }
+    }
+
     fn allowlisted(&self, target: &Target) -> bool {
         match target {
             Target::Address(net) => {
@@ -287,6 +301,11 @@ impl Ledger {
         now: i64,
         incident: Option<String>,
     ) -> Result<Ban, String> {
+        if Self::too_broad(&target) {
+            return Err(format!(
+                "{target} is too wide to ban: at most a /{MIN_V4_PREFIX} (IPv4) or a /{MIN_V6_PREFIX} (IPv6)"
+            ));
+        }
         if self.allowlisted(&target) {
             return Err(format!(
                 "{target} is allowlisted (`ignore`/`ignore_keys`); remove it there first"
@@ -309,6 +328,10 @@ impl Ledger {
 
     /// A ban decided by another fleet host. `false` if this host already has it.
     pub fn remote_ban(&mut self, ban: Ban) -> bool {
+        if Self::too_broad(&ban.target) {
+            tracing::warn!(target = %ban.target, jail = %ban.jail, "refused a ban from elsewhere: too wide a network");
+            return false;
+        }
         if self.bans.contains_key(&ban.key()) || self.allowlisted(&ban.target) {
             return false;
         }

@@ -197,3 +197,27 @@ fn ignored_keys_match_case_insensitively() {
             .is_err()
     );
 }
+
+#[test]
+fn bans_from_elsewhere_wider_than_a_slash_8_or_16_are_refused() {
+    let mut l = Ledger::new(Default::default(), Vec::new(), 1000);
+    let ban = |t: &str| Ban {
+        jail: "j".into(),
+        target: Target::parse(t).unwrap(),
+        since: 0,
+        expires: None,
+        count: 1,
+        offence: 1,
+        manual: false,
+        incident: None,
+        origin: Some("other-host".into()),
+    };
+    assert!(!l.remote_ban(ban("0.0.0.0/0")));
+    assert!(!l.remote_ban(ban("::/1")));
+    assert!(l.remote_ban(ban("10.0.0.0/8")));
+    assert!(l.remote_ban(ban("2001:db8::/32")));
+    assert!(
+        l.manual_ban(Target::parse("0.0.0.0/0").unwrap(), "j", None, 0, None)
+            .is_err()
+    );
+}
