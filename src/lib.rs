@@ -19,3 +19,10 @@ pub mod replay;
 pub mod state;
 pub mod text;
 pub mod watch;
+
+/// The time now, in Unix seconds (what bans, expiries and cursors count in).
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -321,7 +321,6 @@ impl Socket {
             tv_sec: 2,
             tv_usec: 0,
         };
-        let rcvbuf: libc::c_int = 1 << 20;
         unsafe {
             libc::setsockopt(
                 sock.0,
@@ -330,110 +329,31 @@ impl Socket {
                 &timeout as *const _ as *const libc::c_void,
                 std::mem::size_of::<libc::timeval>() as u32,
             );
-            libc::setsockopt(
-                sock.0,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                &rcvbuf as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as u32,
-            );
         }
+        sock.set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, 1 << 20);
         Ok(sock)
     }
 
-    /// Sends one batch (a transaction) and reads the acknowledgements of its
-    /// `messages` messages; the first error the kernel reports fails it.
-    fn send_batch(&self, batch: &[u8], messages: usize) -> io::Result<()> {
-        // A batch goes in one sendmsg: the socket must take all of it.
-        let size = (batch.len() + 4096) as libc::c_int;
-        let one: libc::c_int = 1;
+    fn set_int(&self, level: i32, name: i32, value: i32) -> bool {
         unsafe {
-            if libc::setsockopt(
-                self.0,
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUFFORCE,
-                &size as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as u32,
-            ) != 0
-            {
-                libc::setsockopt(
-                    self.0,
-                    libc::SOL_SOCKET,
-                    libc::SO_SNDBUF,
-                    &size as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as u32,
-                );
-            }
-            // Errors do not echo the (large) request back.
             libc::setsockopt(
                 self.0,
-                libc::SOL_NETLINK,
-                libc::NETLINK_CAP_ACK,
-                &one as *const _ as *const libc::c_void,
+                level,
+                name,
+                &value as *const _ as *const libc::c_void,
                 std::mem::size_of::<libc::c_int>() as u32,
-            );
+            ) == 0
         }
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        let sent = unsafe {
-            libc::sendto(
-                self.0,
-                batch.as_ptr() as *const libc::c_void,
-                batch.len(),
-                0,
-                &addr as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut acks = 0;
-        let mut first_error = None;
-        let mut buf = vec![0u8; 64 * 1024];
-        while acks < messages {
-            let n =
-                unsafe { libc::recv(self.0, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut b = &buf[..n as usize];
-            while b.len() >= 16 {
-                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                let ty = u16::from_ne_bytes([b[4], b[5]]);
-                if len < 16 || len > b.len() {
-                    return Err(io::Error::other("malformed netlink reply"));
-                }
-                if ty as i32 == libc::NLMSG_ERROR {
-                    acks += 1;
-                    let code = b
-                        .get(16..20)
-                        .map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-                    if code != 0 && first_error.is_none() {
-                        first_error = Some(io::Error::from_raw_os_error(-code));
-                    }
-                }
-                b = &b[align4(len).min(b.len())..];
-            }
-            // A refused batch may not acknowledge every message.
-            if first_error.is_some() {
-                break;
-            }
-        }
-        first_error.map_or(Ok(()), Err)
     }
 
-    /// Sends one request and collects the payloads of its replies until the
-    /// acknowledgement or the end of the dump; a negative acknowledgement is
-    /// the error it carries.
-    fn exchange(&self, request: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+    fn send(&self, bytes: &[u8]) -> io::Result<()> {
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
         let sent = unsafe {
             libc::sendto(
                 self.0,
-                request.as_ptr() as *const libc::c_void,
-                request.len(),
+                bytes.as_ptr() as *const libc::c_void,
+                bytes.len(),
                 0,
                 &addr as *const _ as *const libc::sockaddr,
                 std::mem::size_of::<libc::sockaddr_nl>() as u32,
@@ -442,7 +362,15 @@ impl Socket {
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut replies = Vec::new();
+        Ok(())
+    }
+
+    /// Reads replies, handing each message's type and payload to `each`,
+    /// until `each` gives the result.
+    fn replies<T>(
+        &self,
+        mut each: impl FnMut(i32, &[u8]) -> Option<io::Result<T>>,
+    ) -> io::Result<T> {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n =
@@ -457,25 +385,64 @@ impl Socket {
                 if len < 16 || len > b.len() {
                     return Err(io::Error::other("malformed netlink reply"));
                 }
-                let payload = &b[16..len];
-                match ty as i32 {
-                    libc::NLMSG_ERROR => {
-                        let code = payload
-                            .get(0..4)
-                            .map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-                        return if code == 0 {
-                            Ok(replies)
-                        } else {
-                            Err(io::Error::from_raw_os_error(-code))
-                        };
-                    }
-                    libc::NLMSG_DONE => return Ok(replies),
-                    _ => replies.push(payload.to_vec()),
+                if let Some(result) = each(ty as i32, &b[16..len]) {
+                    return result;
                 }
                 b = &b[align4(len).min(b.len())..];
             }
         }
     }
+
+    /// Sends one batch (a transaction) and reads the acknowledgements of its
+    /// `messages` messages; the first error the kernel reports fails it.
+    fn send_batch(&self, batch: &[u8], messages: usize) -> io::Result<()> {
+        // A batch goes in one sendmsg: the socket must take all of it.
+        let size = (batch.len() + 4096) as libc::c_int;
+        if !self.set_int(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size) {
+            self.set_int(libc::SOL_SOCKET, libc::SO_SNDBUF, size);
+        }
+        // Errors do not echo the (large) request back.
+        self.set_int(libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1);
+        self.send(batch)?;
+        let mut acks = 0;
+        self.replies(|ty, payload| {
+            if ty == libc::NLMSG_ERROR {
+                acks += 1;
+                let code = error_code(payload);
+                if code != 0 {
+                    // A refused batch may not acknowledge every message.
+                    return Some(Err(io::Error::from_raw_os_error(-code)));
+                }
+            }
+            (acks >= messages).then_some(Ok(()))
+        })
+    }
+
+    /// Sends one request and collects the payloads of its replies until the
+    /// acknowledgement or the end of the dump; a negative acknowledgement is
+    /// the error it carries.
+    fn exchange(&self, request: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        self.send(request)?;
+        let mut replies = Vec::new();
+        self.replies(|ty, payload| match ty {
+            libc::NLMSG_ERROR => Some(match error_code(payload) {
+                0 => Ok(std::mem::take(&mut replies)),
+                code => Err(io::Error::from_raw_os_error(-code)),
+            }),
+            libc::NLMSG_DONE => Some(Ok(std::mem::take(&mut replies))),
+            _ => {
+                replies.push(payload.to_vec());
+                None
+            }
+        })
+    }
+}
+
+/// The code of an `NLMSG_ERROR` (0: an acknowledgement).
+fn error_code(payload: &[u8]) -> i32 {
+    payload
+        .get(0..4)
+        .map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ pub use http::spawn;
 use super::{Action, Change};
 use crate::config::ConfigError;
 use crate::decide::Ban;
+use crate::now_secs;
 use crate::state::{Store, Table, Write};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -447,12 +448,6 @@ impl Action for BouncerAction {
     fn repairs_by_reconcile(&self) -> bool {
         true
     }
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

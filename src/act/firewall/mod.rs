@@ -162,11 +162,7 @@ impl SetKind {
     }
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+pub(crate) use crate::now_secs;
 
 /// An address as nft writes a set element: bare for a single address, with
 /// its length for a prefix.
