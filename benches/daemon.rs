@@ -14,7 +14,7 @@ mod shared;
 use portcullis::decide::{Ban, Ledger};
 use portcullis::parse::addr::NetSet;
 use portcullis::state::{Store, Table};
-use std::io::{BufRead, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -118,25 +118,7 @@ fn latency() {
     let dir = tmp("latency");
     let mut daemon = start(&dir, 1);
     let stderr = daemon.child.stderr.take().unwrap();
-    // The daemon's log: `<rfc3339 time>  WARN ban jail=auth target=IP ...`.
-    let (tx, rx) = std::sync::mpsc::channel::<(String, SystemTime)>();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let (Some(ts), Some(pos)) = (l.split_whitespace().next(), l.find("target=")) {
-                let target = l[pos + 7..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                if let Ok(t) = chrono::DateTime::parse_from_rfc3339(ts) {
-                    let _ = tx.send((target, SystemTime::from(t)));
-                }
-            }
-        }
-    });
+    let rx = shared::bans_logged(stderr);
     let mut log = std::fs::OpenOptions::new()
         .append(true)
         .open(dir.join("logs/access.log"))
@@ -161,13 +143,6 @@ fn latency() {
     shared::print_latency("append threshold line -> decision logged", &mut samples);
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
 fn cpu_at(rate: u64) {
     let dir = tmp("cpu");
     let daemon = start(&dir, 1_000_000);
@@ -181,7 +156,7 @@ fn cpu_at(rate: u64) {
     let batch_text: String = (0..batch)
         .map(|i| line(std::net::Ipv4Addr::from(0x0a00_0000 + i as u32), 401))
         .collect();
-    let c0 = cpu_ticks(pid);
+    let c0 = shared::cpu_ticks(pid);
     let t0 = Instant::now();
     let mut written = 0u64;
     while written < secs * rate {
@@ -195,7 +170,7 @@ fn cpu_at(rate: u64) {
     let wall = t0.elapsed();
     // Let the daemon finish what was written, then read its counters.
     std::thread::sleep(Duration::from_millis(500));
-    let c1 = cpu_ticks(pid);
+    let c1 = shared::cpu_ticks(pid);
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["status", "auth", "--json", "--socket"])
         .arg(dir.join("ctl.sock"))

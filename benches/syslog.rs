@@ -12,7 +12,6 @@
 #[path = "support/shared.rs"]
 mod shared;
 
-use std::io::BufRead;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -54,24 +53,7 @@ fn start(dir: &Path, maxretry: u32) -> Child {
 fn latency(dir: &Path) {
     let mut daemon = start(dir, 1);
     let stderr = daemon.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<(String, SystemTime)>();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let (Some(ts), Some(pos)) = (l.split_whitespace().next(), l.find("target=")) {
-                let target = l[pos + 7..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                if let Ok(t) = chrono::DateTime::parse_from_rfc3339(ts) {
-                    let _ = tx.send((target, SystemTime::from(t)));
-                }
-            }
-        }
-    });
+    let rx = shared::bans_logged(stderr);
     let sock = UnixDatagram::unbound().unwrap();
     let path = dir.join("syslog.sock");
     let mut samples = Vec::new();
@@ -100,13 +82,6 @@ fn latency(dir: &Path) {
     let _ = daemon.wait();
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
 fn sustained(dir: &Path, rate: u64) {
     let mut daemon = start(dir, 1_000_000);
     let pid = daemon.id();
@@ -117,7 +92,7 @@ fn sustained(dir: &Path, rate: u64) {
     let msgs: Vec<String> = (0..batch)
         .map(|i| message(std::net::Ipv4Addr::from(0x0a00_0000 + i as u32), i))
         .collect();
-    let (c0, t0) = (cpu_ticks(pid), Instant::now());
+    let (c0, t0) = (shared::cpu_ticks(pid), Instant::now());
     let mut sent = 0u64;
     while sent < 5 * rate {
         for m in &msgs {
@@ -133,7 +108,7 @@ fn sustained(dir: &Path, rate: u64) {
     }
     let wall = t0.elapsed();
     std::thread::sleep(Duration::from_millis(500));
-    let c1 = cpu_ticks(pid);
+    let c1 = shared::cpu_ticks(pid);
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["status", "auth", "--json", "--socket"])
         .arg(dir.join("ctl.sock"))

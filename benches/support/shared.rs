@@ -76,3 +76,38 @@ pub fn offender_lines(n: u32) -> String {
         })
         .collect()
 }
+
+/// The (target, time) of each ban the daemon logs on `stderr` (`<rfc3339>
+/// WARN ban jail=J target=IP ...`), as they come.
+pub fn bans_logged(
+    stderr: std::process::ChildStderr,
+) -> std::sync::mpsc::Receiver<(String, std::time::SystemTime)> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let (Some(ts), Some(pos)) = (l.split_whitespace().next(), l.find("target=")) {
+                let target = l[pos + 7..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                if let Ok(t) = chrono::DateTime::parse_from_rfc3339(ts) {
+                    let _ = tx.send((target, std::time::SystemTime::from(t)));
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// CPU time (user + system, in clock ticks) process `pid` has used.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
