@@ -146,15 +146,9 @@ fn journal_entries_are_banned_and_a_restart_resumes_after_the_cursor() {
 #[test]
 fn a_journal_source_must_name_a_unit_or_identifier() {
     let dir = Daemon::config("journal-check", 3, "journal = { directory = \"/tmp\" }\n");
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(dir.path().join("conf"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let err = fails("check", &dir);
     assert!(
-        stderr(&out).contains("`journal` needs `unit` or `identifier`"),
-        "{}",
-        stderr(&out)
+        err.contains("`journal` needs `unit` or `identifier`"),
+        "{err}"
     );
 }

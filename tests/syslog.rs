@@ -87,6 +87,17 @@ fn daemon(tag: &str, listen: &str) -> Daemon {
     Daemon::start(dir)
 }
 
+/// A jail's syslog source, from `status --json`.
+fn syslog_source(jail: &serde_json::Value) -> serde_json::Value {
+    jail["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["syslog"].is_object())
+        .unwrap_or_else(|| panic!("no syslog source: {jail}"))
+        .clone()
+}
+
 fn banned_through(d: &Daemon, nginx: &Nginx) {
     // Another tag on the same socket: answered, logged, never counted.
     for _ in 0..5 {
@@ -101,12 +112,7 @@ fn banned_through(d: &Daemon, nginx: &Nginx) {
     );
     let jail = d.jail("auth");
     assert_eq!(jail["matches"], 3, "{jail}");
-    let src = jail["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["path"].as_str().unwrap().starts_with("syslog "))
-        .unwrap_or_else(|| panic!("no syslog source: {jail}"));
+    let src = syslog_source(&jail);
     assert_eq!(src["syslog"]["received"], 8, "{jail}");
     assert_eq!(src["syslog"]["dropped"], 0, "{jail}");
     assert_eq!(src["parse"]["parsed"], 3, "{jail}");
@@ -200,13 +206,8 @@ fn tcp_framing_and_socket_paths() {
         3,
         &format!("syslog = \"unix:{}\"\n", not_a_socket.display()),
     );
-    let out = bin()
-        .args(["run", "--config"])
-        .arg(dir.path().join("conf"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("is not a socket"), "{}", stderr(&out));
+    let err = fails("run", &dir);
+    assert!(err.contains("is not a socket"), "{err}");
 }
 
 /// `replay --wrap syslog` (a capture of raw messages, or a file rsyslog
@@ -287,17 +288,8 @@ fn a_syslog_socket_never_takes_over_another() {
         format!("{text}syslog = \"unix:{}\"\n", control.display()),
     )
     .unwrap();
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(ctl.path().join("conf"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("is the control socket"),
-        "{}",
-        stderr(&out)
-    );
+    let err = fails("check", &ctl);
+    assert!(err.contains("is the control socket"), "{err}");
 
     let live = tmp.path().join("live.sock");
     let _listener = std::os::unix::net::UnixDatagram::bind(&live).unwrap();
@@ -306,17 +298,8 @@ fn a_syslog_socket_never_takes_over_another() {
         3,
         &format!("syslog = \"unix:{}\"\n", live.display()),
     );
-    let out = bin()
-        .args(["run", "--config"])
-        .arg(dir.path().join("conf"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("something is listening"),
-        "{}",
-        stderr(&out)
-    );
+    let err = fails("run", &dir);
+    assert!(err.contains("something is listening"), "{err}");
 }
 
 /// Idle TCP connections, and lines that merely start with digits, do not
@@ -349,13 +332,7 @@ fn idle_tcp_connections_and_digit_lines_do_not_block_senders() {
         || d.bans() == ["auth 198.51.100.8 3"],
         "the ban despite idle connections",
     );
-    let src = d.jail("auth")["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["syslog"].is_object())
-        .unwrap()
-        .clone();
+    let src = syslog_source(&d.jail("auth"));
     assert_eq!(src["syslog"]["malformed"], 1, "{src}");
     drop(idle);
 }

@@ -296,6 +296,18 @@ pub fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
     panic!("timed out waiting for {what}");
 }
 
+/// Runs `portcullis CMD --config DIR/conf` (`check` or `run`), which must
+/// fail; returns what it said.
+pub fn fails(cmd: &str, dir: &TempDir) -> String {
+    let out = bin()
+        .args([cmd, "--config"])
+        .arg(dir.path().join("conf"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "`{cmd}` succeeded: {}", stdout(&out));
+    stderr(&out)
+}
+
 /// A free TCP port on loopback (for the servers tests start).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
