@@ -55,6 +55,33 @@ impl Engine {
             return Response::err(format!("no jail named `{j}`"));
         }
         let mut jails = Vec::new();
+        // Every source, with what its kind adds: a file's lag, a socket's or
+        // a journal's counters.
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let files = self
+            .followed
+            .iter()
+            .map(|f| (f.source, "lag_bytes", json!(f.tail.lag())));
+        let journals = self.journal.sources().map(|(source, r)| {
+            let extra = json!({
+                "received": load(&r.stats.received),
+                "malformed": load(&r.stats.malformed),
+            });
+            (source, "journal", extra)
+        });
+        let sockets = self.syslog.sources().map(|(source, l)| {
+            let s = &l.stats;
+            let extra = json!({
+                "received": load(&s.received),
+                "malformed": load(&s.malformed),
+                "dropped": load(&s.dropped),
+                "unrouted": load(&s.unrouted),
+                "refused_connections": load(&s.refused),
+            });
+            (source, "syslog", extra)
+        });
+        let kinds: Vec<(u32, &str, serde_json::Value)> =
+            files.chain(journals).chain(sockets).collect();
         for (i, entry) in self.pipeline.entries.iter().enumerate() {
             if only.is_some_and(|j| j != entry.spec.name) {
                 continue;
@@ -62,59 +89,16 @@ impl Engine {
             let stats = self.pipeline.detector.jails[i].stats();
             let mut sources = Vec::new();
             let (mut lines, mut parsed, mut unparsed) = (0, 0, 0);
-            for f in &self.followed {
-                let src = &self.pipeline.sources[f.source as usize];
+            for (source, key, extra) in &kinds {
+                let src = &self.pipeline.sources[*source as usize];
                 if src.has_jail(i) {
                     let st = src.jail_stats(i);
                     lines += st.lines;
                     parsed += st.parsed;
                     unparsed += st.unparsed;
-                    sources
-                        .push(json!({ "path": src.name, "lag_bytes": f.tail.lag(), "parse": st }));
-                }
-            }
-            for (source, reader) in self.journal.sources() {
-                let src = &self.pipeline.sources[source as usize];
-                if src.has_jail(i) {
-                    let st = src.jail_stats(i);
-                    lines += st.lines;
-                    parsed += st.parsed;
-                    unparsed += st.unparsed;
-                    let load = |c: &std::sync::atomic::AtomicU64| {
-                        c.load(std::sync::atomic::Ordering::Relaxed)
-                    };
-                    sources.push(json!({
-                        "path": src.name,
-                        "journal": {
-                            "received": load(&reader.stats.received),
-                            "malformed": load(&reader.stats.malformed),
-                        },
-                        "parse": st,
-                    }));
-                }
-            }
-            for (source, listener) in self.syslog.sources() {
-                let src = &self.pipeline.sources[source as usize];
-                if src.has_jail(i) {
-                    let st = src.jail_stats(i);
-                    lines += st.lines;
-                    parsed += st.parsed;
-                    unparsed += st.unparsed;
-                    let s = &listener.stats;
-                    let load = |c: &std::sync::atomic::AtomicU64| {
-                        c.load(std::sync::atomic::Ordering::Relaxed)
-                    };
-                    sources.push(json!({
-                        "path": src.name,
-                        "syslog": {
-                            "received": load(&s.received),
-                            "malformed": load(&s.malformed),
-                            "dropped": load(&s.dropped),
-                            "unrouted": load(&s.unrouted),
-                            "refused_connections": load(&s.refused),
-                        },
-                        "parse": st,
-                    }));
+                    let mut v = json!({ "path": src.name, "parse": st });
+                    v[*key] = extra.clone();
+                    sources.push(v);
                 }
             }
             let bans = self
