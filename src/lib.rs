@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod decide;
 pub mod detect;
 pub mod docs;
+pub mod enrich;
 pub mod fleet;
 pub mod parse;
 pub mod pipeline;

@@ -238,6 +238,7 @@ fn check(arg: &ConfigArg, json: bool) -> ExitCode {
             "warnings": warnings,
             "jails": config.as_ref().map(|c| c.jails.len()),
             "enabled_jails": config.as_ref().map(|c| c.jails.iter().filter(|j| j.enabled).count()),
+            "waiting_for_geoip": config.as_ref().map(waiting_for_geoip),
             "filters": config.as_ref().map(|c| c.filter_count),
             "formats": config.as_ref().map(|c| c.formats.len()),
         });
@@ -248,8 +249,16 @@ fn check(arg: &ConfigArg, json: bool) -> ExitCode {
         }
         if let Some(c) = &config {
             let enabled = c.jails.iter().filter(|j| j.enabled).count();
+            let waiting = waiting_for_geoip(c);
+            let waiting = match waiting.len() {
+                0 => String::new(),
+                _ => format!(
+                    "; off until [geoip] names their database: {}",
+                    waiting.join(", ")
+                ),
+            };
             println!(
-                "config OK: {} jails ({enabled} enabled), {} filters, {} custom formats{}",
+                "config OK: {} jails ({enabled} enabled{waiting}), {} filters, {} custom formats{}",
                 c.jails.len(),
                 c.filter_count,
                 c.formats.len(),
@@ -267,6 +276,21 @@ fn check(arg: &ConfigArg, json: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Jails that read an enriched field and are off for want of its database
+/// in `[geoip]`: `NAME (country_db)`.
+fn waiting_for_geoip(c: &Config) -> Vec<String> {
+    c.jails
+        .iter()
+        .filter_map(|j| {
+            let key = j.geo_missing?;
+            Some(format!(
+                "{} ({key})",
+                portcullis::text::printable(&j.spec.name)
+            ))
+        })
+        .collect()
 }
 
 fn print_errors(errors: &[ConfigError]) {
@@ -592,6 +616,12 @@ fn run_replay(
     json: bool,
     threads: Option<usize>,
 ) -> Result<(), String> {
+    if let Some(geo) = &config.geo {
+        let problems = geo.problems();
+        if !problems.is_empty() {
+            return Err(format!("[geoip]: {}", problems.join("; ")));
+        }
+    }
     let mut replay = Replay::new(config, sel)?;
     if let Some(n) = threads {
         replay.set_threads(n);
@@ -704,9 +734,12 @@ fn print_decision(out: &mut impl Write, r: &Replay, d: &Decision) -> std::io::Re
     )?;
     for e in &d.evidence {
         let src = r.source_name(e.source);
+        let geo = e.geo.as_ref().map_or_else(String::new, |g| {
+            format!(" [{}]", printable(&g.to_string(), 200))
+        });
         writeln!(
             out,
-            "    {src}, byte {}: {}",
+            "    {src}, byte {}{geo}: {}",
             e.offset,
             printable(&e.line, 300)
         )?;

@@ -7,6 +7,7 @@
 
 use crate::config::{Config, JailEntry};
 use crate::detect::{Decision, Detector, Jail, Origin};
+use crate::enrich::GeoLookup;
 use crate::parse::wrap::Wrap;
 use crate::parse::{Event, FormatSpec, LineParser, Outcome, ParseError, Wanted, reason};
 use serde::Serialize;
@@ -79,6 +80,9 @@ struct Group {
     spec: FormatSpec,
     parser: LineParser,
     jails: Vec<usize>,
+    /// Whether a jail of the group reads an enriched field: only then are
+    /// its events looked up (see `crate::enrich`).
+    enrich: bool,
     event: Event,
     stats: ParseStats,
     /// Said once that most lines do not parse (a log_format that does not
@@ -211,9 +215,47 @@ impl Source {
 #[derive(Clone)]
 pub struct ParseKit {
     specs: Vec<FormatSpec>,
+    /// Per group: whether its events are enriched.
+    enrich: Vec<bool>,
+    geo: Option<GeoLookup>,
     wanted: Wanted,
     trusted: crate::parse::addr::NetSet,
     max_line: usize,
+}
+
+/// A thread's parsers (one per format group) and enrichment, from a [`ParseKit`].
+pub struct KitParsers {
+    parsers: Vec<LineParser>,
+    enrich: Vec<bool>,
+    geo: Option<GeoLookup>,
+}
+
+impl KitParsers {
+    /// Parses (and enriches) one line as [`Pipeline::line`] would, into
+    /// `out` (one entry per group).
+    pub fn parse(&mut self, bytes: &[u8], out: &mut [Preparsed]) {
+        let lossy;
+        let text = match std::str::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(_) => {
+                lossy = String::from_utf8_lossy(bytes);
+                &lossy
+            }
+        };
+        for ((p, o), &enrich) in self.parsers.iter_mut().zip(out).zip(&self.enrich) {
+            o.result = p.parse(text, &mut o.event);
+            if enrich && o.result == Ok(Outcome::Event) {
+                enrich_event(&mut self.geo, &mut o.event);
+            }
+        }
+    }
+}
+
+/// The enrich stage for one event (a no-op without `[geoip]`).
+fn enrich_event(geo: &mut Option<GeoLookup>, ev: &mut Event) {
+    if let (Some(geo), Some(ip)) = (geo, ev.client) {
+        ev.geo = geo.get(ip);
+    }
 }
 
 /// One line parsed by a [`ParseKit`] parser, for one format group.
@@ -223,9 +265,10 @@ pub struct Preparsed {
 }
 
 impl ParseKit {
-    /// One parser per format group, in group order.
-    pub fn parsers(&self) -> Vec<LineParser> {
-        self.specs
+    /// One parser per format group, in group order, and a lookup cache.
+    pub fn parsers(&self) -> KitParsers {
+        let parsers = self
+            .specs
             .iter()
             .map(|spec| {
                 let format = spec
@@ -233,7 +276,12 @@ impl ParseKit {
                     .expect("compiled once already, by the pipeline");
                 LineParser::new(format, Wrap::None, self.trusted.clone(), self.max_line)
             })
-            .collect()
+            .collect();
+        KitParsers {
+            parsers,
+            enrich: self.enrich.clone(),
+            geo: self.geo.clone(),
+        }
     }
 
     /// An empty entry per group: storage for one line.
@@ -245,22 +293,6 @@ impl ParseKit {
                 event: Event::new(&self.wanted),
             })
             .collect()
-    }
-
-    /// Parses one line (as [`Pipeline::line`] would) into `out` (one entry
-    /// per group).
-    pub fn parse(parsers: &mut [LineParser], bytes: &[u8], out: &mut [Preparsed]) {
-        let lossy;
-        let text = match std::str::from_utf8(bytes) {
-            Ok(s) => s,
-            Err(_) => {
-                lossy = String::from_utf8_lossy(bytes);
-                &lossy
-            }
-        };
-        for (p, o) in parsers.iter_mut().zip(out) {
-            o.result = p.parse(text, &mut o.event);
-        }
     }
 }
 
@@ -282,6 +314,8 @@ pub struct Pipeline {
     /// The wall clock (ms) as last read; read again only when a line looks
     /// newer than it, so the common line costs no clock read.
     clock_ms: i64,
+    /// Lookups of the enrich stage, with `[geoip]`.
+    geo: Option<GeoLookup>,
 }
 
 /// How far (ms) a line's time may run ahead of the wall clock. Beyond it, the
@@ -351,6 +385,7 @@ impl Pipeline {
             decisions: Vec::new(),
             warm_fired: Vec::new(),
             clock_ms: wall_clock_ms(),
+            geo: config.geo.clone().map(GeoLookup::new),
         }
     }
 
@@ -400,11 +435,15 @@ impl Pipeline {
                 parser: LineParser::new(compiled, wrap, self.trusted.clone(), self.max_line),
                 format,
                 wrap,
+                enrich: false,
                 jails: vec![i],
                 event: Event::new(&self.wanted),
                 stats: ParseStats::default(),
                 warned_unparsed: false,
             });
+        }
+        for g in &mut groups {
+            g.enrich = g.jails.iter().any(|&j| self.entries[j].geo_field.is_some());
         }
         self.sources.push(Source {
             name: name.to_string(),
@@ -441,6 +480,8 @@ impl Pipeline {
         }
         Some(ParseKit {
             specs: src.groups.iter().map(|g| g.spec.clone()).collect(),
+            enrich: src.groups.iter().map(|g| g.enrich).collect(),
+            geo: self.geo.clone(),
             wanted: self.wanted.clone(),
             trusted: self.trusted.clone(),
             max_line: self.max_line,
@@ -484,6 +525,9 @@ impl Pipeline {
                 // Counted in the run that first read it; only windows are rebuilt.
                 g.stats.warm += 1;
                 if let Ok(Outcome::Event) = g.parser.parse(text, &mut g.event) {
+                    if g.enrich {
+                        enrich_event(&mut self.geo, &mut g.event);
+                    }
                     // The same clamp as when the line was first read.
                     clamp_future(&mut g.event.time, src.newest, &mut self.clock_ms);
                     first_time.get_or_insert(g.event.time);
@@ -511,10 +555,17 @@ impl Pipeline {
             }
             let parsed = match pre.as_deref_mut().and_then(|p| p.get_mut(gi)) {
                 Some(p) => {
+                    // Enriched by the parsing thread.
                     std::mem::swap(&mut g.event, &mut p.event);
                     p.result
                 }
-                None => g.parser.parse(text, &mut g.event),
+                None => {
+                    let r = g.parser.parse(text, &mut g.event);
+                    if g.enrich && r == Ok(Outcome::Event) {
+                        enrich_event(&mut self.geo, &mut g.event);
+                    }
+                    r
+                }
             };
             match parsed {
                 Ok(Outcome::Event) => {
@@ -528,8 +579,12 @@ impl Pipeline {
                         continue;
                     }
                     let origin = Origin { source, offset };
+                    let before = self.decisions.len();
                     self.detector
                         .process(&g.jails, &g.event, text, origin, &mut self.decisions);
+                    if let Some(geo) = &mut self.geo {
+                        annotate(geo, &mut self.decisions[before..]);
+                    }
                 }
                 Ok(Outcome::Pending) => g.stats.partial += 1,
                 Err(why) => {
@@ -610,6 +665,16 @@ impl Pipeline {
     }
 }
 
+/// Adds what the databases say of each evidence line's client (for
+/// `replay`, incidents and digests): once per decision, not per line.
+fn annotate(geo: &mut GeoLookup, decisions: &mut [Decision]) {
+    for e in decisions.iter_mut().flat_map(|d| &mut d.evidence) {
+        if let Some(ip) = e.client {
+            e.geo = geo.get(ip);
+        }
+    }
+}
+
 /// Chooses jails for a run: named ones (disabled included), or all enabled.
 pub fn select_jails(config: &Config, names: &[String]) -> Result<Vec<JailEntry>, String> {
     for name in names {
@@ -618,6 +683,15 @@ pub fn select_jails(config: &Config, names: &[String]) -> Result<Vec<JailEntry>,
             return Err(format!(
                 "no jail named `{name}` (jails: {})",
                 all.join(", ")
+            ));
+        }
+    }
+    for j in config.jails.iter().filter(|j| names.contains(&j.spec.name)) {
+        if let Some(key) = j.geo_missing {
+            return Err(format!(
+                "jail `{}` reads `{}`, which needs `{key}` in `[geoip]` (portcullis.toml)",
+                j.spec.name,
+                j.geo_field.as_deref().unwrap_or("?")
             ));
         }
     }

@@ -81,7 +81,7 @@ fn parse_chunks(
         for (i, &(_, start, end)) in chunk.lines.iter().enumerate() {
             if start != usize::MAX {
                 let out = &mut pre[i * groups..(i + 1) * groups];
-                ParseKit::parse(&mut parsers, &chunk.data[start..end], out);
+                parsers.parse(&chunk.data[start..end], out);
             }
         }
         if done.send((seq, chunk, pre)).is_err() {

@@ -305,9 +305,13 @@ pub fn digest(jail: &str, incidents: &[Incident]) -> (String, String) {
             let _ = writeln!(b, "   action:     {} {} {result}", a.action, a.change);
         }
         for e in &i.evidence {
+            let geo = e
+                .geo
+                .as_ref()
+                .map_or_else(String::new, |g| format!(" [{}]", printable(&g.to_string())));
             let _ = writeln!(
                 b,
-                "   evidence:   {}, byte {}: {}",
+                "   evidence:   {}, byte {}{geo}: {}",
                 printable(&e.file),
                 e.offset,
                 printable(&e.line)
@@ -351,6 +355,13 @@ mod tests {
                 line: format!(
                     "1.2.3.4 - - [...] \"GET / HTTP/1.1\" 200 0 \"-\" \"\x1b]0;pwned\x07\" {key}"
                 ),
+                // A database's organisation name is text from outside too.
+                geo: Some(crate::enrich::GeoInfo {
+                    country: Some("US".into()),
+                    region: Some("US-CA".into()),
+                    asn: Some(15169),
+                    as_org: Some("Org\x1b[2J".into()),
+                }),
             }],
             actions: vec![],
             resolved_at: None,
@@ -358,6 +369,7 @@ mod tests {
         };
         let (subject, body) = digest("keys", &[inc]);
         assert!(!subject.contains('\x1b') && !body.contains('\x1b') && !body.contains('\x07'));
+        assert!(body.contains("[US-CA AS15169 Org\\x1b[2J]"), "{body}");
         let undo = body
             .lines()
             .find_map(|l| l.trim().strip_prefix("undo:"))

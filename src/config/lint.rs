@@ -32,6 +32,13 @@ pub fn start_errors(config: &Config, files: &ConfigFiles) -> Vec<ConfigError> {
     {
         errors.push(at_main(e));
     }
+    // The daemon starts without them (and loads them once they appear);
+    // `check` says what is wrong now.
+    if let Some(geo) = &config.geo {
+        for p in geo.problems() {
+            errors.push(at_main(format!("[geoip] {p}")));
+        }
+    }
     errors
 }
 

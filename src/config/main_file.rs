@@ -71,6 +71,8 @@ pub struct MainConfig {
     pub firewall: Option<crate::act::FirewallConfig>,
     /// How the daemon makes the unix sockets of jails' `syslog` sources.
     pub syslog: Option<SyslogMain>,
+    /// MaxMind DB files for the enriched fields (`country`, `region`, `asn`, `as_org`).
+    pub geoip: Option<crate::enrich::GeoConfig>,
     /// CrowdSec bouncers poll bans from here: the `bouncer_api` action.
     pub bouncer_api: Option<crate::act::bouncer::BouncerApiConfig>,
     /// Named actions usable in a jail's `action`.

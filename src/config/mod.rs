@@ -129,6 +129,14 @@ pub struct JailEntry {
     pub read_from: ReadFrom,
     /// What the `firewall` action drops of a banned address.
     pub ports: crate::act::firewall::PortScope,
+    /// An enriched field the jail reads (`country`, `asn`, ...): its events
+    /// go through the enrich stage.
+    pub geo_field: Option<String>,
+    /// The `[geoip]` key (`country_db`, `asn_db`) of a database the jail
+    /// needs and the config does not name. Such a jail is off (`enabled` is
+    /// false) until it does, so the bundled region jail waits for a database
+    /// instead of failing the config; `check` lists it.
+    pub geo_missing: Option<&'static str>,
 }
 
 /// Longest line read by default. A stock nginx accepts a request line and
@@ -151,6 +159,9 @@ pub struct Config {
     pub net_files: netfile::NetFiles,
     /// The keys of `[bouncer_api]`'s `api_key_files` (empty without it).
     pub bouncer_keys: crate::act::bouncer::Keys,
+    /// `[geoip]`'s databases, loaded when first used (`check` and `replay`
+    /// load them to report their problems; the daemon also watches them).
+    pub geo: Option<std::sync::Arc<crate::enrich::GeoHandle>>,
     pub filter_count: usize,
 }
 
@@ -307,6 +318,7 @@ impl Config {
             return Err(errors);
         }
         Ok(Config {
+            geo: main.geoip.as_ref().map(crate::enrich::GeoHandle::new),
             ignore: net_files.ignore(),
             trusted_proxies: net_files.trusted_proxies(),
             net_files,
@@ -492,6 +504,8 @@ fn resolve_jail(
     }
 
     // Fields the jail reads must exist in its format.
+    let mut geo_field: Option<String> = None;
+    let mut geo_missing: Option<&'static str> = None;
     if let (Some(fmt), Some(filter)) = (&format, &filter) {
         let have = fmt.field_names();
         let mut reads: Vec<(&str, std::ops::Range<usize>)> = filter
@@ -504,6 +518,18 @@ fn resolve_jail(
             reads.push((dist.get_ref(), dist.span()));
         }
         for (field, span) in reads {
+            if let Some(role) = crate::enrich::geo::role_of(field) {
+                // Provided by the enrich stage, whatever the format.
+                geo_field.get_or_insert_with(|| field.to_string());
+                let set = main.geoip.as_ref().is_some_and(|g| match role {
+                    crate::enrich::geo::Role::Country => g.country_db.is_some(),
+                    crate::enrich::geo::Role::Asn => g.asn_db.is_some(),
+                });
+                if !set {
+                    geo_missing.get_or_insert(role.key());
+                }
+                continue;
+            }
             if !have.iter().any(|h| h == field) {
                 let hint = suggest(field, have.iter().map(String::as_str));
                 err(
@@ -669,7 +695,9 @@ fn resolve_jail(
             max_tracked: jail.max_tracked.or(d.max_tracked).unwrap_or(200_000),
             fleet: jail.scope == crate::detect::jail::Scope::Fleet,
         },
-        enabled: jail.enabled,
+        enabled: jail.enabled && geo_missing.is_none(),
+        geo_field,
+        geo_missing,
         format: format_name,
         wrap: jail.wrap,
         logpath: jail

@@ -70,14 +70,14 @@ pub fn read(path: &Path) -> Result<Vec<IpNet>, Vec<ConfigError>> {
 
 /// What identifies a version of a file without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<std::time::SystemTime>,
-    len: u64,
-    inode: u64,
-    regular: bool,
+pub(crate) struct Stamp {
+    pub(crate) modified: Option<std::time::SystemTime>,
+    pub(crate) len: u64,
+    pub(crate) inode: u64,
+    pub(crate) regular: bool,
 }
 
-fn stamp(path: &Path) -> Option<Stamp> {
+pub(crate) fn stamp(path: &Path) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some(Stamp {

@@ -145,6 +145,14 @@ pub fn status_jail(data: &Value, bans_data: &Value) -> String {
     out
 }
 
+/// ` [US-CA AS15169 Google LLC]` for an evidence line with `[geoip]`, else nothing.
+fn geo_note(geo: &Value) -> String {
+    match serde_json::from_value::<crate::enrich::GeoInfo>(geo.clone()) {
+        Ok(g) if geo.is_object() => format!(" [{}]", printable(&g.to_string())),
+        _ => String::new(),
+    }
+}
+
 /// `portcullis status`: a row a jail, then whatever needs attention.
 pub fn status(data: &Value) -> String {
     let mut out = String::new();
@@ -209,6 +217,17 @@ pub fn status(data: &Value) -> String {
                 .as_i64()
                 .map_or(String::new(), |l| format!(", last lag {l} ms")),
         );
+    }
+    for g in data["geoip"].as_array().into_iter().flatten() {
+        if let Some(p) = g["problem"].as_str() {
+            let _ = writeln!(
+                out,
+                "geoip {}: PROBLEM since {} UTC: {}",
+                field(&g["role"]),
+                time(g["problem_since"].as_i64()),
+                printable(p),
+            );
+        }
     }
     if let Some(b) = data["bouncer_api"].as_object() {
         let pollers = b["bouncers"].as_array().cloned().unwrap_or_default();
@@ -377,9 +396,10 @@ pub fn incident(i: &Value) -> String {
     for e in i["evidence"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "evidence   {}, byte {}: {}",
+            "evidence   {}, byte {}{}: {}",
             field(&e["file"]),
             e["offset"],
+            geo_note(&e["geo"]),
             printable(e["line"].as_str().unwrap_or(""))
         );
     }

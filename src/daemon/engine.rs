@@ -3,6 +3,7 @@
 //! the control socket, inotify and actions reach it through one channel.
 
 mod fleet;
+mod geo;
 mod journal;
 mod lists;
 mod status;
@@ -214,6 +215,7 @@ impl Engine {
             journal: Default::default(),
         };
         engine.start_fleet()?;
+        engine.start_geo();
         let _ = engine.store.prune(Table::Incidents, RETENTION);
         // File positions; cursors (the fleet's, journals') sit beside them
         // under keys starting with NUL.
@@ -351,6 +353,7 @@ impl Engine {
                     .map_or_else(|| "?".into(), |s| s.name.clone()),
                 offset: e.offset,
                 line: e.line.clone(),
+                geo: e.geo.as_deref().cloned(),
             })
             .collect();
         Incident {
@@ -697,12 +700,13 @@ impl Engine {
             Some(dir) => ConfigFiles::read_dir(dir).map_err(|e| e.to_string())?,
             None => crate::config::embedded::files(),
         };
-        let config = Config::load(&files).map_err(|errs| {
+        let mut config = Config::load(&files).map_err(|errs| {
             errs.iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("\n")
         })?;
+        self.keep_geo(&mut config);
         let jails = select_jails(&config, &[])?;
         let active: Arc<[Ban]> = self.ledger.bans().cloned().collect();
         let (dispatcher, actions) = build_actions(
@@ -734,6 +738,7 @@ impl Engine {
         self.dispatcher = dispatcher;
         self.actions = actions;
         self.config = config;
+        self.start_geo();
         self.open_sources(&HashMap::new(), &mut kept)?;
         self.open_syslog(false)?;
         self.open_journal(false)?;

@@ -11,6 +11,7 @@ use super::{Evidence, Origin};
 struct Slot {
     key: Vec<u8>,
     origin: Origin,
+    client: Option<std::net::IpAddr>,
     line: String,
     used: bool,
 }
@@ -29,8 +30,15 @@ impl EvidenceRing {
         }
     }
 
-    pub fn record(&mut self, key: &[u8], origin: Origin, line: &str) {
+    pub fn record(
+        &mut self,
+        key: &[u8],
+        origin: Origin,
+        client: Option<std::net::IpAddr>,
+        line: &str,
+    ) {
         let slot = &mut self.slots[self.next];
+        slot.client = client;
         slot.key.clear();
         slot.key.extend_from_slice(key);
         slot.line.clear();
@@ -53,6 +61,8 @@ impl EvidenceRing {
                     source: slot.origin.source,
                     offset: slot.origin.offset,
                     line: slot.line.clone(),
+                    client: slot.client,
+                    geo: None,
                 });
                 if out.len() == max {
                     break;
@@ -78,6 +88,7 @@ mod tests {
                     source: 0,
                     offset: i as u64,
                 },
+                None,
                 &format!("{k}{i}"),
             );
         }

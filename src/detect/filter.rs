@@ -29,6 +29,13 @@ pub struct FilterConfig {
     pub path_prefix: Option<OneOrMany<String>>,
     pub path_regex: Option<RegexConfig>,
     pub user_agent_regex: Option<RegexConfig>,
+    /// Client countries (ISO 3166-1 codes, `[geoip]`), compared case-insensitively.
+    pub country: Option<OneOrMany<String>>,
+    /// Client regions (`US-CA`, or a country where the database has no
+    /// subdivision), compared case-insensitively.
+    pub region: Option<OneOrMany<String>>,
+    /// Autonomous system numbers of the client's network.
+    pub asn: Option<OneOrMany<u32>>,
     /// Conditions on any field, by name: `[[name.field]]` tables.
     #[serde(default)]
     pub field: Vec<FieldCondition>,
@@ -63,6 +70,15 @@ impl FilterConfig {
         if self.user_agent_regex.is_some() {
             v.push("user_agent");
         }
+        if self.country.is_some() {
+            v.push("country");
+        }
+        if self.region.is_some() {
+            v.push("region");
+        }
+        if self.asn.is_some() {
+            v.push("asn");
+        }
         v.extend(self.field.iter().map(|c| c.name.as_str()));
         if let Some(n) = &self.not {
             v.extend(n.field_names());
@@ -86,6 +102,10 @@ pub struct Filter {
     path_prefixes: Vec<String>,
     path_regex: Option<regex::Regex>,
     ua_regex: Option<regex::Regex>,
+    /// Upper-cased, as the enrich stage writes them.
+    countries: Vec<String>,
+    regions: Vec<String>,
+    asns: Vec<u32>,
     fields: Vec<(FieldRef, Vec<FieldTest>)>,
     not: Option<Box<Filter>>,
 }
@@ -104,6 +124,20 @@ impl Filter {
         if cfg.user_agent_regex.is_some() {
             wanted.add_std(StdField::UserAgent);
         }
+        for (set, f) in [
+            (cfg.country.is_some(), StdField::Country),
+            (cfg.region.is_some(), StdField::Region),
+            (cfg.asn.is_some(), StdField::Asn),
+        ] {
+            if set {
+                wanted.add_std(f);
+            }
+        }
+        let upper = |l: &Option<OneOrMany<String>>| {
+            l.as_ref().map_or_else(Vec::new, |l| {
+                l.0.iter().map(|c| c.trim().to_ascii_uppercase()).collect()
+            })
+        };
         let fields = cfg
             .field
             .iter()
@@ -131,6 +165,9 @@ impl Filter {
                 .unwrap_or_default(),
             path_regex: cfg.path_regex.as_ref().map(|r| r.0.clone()),
             ua_regex: cfg.user_agent_regex.as_ref().map(|r| r.0.clone()),
+            countries: upper(&cfg.country),
+            regions: upper(&cfg.region),
+            asns: cfg.asn.as_ref().map(|a| a.0.clone()).unwrap_or_default(),
             fields,
             not: cfg
                 .not
@@ -167,6 +204,26 @@ impl Filter {
             && !ev.user_agent().is_some_and(|ua| re.is_match(ua))
         {
             return false;
+        }
+        // An address the databases know nothing of (a private one) has no
+        // country: it matches no list, and so matches a `not` of one.
+        if !self.countries.is_empty() || !self.regions.is_empty() || !self.asns.is_empty() {
+            let geo = ev.geo.as_deref();
+            let within = |list: &[String], v: Option<&str>| {
+                list.is_empty() || v.is_some_and(|v| list.iter().any(|x| x == v))
+            };
+            if !within(&self.countries, geo.and_then(|g| g.country.as_deref()))
+                || !within(&self.regions, geo.and_then(|g| g.region.as_deref()))
+            {
+                return false;
+            }
+            if !self.asns.is_empty()
+                && !geo
+                    .and_then(|g| g.asn)
+                    .is_some_and(|n| self.asns.contains(&n))
+            {
+                return false;
+            }
         }
         for (field, tests) in &self.fields {
             let value = ev.value(field, scratch);

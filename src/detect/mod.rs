@@ -137,6 +137,12 @@ pub struct Evidence {
     pub source: u32,
     pub offset: u64,
     pub line: String,
+    /// The line's client, for enrichment (not shown: the line has it).
+    #[serde(skip)]
+    pub client: Option<std::net::IpAddr>,
+    /// Country and network of the client, with `[geoip]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo: Option<Arc<crate::enrich::GeoInfo>>,
 }
 
 /// A jail fired.
@@ -408,6 +414,7 @@ struct Seen<'a> {
     value: Option<TextKey>,
     line: &'a str,
     origin: Origin,
+    client: Option<std::net::IpAddr>,
     /// The key as bytes, to match evidence lines to it.
     ring_key: &'a [u8],
 }
@@ -441,7 +448,7 @@ where
     }
     let counter = keyed.tracker.counter(key, seen.sec);
     let count = counter.add(seen.sec, seen.value, limits.findtime);
-    ring.record(seen.ring_key, seen.origin, seen.line);
+    ring.record(seen.ring_key, seen.origin, seen.client, seen.line);
     if count < limits.threshold {
         return None;
     }
@@ -627,6 +634,7 @@ impl Detector {
                 value,
                 line,
                 origin,
+                client: ev.client,
                 ring_key,
             };
             let (ring, stats) = (&mut jail.ring, &mut jail.stats);

@@ -24,10 +24,15 @@ pub enum StdField {
     ForwardedFor,
     RemoteUser,
     Host,
+    /// Enriched (see `crate::enrich`), never parsed from the line.
+    Country,
+    Region,
+    Asn,
+    AsOrg,
 }
 
 impl StdField {
-    pub const ALL: [StdField; 15] = [
+    pub const ALL: [StdField; 19] = [
         StdField::Time,
         StdField::Client,
         StdField::Method,
@@ -43,7 +48,19 @@ impl StdField {
         StdField::ForwardedFor,
         StdField::RemoteUser,
         StdField::Host,
+        StdField::Country,
+        StdField::Region,
+        StdField::Asn,
+        StdField::AsOrg,
     ];
+
+    /// Whether the field comes from enrichment, not from the line.
+    pub fn is_enriched(self) -> bool {
+        matches!(
+            self,
+            StdField::Country | StdField::Region | StdField::Asn | StdField::AsOrg
+        )
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -62,6 +79,10 @@ impl StdField {
             StdField::ForwardedFor => "forwarded_for",
             StdField::RemoteUser => "remote_user",
             StdField::Host => "host",
+            StdField::Country => "country",
+            StdField::Region => "region",
+            StdField::Asn => "asn",
+            StdField::AsOrg => "as_org",
         }
     }
 
@@ -142,6 +163,13 @@ impl Wanted {
         self.std & f.bit() != 0
     }
 
+    /// Whether any enriched field is wanted.
+    pub fn has_enriched(&self) -> bool {
+        StdField::ALL
+            .into_iter()
+            .any(|f| f.is_enriched() && self.has(f))
+    }
+
     pub fn extra_id(&self, name: &str) -> Option<usize> {
         self.extras.iter().position(|n| n == name)
     }
@@ -176,6 +204,8 @@ pub struct Event {
     pub bytes: Option<u64>,
     /// Seconds, as the proxy wrote it.
     pub request_time: Option<f64>,
+    /// What the enrich stage found about the client (country, network).
+    pub geo: Option<std::sync::Arc<crate::enrich::GeoInfo>>,
     buf: String,
     text: [Option<Span>; TEXT_SLOTS],
     extras: Vec<Option<Span>>,
@@ -196,6 +226,7 @@ impl Event {
         self.status = None;
         self.bytes = None;
         self.request_time = None;
+        self.geo = None;
         self.buf.clear();
         self.text = [None; TEXT_SLOTS];
         self.extras.iter_mut().for_each(|e| *e = None);
@@ -282,6 +313,10 @@ impl Event {
                     StdField::Bytes => write!(scratch, "{}", self.bytes?).ok()?,
                     StdField::RequestTime => write!(scratch, "{}", self.request_time?).ok()?,
                     StdField::Time => write!(scratch, "{}", self.time).ok()?,
+                    StdField::Asn => write!(scratch, "{}", self.geo.as_ref()?.asn?).ok()?,
+                    StdField::Country => return self.geo.as_ref()?.country.as_deref(),
+                    StdField::Region => return self.geo.as_ref()?.region.as_deref(),
+                    StdField::AsOrg => return self.geo.as_ref()?.as_org.as_deref(),
                     _ => return None,
                 }
                 Some(scratch.as_str())

@@ -15,6 +15,9 @@ pub struct EvidenceLine {
     pub file: String,
     pub offset: u64,
     pub line: String,
+    /// Country and network of the line's client, with `[geoip]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geo: Option<crate::enrich::GeoInfo>,
 }
 
 /// One action's outcome for this incident.

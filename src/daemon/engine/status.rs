@@ -135,6 +135,7 @@ impl Engine {
             "action_names": self.dispatcher.names().collect::<Vec<_>>(),
             "fleet": self.fleet.as_ref().map(|f| f.status()),
             "bouncer_api": self.bouncer.as_ref().map(|b| b.status()),
+            "geoip": self.geo_status(),
             "store": {
                 "health": self.store.health(),
                 "unsaved_writes": self.writer.unsaved(),

@@ -1,0 +1,699 @@
+//! Country, region and network operator of a client address, from MaxMind DB
+//! (`.mmdb`) files: MaxMind's GeoLite2/GeoIP2, DB-IP's and ip-location-db's
+//! builds all use the format.
+//!
+//! ```toml
+//! [geoip]
+//! country_db = "/var/lib/GeoIP/GeoLite2-City.mmdb"   # a country or city database
+//! asn_db = "/var/lib/GeoIP/GeoLite2-ASN.mmdb"
+//! ```
+//!
+//! Fields: `country` (ISO 3166-1 code), `region` (the country and its first
+//! subdivision, `US-CA`, where the database has one; else the country),
+//! `asn` (number), `as_org` (the AS's organisation).
+//!
+//! Why the files are read into memory rather than mapped: a mapping of a file
+//! that `geoipupdate` or a careless `cp` rewrites in place changes under the
+//! reader (or faults past a truncation); a copy in memory cannot. A city
+//! database is about 60 MB.
+//!
+//! **Replacement.** A [`GeoHandle`] owns the loaded databases; a thread looks
+//! at each file once a second and, when a new version has held still for one
+//! look, loads it and swaps it in whole (a generation number tells each
+//! [`GeoLookup`] to drop its cache). Counting state is not touched: no reload,
+//! nothing lost. A file that disappears or does not load keeps the last good
+//! database in use, and says so in the log and in `status`.
+
+use crate::config::netfile::{Stamp, stamp};
+use foldhash::fast::RandomState;
+use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// `[geoip]` in `portcullis.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoConfig {
+    /// A country or city database: `country` and `region`.
+    pub country_db: Option<PathBuf>,
+    /// An ASN database: `asn` and `as_org`.
+    pub asn_db: Option<PathBuf>,
+    /// Addresses whose answers are kept, per parsing thread. Default 100,000.
+    pub cache_size: Option<usize>,
+}
+
+/// The enriched fields, and the database each needs.
+pub const FIELDS: [(&str, Role); 4] = [
+    ("country", Role::Country),
+    ("region", Role::Country),
+    ("asn", Role::Asn),
+    ("as_org", Role::Asn),
+];
+
+/// The database a field comes from, if it is an enriched field.
+pub fn role_of(field: &str) -> Option<Role> {
+    FIELDS.iter().find(|(f, _)| *f == field).map(|(_, r)| *r)
+}
+
+/// What a database is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Country,
+    Asn,
+}
+
+impl Role {
+    /// The config key naming its file.
+    pub fn key(self) -> &'static str {
+        match self {
+            Role::Country => "country_db",
+            Role::Asn => "asn_db",
+        }
+    }
+
+    /// Whether a database of `database_type` (its metadata) serves this role.
+    fn accepts(self, database_type: &str) -> bool {
+        let t = database_type.to_ascii_lowercase();
+        match self {
+            Role::Country => ["country", "city", "enterprise"]
+                .iter()
+                .any(|w| t.contains(w)),
+            Role::Asn => ["asn", "isp"].iter().any(|w| t.contains(w)),
+        }
+    }
+
+    fn wants(self) -> &'static str {
+        match self {
+            Role::Country => {
+                "a country or city database (GeoLite2-Country, GeoLite2-City, DB-IP country/city, ...)"
+            }
+            Role::Asn => "an ASN database (GeoLite2-ASN, GeoIP2-ISP, ...)",
+        }
+    }
+}
+
+/// What the databases say of one address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeoInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<Box<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<Box<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_org: Option<Box<str>>,
+}
+
+impl GeoInfo {
+    fn is_empty(&self) -> bool {
+        self == &GeoInfo::default()
+    }
+}
+
+impl std::fmt::Display for GeoInfo {
+    /// `US-CA AS15169 Google LLC`, for evidence lines (raw: escape before a terminal).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        if let Some(r) = self.region.as_deref().or(self.country.as_deref()) {
+            parts.push(r.to_string());
+        }
+        if let Some(n) = self.asn {
+            parts.push(format!("AS{n}"));
+        }
+        if let Some(o) = &self.as_org {
+            parts.push(o.to_string());
+        }
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// One loaded database.
+struct Db {
+    reader: maxminddb::Reader<Vec<u8>>,
+    /// An IPv4-only file (ip-location-db's `-ipv4` builds) has no answer
+    /// for IPv6 addresses.
+    v4_only: bool,
+}
+
+/// The record layouts read: MaxMind's (`country.iso_code`,
+/// `subdivisions[0].iso_code`) and ip-location-db's flat one
+/// (`country_code`, `state1`).
+#[derive(Deserialize)]
+struct CountryRecord<'a> {
+    #[serde(borrow)]
+    country: Option<Iso<'a>>,
+    #[serde(borrow)]
+    registered_country: Option<Iso<'a>>,
+    #[serde(borrow)]
+    subdivisions: Option<Vec<Iso<'a>>>,
+    country_code: Option<&'a str>,
+    state1: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Iso<'a> {
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct AsnRecord<'a> {
+    autonomous_system_number: Option<u32>,
+    autonomous_system_organization: Option<&'a str>,
+}
+
+fn iso<'a>(i: &Option<Iso<'a>>) -> Option<&'a str> {
+    text(i.as_ref().and_then(|i| i.iso_code))
+}
+
+/// A database value as a field: trimmed, bounded, never empty.
+fn text(s: Option<&str>) -> Option<&str> {
+    let s = s?.trim();
+    (!s.is_empty()).then(|| &s[..s.floor_char_boundary(128)])
+}
+
+impl Db {
+    fn open(path: &Path, role: Role) -> Result<Db, String> {
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !meta.is_file() {
+            return Err(format!("{}: not a regular file", path.display()));
+        }
+        let reader = maxminddb::Reader::open_readfile(path).map_err(|e| {
+            format!(
+                "{}: not a readable MaxMind DB (.mmdb) file: {e}",
+                path.display()
+            )
+        })?;
+        let m = reader.metadata();
+        if !role.accepts(&m.database_type) {
+            return Err(format!(
+                "{}: a `{}` database, but `{}` needs {}",
+                path.display(),
+                m.database_type,
+                role.key(),
+                role.wants()
+            ));
+        }
+        let v4_only = m.ip_version == 4;
+        Ok(Db { reader, v4_only })
+    }
+
+    fn record<'a, T: Deserialize<'a>>(&'a self, ip: IpAddr) -> Option<T> {
+        if self.v4_only && ip.is_ipv6() {
+            return None;
+        }
+        self.reader.lookup(ip).ok()?.decode().ok()?
+    }
+
+    fn country(&self, ip: IpAddr, out: &mut GeoInfo) {
+        let Some(r) = self.record::<CountryRecord>(ip) else {
+            return;
+        };
+        let Some(country) = iso(&r.country)
+            .or_else(|| iso(&r.registered_country))
+            .or_else(|| text(r.country_code))
+        else {
+            return;
+        };
+        let country = country.to_ascii_uppercase();
+        let sub = r
+            .subdivisions
+            .as_ref()
+            .and_then(|s| s.first())
+            .and_then(|s| text(s.iso_code))
+            .or_else(|| text(r.state1));
+        out.region = Some(match sub {
+            Some(s) => format!("{country}-{s}").into(),
+            None => country.clone().into(),
+        });
+        out.country = Some(country.into());
+    }
+
+    fn asn(&self, ip: IpAddr, out: &mut GeoInfo) {
+        if let Some(r) = self.record::<AsnRecord>(ip) {
+            out.asn = r.autonomous_system_number;
+            out.as_org = text(r.autonomous_system_organization).map(Into::into);
+        }
+    }
+}
+
+/// The databases in use, swapped whole when a file is replaced.
+#[derive(Default)]
+pub struct Databases {
+    country: Option<Arc<Db>>,
+    asn: Option<Arc<Db>>,
+}
+
+impl Databases {
+    /// What the databases say of `ip` (canonical: IPv4-mapped as IPv4).
+    fn lookup(&self, ip: IpAddr) -> Option<GeoInfo> {
+        let mut out = GeoInfo::default();
+        if let Some(db) = &self.country {
+            db.country(ip, &mut out);
+        }
+        if let Some(db) = &self.asn {
+            db.asn(ip, &mut out);
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
+/// One configured file, as the watcher sees it.
+struct File {
+    role: Role,
+    path: PathBuf,
+    /// The version loaded (or found broken) last.
+    stamp: Option<Stamp>,
+    /// A new version seen at the last look, loaded once it holds still.
+    pending: Option<Option<Stamp>>,
+    loaded: Option<Loaded>,
+    problem: Option<(String, i64)>,
+}
+
+#[derive(Clone)]
+struct Loaded {
+    database_type: String,
+    build_epoch: u64,
+    at: i64,
+}
+
+/// A configured database as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DbStatus {
+    /// `country_db` or `asn_db`.
+    pub role: &'static str,
+    pub path: String,
+    /// From the file's metadata, for the version in use.
+    pub database_type: Option<String>,
+    /// Unix seconds: when the version in use was built, and loaded.
+    pub built: Option<u64>,
+    pub loaded_at: Option<i64>,
+    /// What is wrong now (the file is gone, does not load), and since when.
+    pub problem: Option<String>,
+    pub problem_since: Option<i64>,
+}
+
+struct Inner {
+    files: Vec<File>,
+    current: Arc<Databases>,
+    opened: bool,
+    watching: bool,
+}
+
+/// The configured databases: loaded on first use, replaced when their files
+/// are (see the module docs). Shared by every [`GeoLookup`].
+pub struct GeoHandle {
+    config: GeoConfig,
+    inner: Mutex<Inner>,
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for GeoHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeoHandle")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl GeoHandle {
+    /// How often the watcher looks at the files. A new version is loaded at
+    /// the second look that sees it unchanged: within 2 x POLL.
+    pub const POLL: Duration = Duration::from_secs(1);
+    const DEFAULT_CACHE: usize = 100_000;
+
+    /// A handle for `config`; nothing is read until it is used.
+    pub fn new(config: &GeoConfig) -> Arc<GeoHandle> {
+        let files = [
+            (Role::Country, &config.country_db),
+            (Role::Asn, &config.asn_db),
+        ]
+        .into_iter()
+        .filter_map(|(role, p)| {
+            p.as_ref().map(|path| File {
+                role,
+                path: path.clone(),
+                stamp: None,
+                pending: None,
+                loaded: None,
+                problem: None,
+            })
+        })
+        .collect();
+        Arc::new(GeoHandle {
+            config: config.clone(),
+            inner: Mutex::new(Inner {
+                files,
+                current: Arc::new(Databases::default()),
+                opened: false,
+                watching: false,
+            }),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &GeoConfig {
+        &self.config
+    }
+
+    /// Whether the config names a database for `role`.
+    pub fn has(&self, role: Role) -> bool {
+        match role {
+            Role::Country => self.config.country_db.is_some(),
+            Role::Asn => self.config.asn_db.is_some(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads every file the first time; later calls do nothing.
+    fn open(&self, inner: &mut Inner) {
+        if inner.opened {
+            return;
+        }
+        inner.opened = true;
+        let mut dbs = Databases::default();
+        for f in &mut inner.files {
+            f.stamp = stamp(&f.path);
+            match Db::open(&f.path, f.role) {
+                Ok(db) => {
+                    f.loaded = Some(loaded(&db));
+                    match f.role {
+                        Role::Country => dbs.country = Some(Arc::new(db)),
+                        Role::Asn => dbs.asn = Some(Arc::new(db)),
+                    }
+                }
+                Err(e) => f.problem = Some((e, crate::now_secs())),
+            }
+        }
+        inner.current = Arc::new(dbs);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// What is wrong with the configured files now (loading them first):
+    /// a missing, unreadable or wrong-type database, with its path.
+    pub fn problems(&self) -> Vec<String> {
+        let mut inner = self.lock();
+        self.open(&mut inner);
+        inner
+            .files
+            .iter()
+            .filter_map(|f| {
+                f.problem
+                    .as_ref()
+                    .map(|(p, _)| format!("{}: {p}", f.role.key()))
+            })
+            .collect()
+    }
+
+    /// The databases in use and their generation.
+    fn current(&self) -> (u64, Arc<Databases>) {
+        let mut inner = self.lock();
+        self.open(&mut inner);
+        (
+            self.generation.load(Ordering::Acquire),
+            inner.current.clone(),
+        )
+    }
+
+    /// One look at the files: a version that changed and then held still
+    /// for one look is loaded and swapped in; one that is gone or broken
+    /// leaves the last good database in use. Logs what it did.
+    pub fn poll(&self) {
+        let mut inner = self.lock();
+        self.open(&mut inner);
+        let mut swap: Vec<(Role, Db)> = Vec::new();
+        for f in &mut inner.files {
+            let now = stamp(&f.path);
+            if now == f.stamp {
+                f.pending = None;
+                continue;
+            }
+            if f.pending != Some(now) {
+                f.pending = Some(now);
+                continue;
+            }
+            f.pending = None;
+            f.stamp = now;
+            let kept = match &f.loaded {
+                Some(l) => format!(
+                    "the `{}` database loaded at {} stays in use",
+                    l.database_type,
+                    crate::text::expiry(Some(l.at))
+                ),
+                None => "no database is loaded for it: its fields stay empty".into(),
+            };
+            let result = match now {
+                None => Err(format!("{}: the file is gone", f.path.display())),
+                Some(st) if st.len == 0 => Err(format!("{}: the file is empty", f.path.display())),
+                Some(_) => Db::open(&f.path, f.role),
+            };
+            match result {
+                Ok(db) => {
+                    let l = loaded(&db);
+                    tracing::info!(
+                        path = %f.path.display(),
+                        database_type = l.database_type,
+                        "geoip: a new version of the {} database is in use",
+                        f.role.key()
+                    );
+                    f.loaded = Some(l);
+                    f.problem = None;
+                    swap.push((f.role, db));
+                }
+                Err(e) => {
+                    tracing::error!("geoip {}: {e}; {kept}", f.role.key());
+                    f.problem = Some((format!("{e}; {kept}"), crate::now_secs()));
+                }
+            }
+        }
+        if swap.is_empty() {
+            return;
+        }
+        // The new set shares the other role's database with the old one.
+        let mut dbs = Databases {
+            country: inner.current.country.clone(),
+            asn: inner.current.asn.clone(),
+        };
+        for (role, db) in swap {
+            match role {
+                Role::Country => dbs.country = Some(Arc::new(db)),
+                Role::Asn => dbs.asn = Some(Arc::new(db)),
+            }
+        }
+        inner.current = Arc::new(dbs);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Starts the thread that calls [`GeoHandle::poll`] every
+    /// [`GeoHandle::POLL`] (the daemon; `replay` reads files that do not
+    /// change). It ends when the handle is dropped (a reload that changed
+    /// `[geoip]`). Idempotent.
+    pub fn watch(self: &Arc<Self>) {
+        {
+            let mut inner = self.lock();
+            if inner.watching {
+                return;
+            }
+            inner.watching = true;
+        }
+        let weak: Weak<GeoHandle> = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("geoip-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Self::POLL);
+                    match weak.upgrade() {
+                        Some(h) => h.poll(),
+                        None => break,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(
+                "geoip: cannot start the database watcher ({e}); replaced files are not picked up until a restart"
+            );
+        }
+    }
+
+    /// Each configured database, for `status`.
+    pub fn status(&self) -> Vec<DbStatus> {
+        let mut inner = self.lock();
+        self.open(&mut inner);
+        inner
+            .files
+            .iter()
+            .map(|f| DbStatus {
+                role: f.role.key(),
+                path: f.path.display().to_string(),
+                database_type: f.loaded.as_ref().map(|l| l.database_type.clone()),
+                built: f.loaded.as_ref().map(|l| l.build_epoch),
+                loaded_at: f.loaded.as_ref().map(|l| l.at),
+                problem: f.problem.as_ref().map(|p| p.0.clone()),
+                problem_since: f.problem.as_ref().map(|p| p.1),
+            })
+            .collect()
+    }
+
+    fn cache_size(&self) -> usize {
+        self.config.cache_size.unwrap_or(Self::DEFAULT_CACHE).max(2)
+    }
+}
+
+fn loaded(db: &Db) -> Loaded {
+    let m = db.reader.metadata();
+    Loaded {
+        database_type: m.database_type.clone(),
+        build_epoch: m.build_epoch,
+        at: crate::now_secs(),
+    }
+}
+
+/// Lookups for one thread: the handle's databases behind a bounded cache of
+/// answers per address. Two generations of at most `cache_size / 2`
+/// addresses each: an address asked for again moves to the newer one, and
+/// when it is full the older one is dropped whole, so a flood of new
+/// addresses costs O(1) per line and bounded memory.
+pub struct GeoLookup {
+    handle: Arc<GeoHandle>,
+    generation: u64,
+    dbs: Arc<Databases>,
+    hot: HashMap<IpAddr, Option<Arc<GeoInfo>>, RandomState>,
+    cold: HashMap<IpAddr, Option<Arc<GeoInfo>>, RandomState>,
+    half: usize,
+}
+
+impl GeoLookup {
+    pub fn new(handle: Arc<GeoHandle>) -> GeoLookup {
+        let (generation, dbs) = handle.current();
+        let half = handle.cache_size() / 2;
+        GeoLookup {
+            handle,
+            generation,
+            dbs,
+            hot: HashMap::default(),
+            cold: HashMap::default(),
+            half,
+        }
+    }
+
+    pub fn handle(&self) -> &Arc<GeoHandle> {
+        &self.handle
+    }
+
+    /// What the databases say of `ip`; `None` when they know nothing of it.
+    pub fn get(&mut self, ip: IpAddr) -> Option<Arc<GeoInfo>> {
+        if self.handle.generation.load(Ordering::Acquire) != self.generation {
+            let (generation, dbs) = self.handle.current();
+            self.generation = generation;
+            self.dbs = dbs;
+            self.hot.clear();
+            self.cold.clear();
+        }
+        let ip = ip.to_canonical();
+        if let Some(v) = self.hot.get(&ip) {
+            return v.clone();
+        }
+        let v = match self.cold.remove(&ip) {
+            Some(v) => v,
+            None => self.dbs.lookup(ip).map(Arc::new),
+        };
+        if self.hot.len() >= self.half {
+            self.cold = std::mem::take(&mut self.hot);
+        }
+        self.hot.insert(ip, v.clone());
+        v
+    }
+}
+
+impl Clone for GeoLookup {
+    /// Another thread's lookups: same databases, an empty cache.
+    fn clone(&self) -> GeoLookup {
+        GeoLookup::new(self.handle.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_accept_the_database_types_published() {
+        for t in [
+            "GeoLite2-Country",
+            "GeoLite2-City",
+            "GeoIP2-Enterprise",
+            "country ipvAll",
+            "city ipv4",
+            "DBIP-City-Lite",
+        ] {
+            assert!(Role::Country.accepts(t), "{t}");
+            assert!(!Role::Asn.accepts(t), "{t}");
+        }
+        for t in [
+            "GeoLite2-ASN",
+            "GeoIP2-ISP",
+            "DBIP-ASN-Lite (compat=GeoLite2-ASN)",
+        ] {
+            assert!(Role::Asn.accepts(t), "{t}");
+            assert!(!Role::Country.accepts(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn missing_and_broken_files_are_problems_with_their_path() {
+        let dir = std::env::temp_dir().join(format!("portcullis-geo-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.mmdb");
+        std::fs::write(&junk, b"not a database").unwrap();
+        let h = GeoHandle::new(&GeoConfig {
+            country_db: Some(dir.join("missing.mmdb")),
+            asn_db: Some(junk.clone()),
+            cache_size: None,
+        });
+        let p = h.problems();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].contains("missing.mmdb") && p[0].contains("No such file"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].contains("junk.mmdb") && p[1].contains("not a readable MaxMind DB"),
+            "{p:?}"
+        );
+        // Lookups work (and know nothing) without any database.
+        let mut l = GeoLookup::new(h);
+        assert_eq!(l.get("8.8.8.8".parse().unwrap()), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let h = GeoHandle::new(&GeoConfig {
+            cache_size: Some(100),
+            ..Default::default()
+        });
+        let mut l = GeoLookup::new(h);
+        for i in 0..10_000u32 {
+            l.get(IpAddr::from(std::net::Ipv4Addr::from(i)));
+            assert!(l.hot.len() + l.cold.len() <= 100);
+        }
+    }
+
+    #[test]
+    fn display_is_region_then_network() {
+        let g = GeoInfo {
+            country: Some("US".into()),
+            region: Some("US-CA".into()),
+            asn: Some(15169),
+            as_org: Some("Google LLC".into()),
+        };
+        assert_eq!(g.to_string(), "US-CA AS15169 Google LLC");
+    }
+}
