@@ -9,7 +9,6 @@
 
 mod common;
 use common::*;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
