@@ -126,10 +126,7 @@ fn portcullis_toml_5_documents_every_key() {
             "[bouncer_api]",
             expected_keys("[bouncer_api]\nzzz_unknown = 1\n", j, f),
         ),
-        (
-            "[geoip]",
-            expected_keys("[geoip]\nzzz_unknown = 1\n", j, f),
-        ),
+        ("[geoip]", expected_keys("[geoip]\nzzz_unknown = 1\n", j, f)),
     ];
     for (what, keys) in tables {
         assert!(keys.len() >= 2, "{what}: {keys:?}");

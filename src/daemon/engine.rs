@@ -353,7 +353,7 @@ impl Engine {
                     .map_or_else(|| "?".into(), |s| s.name.clone()),
                 offset: e.offset,
                 line: e.line.clone(),
-                geo: e.geo.as_deref().cloned(),
+                geo: e.geo.as_ref().map(|g| g.info.clone()),
             })
             .collect();
         Incident {

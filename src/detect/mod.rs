@@ -141,8 +141,8 @@ pub struct Evidence {
     #[serde(skip)]
     pub client: Option<std::net::IpAddr>,
     /// Country and network of the client, with `[geoip]`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub geo: Option<Arc<crate::enrich::GeoInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "geo_info")]
+    pub geo: Option<Arc<crate::enrich::Enriched>>,
 }
 
 /// A jail fired.
@@ -163,6 +163,13 @@ pub struct Decision {
     pub bantime: Duration,
     /// The most recent matching lines of this key, oldest first.
     pub evidence: Vec<Evidence>,
+}
+
+fn geo_info<S: serde::Serializer>(
+    g: &Option<Arc<crate::enrich::Enriched>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    g.as_ref().map(|g| &g.info).serialize(s)
 }
 
 mod secs {
@@ -189,7 +196,7 @@ pub struct JailStats {
     pub evicted: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum KeyPart {
     Client,
     Field(FieldRef),
@@ -287,6 +294,9 @@ pub struct Jail {
     ring: EvidenceRing,
     stats: JailStats,
     fleet: bool,
+    /// Jails with the same key parts and prefixes share a class (set by
+    /// [`Detector::new`]): their text keys are equal for every event.
+    key_class: u32,
 }
 
 impl Jail {
@@ -322,6 +332,7 @@ impl Jail {
             ring: EvidenceRing::new(128),
             stats: JailStats::default(),
             fleet: spec.fleet,
+            key_class: 0,
         }
     }
 
@@ -499,7 +510,18 @@ impl Detector {
         self.ignore = ignore;
     }
 
-    pub fn new(jails: Vec<Jail>, ignore: NetSet, ignore_keys: Vec<String>) -> Detector {
+    pub fn new(mut jails: Vec<Jail>, ignore: NetSet, ignore_keys: Vec<String>) -> Detector {
+        let mut classes: Vec<(Vec<KeyPart>, u8, u8)> = Vec::new();
+        for j in &mut jails {
+            let this = (j.parts.clone(), j.v4, j.v6);
+            j.key_class = match classes.iter().position(|c| *c == this) {
+                Some(i) => i as u32,
+                None => {
+                    classes.push(this);
+                    (classes.len() - 1) as u32
+                }
+            };
+        }
         Detector {
             jails,
             ignore,
@@ -560,6 +582,9 @@ impl Detector {
         out: &mut Vec<Decision>,
     ) {
         let sec = (ev.time / 1000).clamp(0, u32::MAX as i64) as u32;
+        // Jails keyed alike (two jails per API key) build the text key and
+        // its fingerprint once per event: (key class, has key, fingerprint).
+        let mut memo: Option<(u32, bool, Option<TextKey>)> = None;
         for &j in which {
             let jail = &mut self.jails[j];
             if !jail.filter.matches(ev, &mut self.scratch) {
@@ -587,6 +612,20 @@ impl Detector {
                         continue;
                     }
                 },
+                // Made once per distinct answer by the enrich stage.
+                Some(FieldRef::Std(f @ (StdField::Region | StdField::Country))) => {
+                    let fp = ev.geo.as_ref().and_then(|g| match f {
+                        StdField::Region => g.region_fp,
+                        _ => g.country_fp,
+                    });
+                    match fp {
+                        Some(fp) => Some(fp),
+                        None => {
+                            jail.stats.keyless += 1;
+                            continue;
+                        }
+                    }
+                }
                 Some(f) => match ev.value(f, &mut self.value_buf) {
                     Some(v) => Some(fingerprint::of(v.as_bytes())),
                     None => {
@@ -609,7 +648,14 @@ impl Detector {
             let has_key = if by_addr {
                 addr_key.is_some()
             } else {
-                jail.text_key(ev, &mut self.key_buf, &mut self.scratch)
+                match memo {
+                    Some((class, has, _)) if class == jail.key_class => has,
+                    _ => {
+                        let has = jail.text_key(ev, &mut self.key_buf, &mut self.scratch);
+                        memo = Some((jail.key_class, has, None));
+                        has
+                    }
+                }
             };
             if !has_key {
                 jail.stats.keyless += 1;
@@ -638,7 +684,11 @@ impl Detector {
                 ring_key,
             };
             let (ring, stats) = (&mut jail.ring, &mut jail.stats);
-            let text_key = || fingerprint::of(self.key_buf.as_bytes());
+            let mut text_key = || match &mut memo {
+                Some((_, _, Some(fp))) => *fp,
+                Some((_, _, fp)) => *fp.insert(fingerprint::of(self.key_buf.as_bytes())),
+                None => fingerprint::of(self.key_buf.as_bytes()),
+            };
             let fired = match &mut jail.state {
                 State::Addr(k) => {
                     observe(k, ring, &addr_key.expect("checked"), &seen, limits, stats)

@@ -97,7 +97,7 @@ impl Role {
 }
 
 /// What the databases say of one address.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GeoInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub country: Option<Box<str>>,
@@ -112,6 +112,38 @@ pub struct GeoInfo {
 impl GeoInfo {
     fn is_empty(&self) -> bool {
         self == &GeoInfo::default()
+    }
+}
+
+/// A [`GeoInfo`] as events carry it: shared by every address with the same
+/// answer (a few thousand answers for tens of thousands of addresses, so
+/// they stay in cache), with the fingerprints of its country and region
+/// made once, for `distinct` counting (see `detect::fingerprint`).
+#[derive(Debug)]
+pub struct Enriched {
+    pub info: GeoInfo,
+    pub country_fp: Option<crate::detect::fingerprint::TextKey>,
+    pub region_fp: Option<crate::detect::fingerprint::TextKey>,
+}
+
+impl Enriched {
+    fn new(info: GeoInfo) -> Enriched {
+        let fp = |s: &Option<Box<str>>| {
+            s.as_deref()
+                .map(|s| crate::detect::fingerprint::of(s.as_bytes()))
+        };
+        Enriched {
+            country_fp: fp(&info.country),
+            region_fp: fp(&info.region),
+            info,
+        }
+    }
+}
+
+impl std::ops::Deref for Enriched {
+    type Target = GeoInfo;
+    fn deref(&self) -> &GeoInfo {
+        &self.info
     }
 }
 
@@ -555,17 +587,59 @@ fn loaded(db: &Db) -> Loaded {
     }
 }
 
+/// Addresses to answer numbers, in two generations of at most `half`
+/// entries: an address asked for again moves to the newer one, and when it
+/// is full the older one is dropped whole, so a flood of new addresses costs
+/// O(1) per line and bounded memory. Entries are 8 bytes (IPv4) so that the
+/// table of a busy log's clients stays in the CPU's cache.
+struct Generations<K> {
+    hot: HashMap<K, u32, RandomState>,
+    cold: HashMap<K, u32, RandomState>,
+}
+
+impl<K: std::hash::Hash + Eq> Generations<K> {
+    fn new() -> Generations<K> {
+        Generations {
+            hot: HashMap::default(),
+            cold: HashMap::default(),
+        }
+    }
+
+    fn get(&mut self, key: K, half: usize, miss: impl FnOnce() -> u32) -> u32 {
+        if let Some(&v) = self.hot.get(&key) {
+            return v;
+        }
+        let v = self.cold.remove(&key).unwrap_or_else(miss);
+        if self.hot.len() >= half {
+            self.cold = std::mem::take(&mut self.hot);
+        }
+        self.hot.insert(key, v);
+        v
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.hot.len() + self.cold.len()
+    }
+
+    fn clear(&mut self) {
+        self.hot.clear();
+        self.cold.clear();
+    }
+}
+
 /// Lookups for one thread: the handle's databases behind a bounded cache of
-/// answers per address. Two generations of at most `cache_size / 2`
-/// addresses each: an address asked for again moves to the newer one, and
-/// when it is full the older one is dropped whole, so a flood of new
-/// addresses costs O(1) per line and bounded memory.
+/// answers per address (see [`Generations`]). Answers are shared: each
+/// distinct one is kept once and addresses hold its number.
 pub struct GeoLookup {
     handle: Arc<GeoHandle>,
     generation: u64,
     dbs: Arc<Databases>,
-    hot: HashMap<IpAddr, Option<Arc<GeoInfo>>, RandomState>,
-    cold: HashMap<IpAddr, Option<Arc<GeoInfo>>, RandomState>,
+    v4: Generations<u32>,
+    v6: Generations<u128>,
+    /// Answer 0 is "nothing known".
+    answers: Vec<Option<Arc<Enriched>>>,
+    numbers: HashMap<GeoInfo, u32, RandomState>,
     half: usize,
 }
 
@@ -577,8 +651,10 @@ impl GeoLookup {
             handle,
             generation,
             dbs,
-            hot: HashMap::default(),
-            cold: HashMap::default(),
+            v4: Generations::new(),
+            v6: Generations::new(),
+            answers: vec![None],
+            numbers: HashMap::default(),
             half,
         }
     }
@@ -587,28 +663,40 @@ impl GeoLookup {
         &self.handle
     }
 
+    fn clear(&mut self) {
+        self.v4.clear();
+        self.v6.clear();
+        self.answers.truncate(1);
+        self.numbers.clear();
+    }
+
     /// What the databases say of `ip`; `None` when they know nothing of it.
-    pub fn get(&mut self, ip: IpAddr) -> Option<Arc<GeoInfo>> {
+    pub fn get(&mut self, ip: IpAddr) -> Option<Arc<Enriched>> {
         if self.handle.generation.load(Ordering::Acquire) != self.generation {
             let (generation, dbs) = self.handle.current();
             self.generation = generation;
             self.dbs = dbs;
-            self.hot.clear();
-            self.cold.clear();
+            self.clear();
+        }
+        // Distinct answers are bounded like addresses: past the bound (a
+        // flood over many networks) everything starts again.
+        if self.answers.len() > 2 * self.half {
+            self.clear();
         }
         let ip = ip.to_canonical();
-        if let Some(v) = self.hot.get(&ip) {
-            return v.clone();
-        }
-        let v = match self.cold.remove(&ip) {
-            Some(v) => v,
-            None => self.dbs.lookup(ip).map(Arc::new),
+        let (dbs, answers, numbers) = (&self.dbs, &mut self.answers, &mut self.numbers);
+        let mut miss = || match dbs.lookup(ip) {
+            None => 0,
+            Some(info) => *numbers.entry(info).or_insert_with_key(|info| {
+                answers.push(Some(Arc::new(Enriched::new(info.clone()))));
+                (answers.len() - 1) as u32
+            }),
         };
-        if self.hot.len() >= self.half {
-            self.cold = std::mem::take(&mut self.hot);
-        }
-        self.hot.insert(ip, v.clone());
-        v
+        let n = match ip {
+            IpAddr::V4(a) => self.v4.get(a.to_bits(), self.half, &mut miss),
+            IpAddr::V6(a) => self.v6.get(a.to_bits(), self.half, &mut miss),
+        };
+        self.answers[n as usize].clone()
     }
 }
 
@@ -669,7 +757,7 @@ mod tests {
         );
         // Lookups work (and know nothing) without any database.
         let mut l = GeoLookup::new(h);
-        assert_eq!(l.get("8.8.8.8".parse().unwrap()), None);
+        assert!(l.get("8.8.8.8".parse().unwrap()).is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -682,7 +770,9 @@ mod tests {
         let mut l = GeoLookup::new(h);
         for i in 0..10_000u32 {
             l.get(IpAddr::from(std::net::Ipv4Addr::from(i)));
-            assert!(l.hot.len() + l.cold.len() <= 100);
+            l.get(IpAddr::from(std::net::Ipv6Addr::from(i as u128)));
+            assert!(l.v4.len() <= 100 && l.v6.len() <= 100);
+            assert!(l.answers.len() <= 101);
         }
     }
 

@@ -9,4 +9,4 @@
 
 pub mod geo;
 
-pub use geo::{GeoConfig, GeoHandle, GeoInfo, GeoLookup};
+pub use geo::{Enriched, GeoConfig, GeoHandle, GeoInfo, GeoLookup};

@@ -205,7 +205,7 @@ pub struct Event {
     /// Seconds, as the proxy wrote it.
     pub request_time: Option<f64>,
     /// What the enrich stage found about the client (country, network).
-    pub geo: Option<std::sync::Arc<crate::enrich::GeoInfo>>,
+    pub geo: Option<std::sync::Arc<crate::enrich::Enriched>>,
     buf: String,
     text: [Option<Span>; TEXT_SLOTS],
     extras: Vec<Option<Span>>,
