@@ -51,6 +51,11 @@ impl Smtp {
 }
 
 fn daemon_with_mail(tag: &str, port: u16) -> Daemon {
+    daemon_with_mail_and(tag, port, "")
+}
+
+/// With `tables` (a `[geoip]` section) in portcullis.toml too.
+fn daemon_with_mail_and(tag: &str, port: u16, tables: &str) -> Daemon {
     let dir = Daemon::config(
         tag,
         3,
@@ -60,7 +65,7 @@ fn daemon_with_mail(tag: &str, port: u16) -> Daemon {
         &dir,
         "",
         &format!(
-            "[actions.oncall]\ntype = \"email\"\nserver = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"portcullis@ingress.test\"\nto = [\"oncall@ops.test\"]\nalert_interval = \"3s\"\ntimeout = \"2s\"\n"
+            "{tables}[actions.oncall]\ntype = \"email\"\nserver = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"portcullis@ingress.test\"\nto = [\"oncall@ops.test\"]\nalert_interval = \"3s\"\ntimeout = \"2s\"\n"
         ),
     );
     Daemon::start(dir)
@@ -127,6 +132,30 @@ fn one_digest_for_a_burst_with_what_oncall_needs() {
         "the next digest after the interval",
     );
     assert!(plain(&smtp.mails()[1]).contains("auth: 1 incident (high): 203.0.113.9"));
+}
+
+/// With `[geoip]`, each evidence line of the digest names its client's
+/// region and network (real GeoLite2 databases, real SMTP server).
+#[test]
+fn the_digest_names_the_country_and_network_of_the_evidence() {
+    let Some(g) = geo_dir() else { return };
+    let port = free_port();
+    let tmp = TempDir::new("smtp-geo");
+    let smtp = Smtp::start(tmp.path().join("maildir"), port);
+    let geo = format!(
+        "[geoip]\ncountry_db = \"{}\"\nasn_db = \"{}\"\n",
+        g.join("GeoLite2-Country.mmdb").display(),
+        g.join("GeoLite2-ASN.mmdb").display()
+    );
+    let d = daemon_with_mail_and("mail-geo", port, &geo);
+    d.append(&(0..3).map(|_| attack_line("77.88.8.8")).collect::<String>());
+    wait_for(|| d.bans().len() == 1, "the ban");
+    wait_for(|| !smtp.mails().is_empty(), "the digest");
+    let m = plain(&smtp.mails()[0]);
+    assert!(
+        m.contains("byte 0 [RU AS13238 YANDEX LLC]: 77.88.8.8 "),
+        "{m}"
+    );
 }
 
 #[test]

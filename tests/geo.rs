@@ -11,31 +11,6 @@ mod common;
 use common::*;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
-
-const FILES: [&str; 4] = [
-    "GeoLite2-City.mmdb",
-    "GeoLite2-Country.mmdb",
-    "GeoLite2-ASN.mmdb",
-    "geo-whois-asn-country.mmdb",
-];
-
-fn geo_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(
-        std::env::var("PORTCULLIS_GEOIP_DIR")
-            .unwrap_or_else(|_| "/var/cache/portcullis-ci/geoip".into()),
-    );
-    if FILES.iter().all(|f| dir.join(f).is_file()) {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run the geo tests with real databases in {} (see .ci/run)",
-        dir.display()
-    );
-    eprintln!("skipping: no MaxMind DB files in {}", dir.display());
-    None
-}
 
 /// Country code of `ip` in a MaxMind-layout database.
 fn country_of(db: &maxminddb::Reader<Vec<u8>>, ip: &str) -> Option<String> {

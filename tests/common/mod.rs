@@ -426,3 +426,30 @@ pub fn curl_status(args: &[&str]) -> u16 {
         .unwrap();
     stdout(&out).parse().unwrap_or(0)
 }
+
+/// The real MaxMind DB files `.ci/run` fetches (`$PORTCULLIS_GEOIP_DIR`,
+/// default `/var/cache/portcullis-ci/geoip`): GeoLite2 City, Country, ASN
+/// and ip-location-db's `geo-whois-asn-country`. `None` (the test returns)
+/// outside CI when they are missing; in CI (`CI` set) that fails the test.
+pub fn geo_dir() -> Option<PathBuf> {
+    const FILES: [&str; 4] = [
+        "GeoLite2-City.mmdb",
+        "GeoLite2-Country.mmdb",
+        "GeoLite2-ASN.mmdb",
+        "geo-whois-asn-country.mmdb",
+    ];
+    let dir = PathBuf::from(
+        std::env::var("PORTCULLIS_GEOIP_DIR")
+            .unwrap_or_else(|_| "/var/cache/portcullis-ci/geoip".into()),
+    );
+    if FILES.iter().all(|f| dir.join(f).is_file()) {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the geo tests with real databases in {} (see .ci/run)",
+        dir.display()
+    );
+    eprintln!("skipping: no MaxMind DB files in {}", dir.display());
+    None
+}
