@@ -11,6 +11,7 @@ use crate::enrich::GeoLookup;
 use crate::parse::wrap::Wrap;
 use crate::parse::{Event, FormatSpec, LineParser, Outcome, ParseError, Wanted, reason};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
 /// Per-format parse counters of a source.
@@ -235,14 +236,15 @@ impl KitParsers {
     /// `out` (one entry per group).
     pub fn parse(&mut self, bytes: &[u8], out: &mut [Preparsed]) {
         let lossy;
-        let text = match std::str::from_utf8(bytes) {
-            Ok(s) => s,
+        let (text, bad_utf8) = match std::str::from_utf8(bytes) {
+            Ok(s) => (s, false),
             Err(_) => {
                 lossy = String::from_utf8_lossy(bytes);
-                &lossy
+                (&*lossy, true)
             }
         };
         for ((p, o), &enrich) in self.parsers.iter_mut().zip(out).zip(&self.enrich) {
+            o.bad_utf8 = bad_utf8;
             o.result = p.parse(text, &mut o.event);
             if enrich && o.result == Ok(Outcome::Event) {
                 enrich_event(&mut self.geo, &mut o.event);
@@ -262,6 +264,9 @@ fn enrich_event(geo: &mut Option<GeoLookup>, ev: &mut Event) {
 pub struct Preparsed {
     pub result: Result<Outcome, crate::parse::ParseError>,
     pub event: Event,
+    /// The line was not UTF-8 (it was parsed lossily), as the parsing
+    /// thread found: the detecting thread does not check again.
+    pub bad_utf8: bool,
 }
 
 impl ParseKit {
@@ -291,6 +296,7 @@ impl ParseKit {
             .map(|_| Preparsed {
                 result: Ok(Outcome::Pending),
                 event: Event::new(&self.wanted),
+                bad_utf8: false,
             })
             .collect()
     }
@@ -510,21 +516,27 @@ impl Pipeline {
         old: bool,
         mut pre: Option<&mut [Preparsed]>,
     ) {
+        // The text of the line: checked here unless a parsing thread did
+        // (then made only if a counter needs an example of it).
         let lossy;
-        let (text, bad_utf8) = match std::str::from_utf8(bytes) {
-            Ok(s) => (s, false),
-            Err(_) => {
-                lossy = String::from_utf8_lossy(bytes);
-                (&*lossy, true)
-            }
+        let (text, bad_utf8): (Option<&str>, bool) = match pre.as_deref() {
+            Some([first, ..]) => (None, first.bad_utf8),
+            _ => match std::str::from_utf8(bytes) {
+                Ok(s) => (Some(s), false),
+                Err(_) => {
+                    lossy = String::from_utf8_lossy(bytes);
+                    (Some(&*lossy), true)
+                }
+            },
         };
+        let example = || text.map_or_else(|| String::from_utf8_lossy(bytes), Cow::Borrowed);
         let src = &mut self.sources[source as usize];
         let mut first_time = None;
         for (gi, g) in src.groups.iter_mut().enumerate() {
             if warm {
                 // Counted in the run that first read it; only windows are rebuilt.
                 g.stats.warm += 1;
-                if let Ok(Outcome::Event) = g.parser.parse(text, &mut g.event) {
+                if let Ok(Outcome::Event) = g.parser.parse(&example(), &mut g.event) {
                     if g.enrich {
                         enrich_event(&mut self.geo, &mut g.event);
                     }
@@ -536,7 +548,7 @@ impl Pipeline {
                     self.detector.process_warm(
                         &g.jails,
                         &g.event,
-                        text,
+                        bytes,
                         origin,
                         &mut self.decisions,
                     );
@@ -560,7 +572,7 @@ impl Pipeline {
                     p.result
                 }
                 None => {
-                    let r = g.parser.parse(text, &mut g.event);
+                    let r = g.parser.parse(&example(), &mut g.event);
                     if g.enrich && r == Ok(Outcome::Event) {
                         enrich_event(&mut self.geo, &mut g.event);
                     }
@@ -571,7 +583,8 @@ impl Pipeline {
                 Ok(Outcome::Event) => {
                     g.stats.parsed += 1;
                     if clamp_future(&mut g.event.time, src.newest, &mut self.clock_ms) {
-                        g.stats.note(reason::FUTURE_TIME, &src.name, offset, text);
+                        g.stats
+                            .note(reason::FUTURE_TIME, &src.name, offset, &example());
                     }
                     src.newest = src.newest.max(g.event.time);
                     first_time.get_or_insert(g.event.time);
@@ -581,14 +594,14 @@ impl Pipeline {
                     let origin = Origin { source, offset };
                     let before = self.decisions.len();
                     self.detector
-                        .process(&g.jails, &g.event, text, origin, &mut self.decisions);
+                        .process(&g.jails, &g.event, bytes, origin, &mut self.decisions);
                     if let Some(geo) = &mut self.geo {
                         annotate(geo, &mut self.decisions[before..]);
                     }
                 }
                 Ok(Outcome::Pending) => g.stats.partial += 1,
                 Err(why) => {
-                    g.stats.refuse(why, &src.name, offset, text);
+                    g.stats.refuse(why, &src.name, offset, &example());
                     let st = &g.stats;
                     if !g.warned_unparsed && st.unparsed >= 100 && st.unparsed * 2 > st.lines {
                         g.warned_unparsed = true;
@@ -602,7 +615,9 @@ impl Pipeline {
                             st.lines,
                             g.format,
                             why.0,
-                            crate::text::printable(&text.chars().take(120).collect::<String>()),
+                            crate::text::printable(
+                                &example().chars().take(120).collect::<String>()
+                            ),
                         );
                     }
                 }

@@ -334,6 +334,39 @@ fn counting_per_network_operator() {
     assert_eq!(ds[0]["evidence"][0]["geo"]["as_org"], "Google LLC");
 }
 
+/// `key = ["api_key", "country"]`: a key counted per country it is used
+/// from (three requests from one country fire; three spread over three
+/// countries do not).
+#[test]
+fn a_key_and_a_country_together() {
+    let Some(g) = geo_dir() else { return };
+    let dir = config_with(
+        &format!(
+            "[geoip]\ncountry_db = \"{}\"\n",
+            g.join("GeoLite2-Country.mmdb").display()
+        ),
+        "[per-key-country]\nfilter = \"api-request\"\nkey = [\"api_key\", \"country\"]\nmaxretry = 3\ntarget = \"key\"\n",
+    );
+    let mut log = String::new();
+    for ip in ["8.8.8.8", "8.8.4.4", "18.0.0.1"] {
+        log += &line(ip, 1, 200, "k_us");
+    }
+    for ip in ["8.8.8.8", "77.88.8.8", "202.12.27.33"] {
+        log += &line(ip, 2, 200, "k_spread");
+    }
+    let log_path = dir.write("t.log", &log);
+    let (ds, _) = replay_json(&[
+        "--config",
+        &conf(&dir),
+        "--jail",
+        "per-key-country",
+        log_path.to_str().unwrap(),
+    ]);
+    assert_eq!(ds.len(), 1, "{ds:?}");
+    assert_eq!(ds[0]["target"], "key:k_us");
+    assert_eq!(ds[0]["key"], "k_us|US");
+}
+
 /// A missing, unreadable or wrong-type database is a `check` error with
 /// its path and reason; so is a jail reading a field whose database is not
 /// configured. `replay` refuses to run without its databases.
@@ -446,11 +479,26 @@ fn the_daemon_swaps_databases_without_losing_state() {
     let dir = Daemon::config("geo-live", 1000, "");
     let geo_path = dir.path().join("geo/country.mmdb");
     std::fs::create_dir_all(geo_path.parent().unwrap()).unwrap();
+    let port = free_port();
     add_to_main(
         &dir,
         "",
-        &format!("[geoip]\ncountry_db = \"{}\"\n", geo_path.display()),
+        &format!(
+            "[geoip]\ncountry_db = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            geo_path.display()
+        ),
     );
+    let problem_metric = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.lines()
+            .find_map(|l| l.strip_prefix("portcullis_geoip_database_problem{db=\"country_db\"} "))
+            .map(str::to_string)
+    };
     let log = dir.path().join("logs/access.log").display().to_string();
     dir.write(
         "conf/filters.d/geo.toml",
@@ -473,6 +521,7 @@ fn the_daemon_swaps_databases_without_losing_state() {
     );
     let human = stdout(&d.cli(&["status"]));
     assert!(human.contains("geoip country_db: PROBLEM since"), "{human}");
+    assert_eq!(problem_metric().as_deref(), Some("1"));
     // It appears (written elsewhere, renamed into place): loaded.
     let put = |from: &str| {
         let tmp = geo_path.with_extension("tmp");
@@ -485,6 +534,7 @@ fn the_daemon_swaps_databases_without_losing_state() {
         "the country database to load",
     );
     assert!(geo_status(&d)["problem"].is_null());
+    assert_eq!(problem_metric().as_deref(), Some("0"));
     // Berkeley with a country database: in the US, region only "US".
     d.append(&attack_line("128.32.0.1").repeat(2));
     d.wait_matches("us", 2);

@@ -46,6 +46,7 @@ pub struct Snapshot {
     pub action_refused: Family<Labels, Counter>,
     pub action_failing: Family<Labels, Gauge>,
     pub action_drift: Family<Labels, Counter>,
+    pub geoip_problem: Family<Labels, Gauge>,
     pub active_bans: Gauge,
     pub store_errors: Counter,
     pub store_unsaved: Gauge,
@@ -74,6 +75,7 @@ impl Snapshot {
             action_refused: Family::default(),
             action_failing: Family::default(),
             action_drift: Family::default(),
+            geoip_problem: Family::default(),
             active_bans: Gauge::default(),
             store_errors: Counter::default(),
             store_unsaved: Gauge::default(),
@@ -136,6 +138,11 @@ impl Snapshot {
             "enforcement_drift",
             "Times enforcement was changed behind portcullis's back (flushed set, deleted table) and repaired",
             s.action_drift.clone(),
+        );
+        registry.register(
+            "geoip_database_problem",
+            "1 while a [geoip] database is missing or does not load (the last good version, if any, stays in use)",
+            s.geoip_problem.clone(),
         );
         registry.register(
             "store_write_errors",

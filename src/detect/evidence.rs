@@ -12,7 +12,8 @@ struct Slot {
     key: Vec<u8>,
     origin: Origin,
     client: Option<std::net::IpAddr>,
-    line: String,
+    /// As read: made text (lossily) only for a decision's evidence.
+    line: Vec<u8>,
     used: bool,
 }
 
@@ -35,14 +36,14 @@ impl EvidenceRing {
         key: &[u8],
         origin: Origin,
         client: Option<std::net::IpAddr>,
-        line: &str,
+        line: &[u8],
     ) {
         let slot = &mut self.slots[self.next];
         slot.client = client;
         slot.key.clear();
         slot.key.extend_from_slice(key);
         slot.line.clear();
-        slot.line.push_str(line);
+        slot.line.extend_from_slice(line);
         slot.origin = origin;
         slot.used = true;
         self.next = (self.next + 1) % self.slots.len();
@@ -60,7 +61,7 @@ impl EvidenceRing {
                 out.push(Evidence {
                     source: slot.origin.source,
                     offset: slot.origin.offset,
-                    line: slot.line.clone(),
+                    line: String::from_utf8_lossy(&slot.line).into_owned(),
                     client: slot.client,
                     geo: None,
                 });
@@ -89,7 +90,7 @@ mod tests {
                     offset: i as u64,
                 },
                 None,
-                &format!("{k}{i}"),
+                format!("{k}{i}").as_bytes(),
             );
         }
         let ev = r.take_for(b"a", 5);

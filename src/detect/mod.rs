@@ -423,7 +423,7 @@ struct Seen<'a> {
     sec: u32,
     /// The distinct-counted field's value, for distinct jails.
     value: Option<TextKey>,
-    line: &'a str,
+    line: &'a [u8],
     origin: Origin,
     client: Option<std::net::IpAddr>,
     /// The key as bytes, to match evidence lines to it.
@@ -557,7 +557,7 @@ impl Detector {
         &mut self,
         which: &[usize],
         ev: &Event,
-        line: &str,
+        line: &[u8],
         origin: Origin,
         out: &mut Vec<Decision>,
     ) {
@@ -577,7 +577,7 @@ impl Detector {
         &mut self,
         which: &[usize],
         ev: &Event,
-        line: &str,
+        line: &[u8],
         origin: Origin,
         out: &mut Vec<Decision>,
     ) {

@@ -186,6 +186,9 @@ pub struct Template {
     has_time: bool,
     /// Traefik 1.x writes an empty quoted field as a bare `-`.
     bare_dash: bool,
+    /// Which of the request line's parts the jails read (request, method,
+    /// path, protocol): the others are never copied or unescaped.
+    request_parts: [bool; 4],
 }
 
 /// Where each variable of a line starts and ends, found before any field is
@@ -297,11 +300,21 @@ impl Template {
                             has_time = true;
                             Slot::Time(*shape)
                         }
-                        Var::Request => Slot::Request,
+                        // Typed values no jail reads are neither parsed nor
+                        // stored (their shape still splits the line).
+                        Var::Request if REQUEST_PARTS.iter().any(|f| wanted.has(*f)) => {
+                            Slot::Request
+                        }
+                        Var::Request => Slot::Skip,
                         Var::Status => Slot::Status,
-                        Var::Bytes => Slot::Bytes,
-                        Var::RequestSeconds => Slot::RequestSeconds,
-                        Var::RequestMillis => Slot::RequestMillis,
+                        Var::Bytes if wanted.has(StdField::Bytes) => Slot::Bytes,
+                        Var::RequestSeconds if wanted.has(StdField::RequestTime) => {
+                            Slot::RequestSeconds
+                        }
+                        Var::RequestMillis if wanted.has(StdField::RequestTime) => {
+                            Slot::RequestMillis
+                        }
+                        Var::Bytes | Var::RequestSeconds | Var::RequestMillis => Slot::Skip,
                         // Always read: it may carry the client address.
                         Var::Text(StdField::ForwardedFor) => {
                             has_xff = true;
@@ -334,6 +347,7 @@ impl Template {
             has_peer,
             has_time,
             bare_dash: false,
+            request_parts: REQUEST_PARTS.map(|f| wanted.has(f)),
         })
     }
 
@@ -796,14 +810,24 @@ impl Template {
     }
 
     fn split_request(&self, ev: &mut Event, raw: &str) {
-        ev.set_text(StdField::Request, raw);
-        let Some((method, path, protocol)) = super::event::split_request(raw) else {
+        let [request, method, path, protocol] = self.request_parts;
+        if request {
+            ev.set_text(StdField::Request, raw);
+        }
+        if !(method || path || protocol) {
+            return;
+        }
+        let Some((m, p, proto)) = super::event::split_request(raw) else {
             return;
         };
-        self.store(ev, Target::Std(StdField::Method), method);
-        self.store(ev, Target::Std(StdField::Path), path);
-        if let Some(p) = protocol {
-            self.store(ev, Target::Std(StdField::Protocol), p);
+        if method {
+            self.store(ev, Target::Std(StdField::Method), m);
+        }
+        if path {
+            self.store(ev, Target::Std(StdField::Path), p);
+        }
+        if let Some(proto) = proto.filter(|_| protocol) {
+            self.store(ev, Target::Std(StdField::Protocol), proto);
         }
     }
 
@@ -816,6 +840,14 @@ impl Template {
         }
     }
 }
+
+/// The fields taken from a request line, in `Template::request_parts` order.
+const REQUEST_PARTS: [StdField; 4] = [
+    StdField::Request,
+    StdField::Method,
+    StdField::Path,
+    StdField::Protocol,
+];
 
 /// A span's text; a span cut inside a character (only a fixed-width time
 /// can be) is no valid value.

@@ -199,6 +199,13 @@ impl Engine {
                 .get_or_create(&labels(&[("action", name), ("result", "failed")]))
                 .inc_by(a.batches_failed);
         }
+        if let Some(g) = &self.config.geo {
+            for db in g.status() {
+                m.geoip_problem
+                    .get_or_create(&labels(&[("db", db.role)]))
+                    .set(db.problem.is_some() as i64);
+            }
+        }
         let store = self.store.health();
         m.store_errors.inc_by(store.errors);
         m.store_unsaved.set(self.writer.unsaved() as i64);
