@@ -618,8 +618,16 @@ fn run_replay(
 ) -> Result<(), String> {
     if let Some(geo) = &config.geo {
         let problems = geo.problems();
+        let needed = config.jails.iter().any(|j| {
+            j.geo_field.is_some()
+                && (sel.jails.is_empty() && j.enabled || sel.jails.contains(&j.spec.name))
+        });
         if !problems.is_empty() {
-            return Err(format!("[geoip]: {}", problems.join("; ")));
+            let text = format!("[geoip] {}", problems.join("; [geoip] "));
+            if needed {
+                return Err(text);
+            }
+            eprintln!("warning: {text} (evidence is shown without country and network)");
         }
     }
     let mut replay = Replay::new(config, sel)?;
@@ -699,16 +707,10 @@ fn human_duration(d: std::time::Duration) -> String {
 
 /// Log text for a terminal: control characters escaped (a log line must not
 /// drive the operator's terminal), cut to `max` characters.
+/// At most `max` characters of `s`, made safe for a terminal (controls,
+/// bidi overrides and backslashes escaped, as everywhere else).
 fn printable(s: &str, max: usize) -> String {
-    let mut out = String::new();
-    for c in s.chars().take(max) {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    portcullis::text::printable(&s.chars().take(max).collect::<String>()).into_owned()
 }
 
 fn print_decision(out: &mut impl Write, r: &Replay, d: &Decision) -> std::io::Result<()> {

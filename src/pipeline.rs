@@ -255,8 +255,11 @@ impl KitParsers {
 
 /// The enrich stage for one event (a no-op without `[geoip]`).
 fn enrich_event(geo: &mut Option<GeoLookup>, ev: &mut Event) {
-    if let (Some(geo), Some(ip)) = (geo, ev.client) {
-        ev.geo = geo.get(ip);
+    if let Some(geo) = geo {
+        if let Some(ip) = ev.client {
+            ev.geo = geo.get(ip);
+        }
+        ev.geo_missing = geo.missing();
     }
 }
 
@@ -684,7 +687,10 @@ impl Pipeline {
 /// `replay`, incidents and digests): once per decision, not per line.
 fn annotate(geo: &mut GeoLookup, decisions: &mut [Decision]) {
     for e in decisions.iter_mut().flat_map(|d| &mut d.evidence) {
-        if let Some(ip) = e.client {
+        // Lines of enriched jails keep what was known when they counted.
+        if e.geo.is_none()
+            && let Some(ip) = e.client
+        {
             e.geo = geo.get(ip);
         }
     }

@@ -77,6 +77,23 @@ fn config_with(geo: &str, jails: &str) -> TempDir {
     dir
 }
 
+/// Adds a deny-list action `revoke` (it revokes API keys) to a test config.
+fn add_action(dir: &TempDir) {
+    let path = dir.path().join("conf/portcullis.toml");
+    let main = std::fs::read_to_string(&path).unwrap();
+    let d = dir.path().display();
+    std::fs::write(
+        path,
+        main.replace(
+            "[defaults]",
+            &format!(
+                "[actions.revoke]\ntype = \"denylist\"\npath = \"{d}/revoked.map\"\n\n[defaults]"
+            ),
+        ),
+    )
+    .unwrap();
+}
+
 fn conf(dir: &TempDir) -> String {
     dir.path().join("conf").display().to_string()
 }
@@ -219,6 +236,46 @@ fn regions_come_from_the_city_database() {
         .map(|e| e["geo"]["region"].as_str().unwrap())
         .collect();
     assert_eq!(regions, ["US-CA", "US-MA"]);
+}
+
+/// A country alone (an address the database places in `US` only) is not a
+/// region apart from a subdivision of it: `US` and `US-CA` are one region,
+/// so a key seen from 8.8.8.8 (US), Berkeley (US-CA), GB-ENG and JP has
+/// three regions, not four, and is not revoked.
+#[test]
+fn a_country_alone_is_not_a_region_apart_from_its_subdivision() {
+    let Some(g) = geo_dir() else { return };
+    let dir = config_with(
+        &format!(
+            "[geoip]\ncountry_db = \"{}\"\n",
+            g.join("GeoLite2-City.mmdb").display()
+        ),
+        "",
+    );
+    let mut log = String::new();
+    for (i, ip) in ["8.8.8.8", "128.32.0.1", "81.2.69.142", "202.12.27.33"]
+        .iter()
+        .enumerate()
+    {
+        log += &line(ip, i as u32, 200, "k_three");
+    }
+    // A fourth region does count.
+    for (i, ip) in ["128.32.0.1", "18.0.0.1", "81.2.69.142", "202.12.27.33"]
+        .iter()
+        .enumerate()
+    {
+        log += &line(ip, 10 + i as u32, 200, "k_four");
+    }
+    let log_path = dir.write("t.log", &log);
+    let (ds, _) = replay_json(&[
+        "--config",
+        &conf(&dir),
+        "--jail",
+        "leaked-api-key-regions",
+        log_path.to_str().unwrap(),
+    ]);
+    let targets: Vec<&str> = ds.iter().map(|d| d["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["key:k_four"]);
 }
 
 /// `country` filters, with `not`, on ip-location-db's flat layout; an
@@ -365,6 +422,24 @@ fn a_key_and_a_country_together() {
     assert_eq!(ds.len(), 1, "{ds:?}");
     assert_eq!(ds[0]["target"], "key:k_us");
     assert_eq!(ds[0]["key"], "k_us|US");
+    // The other order revokes the API key too, never `US`.
+    let jails = dir.path().join("conf/jails.d/test.toml");
+    let text = std::fs::read_to_string(&jails).unwrap();
+    std::fs::write(
+        &jails,
+        text.replace("[\"api_key\", \"country\"]", "[\"country\", \"api_key\"]"),
+    )
+    .unwrap();
+    let (ds, _) = replay_json(&[
+        "--config",
+        &conf(&dir),
+        "--jail",
+        "per-key-country",
+        log_path.to_str().unwrap(),
+    ]);
+    assert_eq!(ds.len(), 1, "{ds:?}");
+    assert_eq!(ds[0]["target"], "key:k_us");
+    assert_eq!(ds[0]["key"], "US|k_us");
 }
 
 /// A missing, unreadable or wrong-type database is a `check` error with
@@ -401,21 +476,75 @@ fn check_names_the_database_and_what_is_wrong() {
             ],
         ),
     ];
+    // A damaged copy (zeroed blocks, metadata intact) is refused by `check`.
+    let mut damaged = std::fs::read(g.join("GeoLite2-Country.mmdb")).unwrap();
+    let n = damaged.len();
+    damaged[..n * 9 / 10].fill(0);
+    let damaged_path = junk_dir.path().join("damaged.mmdb");
+    std::fs::write(&damaged_path, damaged).unwrap();
+    let cases = cases.into_iter().chain([
+        (
+            format!("[geoip]\ncountry_db = \"{}\"\n", damaged_path.display()),
+            vec![
+                "damaged.mmdb".to_string(),
+                "damaged or empty MaxMind DB file".into(),
+            ],
+        ),
+        (
+            "[geoip]\ncountry_db = \"GeoLite2-City.mmdb\"\n".to_string(),
+            vec!["use an absolute path".to_string()],
+        ),
+    ]);
     for (geo, want) in cases {
         let dir = config_with(&geo, "");
         let err = fails("check", &dir);
         for w in &want {
             assert!(err.contains(w.as_str()), "want {w:?} in: {err}");
         }
+        // A replay whose jails read a broken database refuses to run; one
+        // whose jails do not says so and runs.
         let log_path = dir.write("t.log", &line("8.8.8.8", 1, 200, "k"));
         let out = bin()
             .args(["replay", "--config", &conf(&dir)])
             .arg(&log_path)
             .output()
             .unwrap();
-        assert!(!out.status.success());
         assert!(stderr(&out).contains("[geoip]"), "{}", stderr(&out));
+        let reads_it = geo.contains("country_db");
+        assert_eq!(out.status.success(), !reads_it, "{}", stderr(&out));
     }
+    // `key = "asn"` names networks: it may not feed an action that revokes
+    // keys (the bundled defaults add `firewall`; a deny-list would revoke
+    // `15169` as an API key id).
+    let dir = config_with(
+        &format!("[geoip]\nasn_db = \"{}\"\n", asn.display()),
+        "[per-asn]\nfilter = \"auth-failure\"\nkey = \"asn\"\ntarget = \"key\"\naction = [\"log\", \"revoke\"]\n",
+    );
+    add_action(&dir);
+    let err = fails("check", &dir);
+    assert!(
+        err.contains("jail `per-asn`")
+            && err.contains("action `revoke` would revoke as an API key"),
+        "{err}"
+    );
+    // An IPv4-only database is accepted, with a warning about IPv6 clients.
+    let dir = config_with(
+        &format!(
+            "[geoip]\ncountry_db = \"{}\"\n",
+            g.join("geo-whois-asn-country-ipv4.mmdb").display()
+        ),
+        "",
+    );
+    let out = bin()
+        .args(["check", "--config", &conf(&dir)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("an IPv4-only database: IPv6 clients get no country"),
+        "{}",
+        stderr(&out)
+    );
     // A jail whose database is not named is off until it is, and `check`
     // says so: `asn` with only a country database, and the bundled region
     // jail without any `[geoip]`.
@@ -502,13 +631,15 @@ fn the_daemon_swaps_databases_without_losing_state() {
     let log = dir.path().join("logs/access.log").display().to_string();
     dir.write(
         "conf/filters.d/geo.toml",
-        "[in-us]\nstatus = 401\ncountry = \"US\"\n\n[in-ca]\nstatus = 401\nregion = \"US-CA\"\n",
+        "[in-us]\nstatus = 401\ncountry = \"US\"\n\n[in-ca]\nstatus = 401\nregion = \"US-CA\"\n\n\
+         [outside-gb]\nstatus = 401\nnot = { country = \"GB\" }\n",
     );
     dir.write(
         "conf/jails.d/geo.toml",
         &format!(
             "[us]\nfilter = \"in-us\"\nlogpath = \"{log}\"\nmaxretry = 4\nfindtime = \"1h\"\n\n\
-             [ca]\nfilter = \"in-ca\"\nlogpath = \"{log}\"\nmaxretry = 2\nfindtime = \"1h\"\n"
+             [ca]\nfilter = \"in-ca\"\nlogpath = \"{log}\"\nmaxretry = 2\nfindtime = \"1h\"\n\n\
+             [outside-gb]\nfilter = \"outside-gb\"\nlogpath = \"{log}\"\nmaxretry = 100\nfindtime = \"1h\"\n"
         ),
     );
     let d = Daemon::start(dir);
@@ -522,6 +653,15 @@ fn the_daemon_swaps_databases_without_losing_state() {
     let human = stdout(&d.cli(&["status"]));
     assert!(human.contains("geoip country_db: PROBLEM since"), "{human}");
     assert_eq!(problem_metric().as_deref(), Some("1"));
+    // Without its database a `not country` jail is paused, not fooled into
+    // counting the very clients it exempts (a GB address).
+    d.append(&attack_line("81.2.69.142").repeat(3));
+    wait_for(
+        || d.jail("outside-gb")["no_database"] == 3,
+        "the paused jail to skip 3 lines",
+    );
+    assert_eq!(d.jail("outside-gb")["matches"], 0);
+    assert!(d.bans().is_empty(), "{:?}", d.bans());
     // It appears (written elsewhere, renamed into place): loaded.
     let put = |from: &str| {
         let tmp = geo_path.with_extension("tmp");
@@ -584,6 +724,23 @@ fn the_daemon_swaps_databases_without_losing_state() {
     assert_eq!(inc["evidence"][0]["geo"]["region"], "US-CA", "{inc}");
     let human = stdout(&d.cli(&["incidents", "show", &id]));
     assert!(human.contains("[US-CA]"), "{human}");
+    // A reload whose changed [geoip] does not load is refused whole: the
+    // running databases stay.
+    let main_path = d.dir.path().join("conf/portcullis.toml");
+    let main = std::fs::read_to_string(&main_path).unwrap();
+    std::fs::write(
+        &main_path,
+        main.replace("geo/country.mmdb", "geo/typo.mmdb"),
+    )
+    .unwrap();
+    let out = d.cli(&["reload"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("typo.mmdb"), "{}", stderr(&out));
+    assert_eq!(geo_status(&d)["database_type"], "GeoLite2-City");
+    // The GB-exempting jail counted the US lines only, never the GB ones
+    // it skipped while it had no database.
+    assert_eq!(d.jail("outside-gb")["matches"], 6);
+    assert_eq!(d.jail("outside-gb")["no_database"], 3);
 }
 
 /// A flood of distinct spoofable addresses cannot grow the lookup cache

@@ -60,6 +60,16 @@ pub fn warnings(config: &Config, files: &ConfigFiles) -> Vec<String> {
         );
     }
     out.extend(bouncer_warnings(config));
+    if let Some(geo) = &config.geo {
+        for db in geo.status().iter().filter(|d| d.ip_version == Some(4)) {
+            out.push(format!(
+                "[geoip] {} {}: an IPv4-only database: IPv6 clients get no country, region \
+                 or network from it (a key used over IPv6 adds no region; `not = {{ country \
+                 = ... }}` counts every IPv6 client); use a database covering both",
+                db.role, db.path
+            ));
+        }
+    }
     for jail in config.jails.iter().filter(|j| j.enabled) {
         if jail.logpath.is_empty() && jail.syslog.is_none() && jail.journal.is_none() {
             out.push(format!(

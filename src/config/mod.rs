@@ -300,6 +300,22 @@ impl Config {
             main.trusted_proxies.iter().map(|c| c.0).collect(),
             &paths(&main.trusted_proxies_file),
         );
+        if let Some(g) = &main.geoip {
+            for (key, p) in [("country_db", &g.country_db), ("asn_db", &g.asn_db)] {
+                if let Some(p) = p.as_ref().filter(|p| p.is_relative()) {
+                    errors.push(ConfigError {
+                        file: files.main.name.clone(),
+                        line: 0,
+                        col: 0,
+                        message: format!(
+                            "[geoip] {key} = \"{}\": use an absolute path (the daemon runs in /, \
+                             `check` wherever it is started)",
+                            p.display()
+                        ),
+                    });
+                }
+            }
+        }
         let bouncer_keys = match &main.bouncer_api {
             Some(b) => crate::act::bouncer::Keys::load(&b.api_key_files).unwrap_or_else(|e| {
                 errors.extend(e);
@@ -616,6 +632,30 @@ fn resolve_jail(
             .as_ref()
             .map_or_else(|| vec!["log".to_string()], |a| a.0.clone()),
     };
+    // A key target revokes an API key: with only enriched fields in `key`
+    // (`key = "asn"`) the value is a network or a country, which an action
+    // that revokes keys would revoke as if it were one (a numeric key id
+    // could be a customer's). Such jails may only alert.
+    if jail.target == TargetKind::Key
+        && !key
+            .iter()
+            .any(|k| k != "client" && crate::enrich::geo::role_of(k).is_none())
+        && key.iter().any(|k| crate::enrich::geo::role_of(k).is_some())
+    {
+        let alerting =
+            |a: &String| a == "log" || matches!(main.actions.get(a), Some(ActionConfig::Email(_)));
+        if let Some(a) = actions.iter().find(|a| !alerting(a)) {
+            err(
+                key_span.clone(),
+                format!(
+                    "`key` has no API key field, only {}: its decisions name a network or \
+                     country, which action `{a}` would revoke as an API key; use alerting \
+                     actions only (`log`, email), or add the key field (`key = [\"api_key\", ...]`)",
+                    key.join(", ")
+                ),
+            );
+        }
+    }
     let syslog = match &jail.syslog {
         Some(s) => match s.get_ref().parse::<crate::watch::syslog::Listen>() {
             Ok(l) => Some((l, jail.syslog_tag.clone())),

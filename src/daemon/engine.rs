@@ -706,7 +706,7 @@ impl Engine {
                 .collect::<Vec<_>>()
                 .join("\n")
         })?;
-        self.keep_geo(&mut config);
+        self.prepare_geo(&mut config)?;
         let jails = select_jails(&config, &[])?;
         let active: Arc<[Ban]> = self.ledger.bans().cloned().collect();
         let (dispatcher, actions) = build_actions(

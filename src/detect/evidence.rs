@@ -12,6 +12,7 @@ struct Slot {
     key: Vec<u8>,
     origin: Origin,
     client: Option<std::net::IpAddr>,
+    geo: Option<std::sync::Arc<crate::enrich::Enriched>>,
     /// As read: made text (lossily) only for a decision's evidence.
     line: Vec<u8>,
     used: bool,
@@ -36,10 +37,12 @@ impl EvidenceRing {
         key: &[u8],
         origin: Origin,
         client: Option<std::net::IpAddr>,
+        geo: Option<&std::sync::Arc<crate::enrich::Enriched>>,
         line: &[u8],
     ) {
         let slot = &mut self.slots[self.next];
         slot.client = client;
+        slot.geo = geo.cloned();
         slot.key.clear();
         slot.key.extend_from_slice(key);
         slot.line.clear();
@@ -63,7 +66,7 @@ impl EvidenceRing {
                     offset: slot.origin.offset,
                     line: String::from_utf8_lossy(&slot.line).into_owned(),
                     client: slot.client,
-                    geo: None,
+                    geo: slot.geo.take(),
                 });
                 if out.len() == max {
                     break;
@@ -89,6 +92,7 @@ mod tests {
                     source: 0,
                     offset: i as u64,
                 },
+                None,
                 None,
                 format!("{k}{i}").as_bytes(),
             );

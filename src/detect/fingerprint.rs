@@ -43,6 +43,37 @@ pub fn of(bytes: &[u8]) -> TextKey {
     TextKey([half(k[0], k[1]), half(k[2], k[3])])
 }
 
+/// A region as a distinct value: the country's fingerprint in one half and
+/// the subdivision's (0 for none) in the other, so a counter can tell a
+/// country alone from a subdivision of it (see `window::DistinctValues`).
+/// 64 bits a half: the texts come from the operator's database, not from a
+/// client, and a key holds a handful of them.
+pub fn nested(parent: &[u8], child: Option<&[u8]>) -> TextKey {
+    let k = keys();
+    #[allow(deprecated)] // std's SipHasher is SipHash-2-4; deprecated only as a default.
+    let half = |k0: u64, k1: u64, bytes: &[u8]| {
+        let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+        h.write(bytes);
+        h.finish() | 1
+    };
+    TextKey([
+        half(k[0], k[1], parent),
+        child.map_or(0, |c| half(k[2], k[3], c)),
+    ])
+}
+
+impl TextKey {
+    /// The country half of a [`nested`] value.
+    pub fn parent(&self) -> u64 {
+        self.0[0]
+    }
+
+    /// Whether a [`nested`] value has no subdivision.
+    pub fn is_parent_only(&self) -> bool {
+        self.0[1] == 0
+    }
+}
+
 /// An address (already masked to its prefix) as a distinct value: exact, no
 /// hashing needed.
 pub fn of_addr(masked: u128) -> TextKey {

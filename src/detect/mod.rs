@@ -192,6 +192,10 @@ pub struct JailStats {
     pub suppressed: u64,
     /// Matches without the key's fields (e.g. no API key on the line).
     pub keyless: u64,
+    /// Events not looked at because a `[geoip]` database the jail reads is
+    /// not loaded (missing or broken): without it, "no country" would read
+    /// as "not in that country".
+    pub no_database: u64,
     pub tracked: usize,
     pub evicted: u64,
 }
@@ -297,6 +301,9 @@ pub struct Jail {
     /// Jails with the same key parts and prefixes share a class (set by
     /// [`Detector::new`]): their text keys are equal for every event.
     key_class: u32,
+    /// The `[geoip]` databases whose fields the jail reads (bits of
+    /// `enrich::geo::Role::bit`).
+    geo_needs: u8,
 }
 
 impl Jail {
@@ -333,6 +340,14 @@ impl Jail {
             stats: JailStats::default(),
             fleet: spec.fleet,
             key_class: 0,
+            geo_needs: spec
+                .filter
+                .field_names()
+                .into_iter()
+                .chain(spec.key.iter().map(String::as_str))
+                .chain(spec.distinct.as_deref())
+                .filter_map(crate::enrich::geo::role_of)
+                .fold(0, |m, r| m | r.bit()),
         }
     }
 
@@ -410,10 +425,22 @@ impl Jail {
                     self.v6,
                 )))
             }
-            TargetKind::Key => self.parts.iter().find_map(|p| match p {
-                KeyPart::Field(f) => ev.value(f, scratch).map(|v| Target::Key(v.to_string())),
-                KeyPart::Client => None,
-            }),
+            // The API key of the key parts: the first that is neither the
+            // client nor an enriched field (`key = ["country", "api_key"]`
+            // revokes the API key, not `US`). A key of enriched fields only
+            // (`key = "asn"`) names the network, for alerting actions (the
+            // config allows no other with it).
+            TargetKind::Key => {
+                let enriched = |f: &FieldRef| matches!(f, FieldRef::Std(sf) if sf.is_enriched());
+                let first = |want_enriched: bool| {
+                    self.parts.iter().find_map(|p| match p {
+                        KeyPart::Field(f) if enriched(f) == want_enriched => Some(f),
+                        _ => None,
+                    })
+                };
+                let f = first(false).or_else(|| first(true))?;
+                ev.value(f, scratch).map(|v| Target::Key(v.to_string()))
+            }
         }
     }
 }
@@ -423,9 +450,12 @@ struct Seen<'a> {
     sec: u32,
     /// The distinct-counted field's value, for distinct jails.
     value: Option<TextKey>,
+    /// The values are regions (`fingerprint::nested`).
+    nested: bool,
     line: &'a [u8],
     origin: Origin,
     client: Option<std::net::IpAddr>,
+    geo: Option<&'a Arc<crate::enrich::Enriched>>,
     /// The key as bytes, to match evidence lines to it.
     ring_key: &'a [u8],
 }
@@ -458,8 +488,8 @@ where
         keyed.quiet.remove(key);
     }
     let counter = keyed.tracker.counter(key, seen.sec);
-    let count = counter.add(seen.sec, seen.value, limits.findtime);
-    ring.record(seen.ring_key, seen.origin, seen.client, seen.line);
+    let count = counter.add(seen.sec, seen.value, limits.findtime, seen.nested);
+    ring.record(seen.ring_key, seen.origin, seen.client, seen.geo, seen.line);
     if count < limits.threshold {
         return None;
     }
@@ -587,6 +617,10 @@ impl Detector {
         let mut memo: Option<(u32, bool, Option<TextKey>)> = None;
         for &j in which {
             let jail = &mut self.jails[j];
+            if jail.geo_needs & ev.geo_missing != 0 {
+                jail.stats.no_database += 1;
+                continue;
+            }
             if !jail.filter.matches(ev, &mut self.scratch) {
                 continue;
             }
@@ -678,9 +712,11 @@ impl Detector {
             let seen = Seen {
                 sec,
                 value,
+                nested: jail.distinct == Some(FieldRef::Std(StdField::Region)),
                 line,
                 origin,
                 client: ev.client,
+                geo: ev.geo.as_ref(),
                 ring_key,
             };
             let (ring, stats) = (&mut jail.ring, &mut jail.stats);

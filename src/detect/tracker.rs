@@ -103,7 +103,7 @@ mod tests {
     use crate::detect::window::SlidingWindow;
 
     fn add(t: &mut Tracker<u128, SlidingWindow>, key: u128, sec: u32) -> u32 {
-        t.counter(&key, sec).add(sec, None, 60)
+        t.counter(&key, sec).add(sec, None, 60, false)
     }
 
     #[test]
@@ -153,8 +153,8 @@ mod tests {
     #[test]
     fn text_keys_borrow_for_lookup() {
         let mut t: Tracker<String, SlidingWindow> = Tracker::new(10, 60);
-        t.counter("k1", 0).add(0, None, 60);
-        assert_eq!(t.counter("k1", 0).add(0, None, 60), 2);
+        t.counter("k1", 0).add(0, None, 60, false);
+        assert_eq!(t.counter("k1", 0).add(0, None, 60, false), 2);
         assert_eq!(t.len(), 1);
     }
 }

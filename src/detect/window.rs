@@ -18,8 +18,9 @@ struct Bucket {
 /// What a jail counts per key.
 pub trait Counter: Default {
     /// Records one match at `sec` (with the distinct-counted value, for
-    /// distinct counters); returns the count inside the window.
-    fn add(&mut self, sec: u32, value: Option<TextKey>, findtime: u32) -> u32;
+    /// distinct counters); returns the count inside the window. `nested`:
+    /// the values are regions (see [`DistinctValues`]).
+    fn add(&mut self, sec: u32, value: Option<TextKey>, findtime: u32, nested: bool) -> u32;
     /// Second of the newest match held.
     fn newest(&self) -> u32;
     /// Second of the oldest match held.
@@ -53,7 +54,7 @@ impl SlidingWindow {
 }
 
 impl Counter for SlidingWindow {
-    fn add(&mut self, sec: u32, _value: Option<TextKey>, findtime: u32) -> u32 {
+    fn add(&mut self, sec: u32, _value: Option<TextKey>, findtime: u32, _nested: bool) -> u32 {
         let end = self.newest().max(sec);
         if expired(sec, end, findtime) {
             return self.total();
@@ -98,13 +99,20 @@ impl Counter for SlidingWindow {
 /// `detect::fingerprint`), each with the last second it was seen. Holds at
 /// most the threshold's number of values: the jail fires at that point. One
 /// value fits inline, so the common key (one client) costs no heap.
+///
+/// Regions are nested values (`fingerprint::nested`: a country, and a
+/// subdivision or none): a country alone (an address the database places
+/// in `US` only) is not a region apart from a subdivision of it (`US-CA`)
+/// in the window, since it may well be the same place. So `US` and `US-CA`
+/// count once, and a database replaced by one with subdivisions mid-window
+/// does not count each address twice; `US-CA` and `US-MA` count twice.
 #[derive(Clone, Debug, Default)]
 pub struct DistinctValues {
     values: SmallVec<[(TextKey, u32); 1]>,
 }
 
 impl Counter for DistinctValues {
-    fn add(&mut self, sec: u32, value: Option<TextKey>, findtime: u32) -> u32 {
+    fn add(&mut self, sec: u32, value: Option<TextKey>, findtime: u32, nested: bool) -> u32 {
         let Some(value) = value else {
             return self.values.len() as u32;
         };
@@ -113,8 +121,20 @@ impl Counter for DistinctValues {
             return self.values.len() as u32;
         }
         self.values.retain(|(_, s)| !expired(*s, end, findtime));
-        match self.values.iter_mut().find(|(v, _)| *v == value) {
-            Some((_, s)) => *s = (*s).max(sec),
+        let same = |v: &TextKey| {
+            *v == value
+                || (nested
+                    && v.parent() == value.parent()
+                    && (v.is_parent_only() || value.is_parent_only()))
+        };
+        match self.values.iter_mut().find(|(v, _)| same(v)) {
+            Some((v, s)) => {
+                *s = (*s).max(sec);
+                // A subdivision replaces its country alone.
+                if v.is_parent_only() {
+                    *v = value;
+                }
+            }
             None => self.values.push((value, sec)),
         }
         self.values.len() as u32
@@ -142,14 +162,24 @@ mod tests {
 
     impl SlidingWindow {
         fn add_at(&mut self, sec: u32, findtime: u32) -> u32 {
-            self.add(sec, None, findtime)
+            self.add(sec, None, findtime, false)
         }
     }
 
     impl DistinctValues {
         fn add_str(&mut self, v: &str, sec: u32, findtime: u32) -> u32 {
             let v = v.bytes().fold(0u128, |h, b| h * 257 + b as u128);
-            self.add(sec, Some(super::super::fingerprint::of_addr(v)), findtime)
+            self.add(
+                sec,
+                Some(super::super::fingerprint::of_addr(v)),
+                findtime,
+                false,
+            )
+        }
+
+        fn add_region(&mut self, country: &str, sub: Option<&str>, sec: u32) -> u32 {
+            let v = super::super::fingerprint::nested(country.as_bytes(), sub.map(str::as_bytes));
+            self.add(sec, Some(v), 300, true)
         }
     }
 
@@ -185,6 +215,18 @@ mod tests {
         assert_eq!(d.add_str("b", 12, 300), 2);
         assert_eq!(d.add_str("c", 310, 300), 3); // a@11 and b@12 are still inside (299, 298 < 300)
         assert_eq!(d.add_str("d", 312, 300), 2); // a and b out
+    }
+
+    #[test]
+    fn a_country_alone_is_not_a_region_apart_from_its_subdivisions() {
+        let mut d = DistinctValues::default();
+        assert_eq!(d.add_region("US", None, 10), 1);
+        assert_eq!(d.add_region("US", Some("CA"), 11), 1); // replaces US
+        assert_eq!(d.add_region("US", None, 12), 1);
+        assert_eq!(d.add_region("US", Some("MA"), 13), 2);
+        assert_eq!(d.add_region("GB", Some("ENG"), 14), 3);
+        assert_eq!(d.add_region("GB", None, 15), 3);
+        assert_eq!(d.add_region("JP", None, 16), 4);
     }
 
     #[test]

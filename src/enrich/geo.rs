@@ -67,6 +67,14 @@ pub enum Role {
 }
 
 impl Role {
+    /// Its bit in [`crate::parse::Event::geo_missing`] and a jail's needs.
+    pub fn bit(self) -> u8 {
+        match self {
+            Role::Country => 1,
+            Role::Asn => 2,
+        }
+    }
+
     /// The config key naming its file.
     pub fn key(self) -> &'static str {
         match self {
@@ -132,9 +140,19 @@ impl Enriched {
             s.as_deref()
                 .map(|s| crate::detect::fingerprint::of(s.as_bytes()))
         };
+        // A region counts as its country and subdivision (see
+        // `window::DistinctValues`): `US-CA` is `US` + `CA`, `US` is `US` alone.
+        let region_fp = info.country.as_deref().map(|c| {
+            let sub = info
+                .region
+                .as_deref()
+                .and_then(|r| r.strip_prefix(c))
+                .and_then(|r| r.strip_prefix('-'));
+            crate::detect::fingerprint::nested(c.as_bytes(), sub.map(str::as_bytes))
+        });
         Enriched {
             country_fp: fp(&info.country),
-            region_fp: fp(&info.region),
+            region_fp,
             info,
         }
     }
@@ -163,6 +181,47 @@ impl std::fmt::Display for GeoInfo {
         f.write_str(&parts.join(" "))
     }
 }
+
+/// Looks up 4,096 addresses spread over the IPv4 space (and as many over
+/// 2000::/3 for an IPv6 file): a damaged file fails to decode some, or
+/// answers none. A few milliseconds, where the crate's `verify` walks the
+/// whole file (0.8 s for a city database) and refuses published files whose
+/// metadata lacks a description (ip-location-db's).
+fn sample(reader: &maxminddb::Reader<Vec<u8>>) -> Result<(), String> {
+    use serde::de::IgnoredAny;
+    let v6 = reader.metadata().ip_version == 6;
+    let v4s = (0..4096u32).map(|i| IpAddr::from(std::net::Ipv4Addr::from((i << 20) | 0x0001_0101)));
+    let v6s = (0..4096u128).filter(|_| v6).map(|i| {
+        IpAddr::from(std::net::Ipv6Addr::from(
+            ((0x2000 + i) << 112) | (((i * 0x9e37) & 0xffff) << 96) | 1,
+        ))
+    });
+    let (mut found, mut failed, mut asked) = (0u32, 0u32, 0u32);
+    for ip in v4s.chain(v6s) {
+        asked += 1;
+        match reader.lookup(ip).and_then(|r| r.decode::<IgnoredAny>()) {
+            Ok(Some(_)) => found += 1,
+            Ok(None) => {}
+            Err(_) => failed += 1,
+        }
+    }
+    if failed > 0 {
+        return Err(format!(
+            "damaged MaxMind DB file: {failed} of {asked} sampled lookups failed to decode"
+        ));
+    }
+    if found == 0 {
+        return Err(format!(
+            "damaged or empty MaxMind DB file: none of {asked} addresses sampled across the \
+             address space has an answer"
+        ));
+    }
+    Ok(())
+}
+
+/// No published database comes near this (a GeoIP2 City is under 200 MB);
+/// a bigger file is a mistake, and reading it would hold that much memory.
+const MAX_DB_BYTES: u64 = 1 << 30;
 
 /// One loaded database.
 struct Db {
@@ -214,6 +273,14 @@ impl Db {
         if !meta.is_file() {
             return Err(format!("{}: not a regular file", path.display()));
         }
+        if meta.len() > MAX_DB_BYTES {
+            return Err(format!(
+                "{}: {} bytes, larger than any published database ({} at most): not loaded",
+                path.display(),
+                meta.len(),
+                MAX_DB_BYTES
+            ));
+        }
         let reader = maxminddb::Reader::open_readfile(path).map_err(|e| {
             format!(
                 "{}: not a readable MaxMind DB (.mmdb) file: {e}",
@@ -225,11 +292,15 @@ impl Db {
             return Err(format!(
                 "{}: a `{}` database, but `{}` needs {}",
                 path.display(),
-                m.database_type,
+                crate::text::printable(&m.database_type),
                 role.key(),
                 role.wants()
             ));
         }
+        // A damaged file (a copy cut short, zeroed blocks) still has valid
+        // metadata and would answer "nothing known" for every address.
+        sample(&reader)
+            .map_err(|e| format!("{}: {e}; the file must be replaced", path.display()))?;
         let v4_only = m.ip_version == 4;
         Ok(Db { reader, v4_only })
     }
@@ -304,12 +375,18 @@ struct File {
     pending: Option<Option<Stamp>>,
     loaded: Option<Loaded>,
     problem: Option<(String, i64)>,
+    /// Looks since the last try of a file with a problem.
+    retry: u32,
 }
+
+/// A file with a problem is tried again every this many looks.
+const RETRY_LOOKS: u32 = 10;
 
 #[derive(Clone)]
 struct Loaded {
     database_type: String,
     build_epoch: u64,
+    ip_version: u16,
     at: i64,
 }
 
@@ -324,6 +401,8 @@ pub struct DbStatus {
     /// Unix seconds: when the version in use was built, and loaded.
     pub built: Option<u64>,
     pub loaded_at: Option<i64>,
+    /// 4 for an IPv4-only file: IPv6 clients get no fields from it.
+    pub ip_version: Option<u16>,
     /// What is wrong now (the file is gone, does not load), and since when.
     pub problem: Option<String>,
     pub problem_since: Option<i64>,
@@ -373,6 +452,7 @@ impl GeoHandle {
                 pending: None,
                 loaded: None,
                 problem: None,
+                retry: 0,
             })
         })
         .collect();
@@ -456,52 +536,90 @@ impl GeoHandle {
 
     /// One look at the files: a version that changed and then held still
     /// for one look is loaded and swapped in; one that is gone or broken
-    /// leaves the last good database in use. Logs what it did.
+    /// leaves the last good database in use. A file with a problem and no
+    /// change is tried again every [`RETRY_LOOKS`] looks (a permission fixed
+    /// with `chmod` changes no stamp). Files are read without the lock held,
+    /// so `status` never waits for a read. Logs what it did.
     pub fn poll(&self) {
-        let mut inner = self.lock();
-        self.open(&mut inner);
-        let mut swap: Vec<(Role, Db)> = Vec::new();
-        for f in &mut inner.files {
-            let now = stamp(&f.path);
-            if now == f.stamp {
+        // What to read, decided under the lock.
+        let mut todo: Vec<(usize, Role, PathBuf, Option<Stamp>)> = Vec::new();
+        {
+            let mut inner = self.lock();
+            self.open(&mut inner);
+            for (i, f) in inner.files.iter_mut().enumerate() {
+                let now = stamp(&f.path);
+                if now == f.stamp {
+                    f.pending = None;
+                    if f.problem.is_some() && now.is_some() {
+                        f.retry += 1;
+                        if f.retry >= RETRY_LOOKS {
+                            f.retry = 0;
+                            todo.push((i, f.role, f.path.clone(), now));
+                        }
+                    }
+                    continue;
+                }
+                if f.pending != Some(now) {
+                    f.pending = Some(now);
+                    continue;
+                }
                 f.pending = None;
-                continue;
+                f.stamp = now;
+                todo.push((i, f.role, f.path.clone(), now));
             }
-            if f.pending != Some(now) {
-                f.pending = Some(now);
-                continue;
-            }
-            f.pending = None;
-            f.stamp = now;
-            let kept = match &f.loaded {
-                Some(l) => format!(
-                    "the `{}` database loaded at {} stays in use",
-                    l.database_type,
-                    crate::text::expiry(Some(l.at))
-                ),
-                None => "no database is loaded for it: its fields stay empty".into(),
-            };
-            let result = match now {
-                None => Err(format!("{}: the file is gone", f.path.display())),
-                Some(st) if st.len == 0 => Err(format!("{}: the file is empty", f.path.display())),
-                Some(_) => Db::open(&f.path, f.role),
-            };
+        }
+        if todo.is_empty() {
+            return;
+        }
+        let results: Vec<(usize, Role, Result<Db, String>)> = todo
+            .into_iter()
+            .map(|(i, role, path, now)| {
+                let r = match now {
+                    None => Err(format!("{}: the file is gone", path.display())),
+                    Some(st) if !st.regular => {
+                        Err(format!("{}: not a regular file", path.display()))
+                    }
+                    Some(st) if st.len == 0 => {
+                        Err(format!("{}: the file is empty", path.display()))
+                    }
+                    Some(_) => Db::open(&path, role),
+                };
+                (i, role, r)
+            })
+            .collect();
+        let mut inner = self.lock();
+        let mut swap: Vec<(Role, Db)> = Vec::new();
+        for (i, role, result) in results {
+            let f = &mut inner.files[i];
             match result {
                 Ok(db) => {
                     let l = loaded(&db);
                     tracing::info!(
                         path = %f.path.display(),
-                        database_type = l.database_type,
+                        database_type = %crate::text::printable(&l.database_type),
                         "geoip: a new version of the {} database is in use",
-                        f.role.key()
+                        role.key()
                     );
                     f.loaded = Some(l);
                     f.problem = None;
-                    swap.push((f.role, db));
+                    swap.push((role, db));
                 }
                 Err(e) => {
-                    tracing::error!("geoip {}: {e}; {kept}", f.role.key());
-                    f.problem = Some((format!("{e}; {kept}"), crate::now_secs()));
+                    let kept = match &f.loaded {
+                        Some(l) => format!(
+                            "the `{}` database loaded at {} stays in use",
+                            crate::text::printable(&l.database_type),
+                            crate::text::expiry(Some(l.at))
+                        ),
+                        None => "no database is loaded for it: jails reading its fields \
+                                 are paused"
+                            .into(),
+                    };
+                    let known = f.problem.as_ref().is_some_and(|(p, _)| p.starts_with(&e));
+                    if !known {
+                        tracing::error!("geoip {}: {e}; {kept}", role.key());
+                        f.problem = Some((format!("{e}; {kept}"), crate::now_secs()));
+                    }
                 }
             }
         }
@@ -567,6 +685,7 @@ impl GeoHandle {
                 database_type: f.loaded.as_ref().map(|l| l.database_type.clone()),
                 built: f.loaded.as_ref().map(|l| l.build_epoch),
                 loaded_at: f.loaded.as_ref().map(|l| l.at),
+                ip_version: f.loaded.as_ref().map(|l| l.ip_version),
                 problem: f.problem.as_ref().map(|p| p.0.clone()),
                 problem_since: f.problem.as_ref().map(|p| p.1),
             })
@@ -583,6 +702,7 @@ fn loaded(db: &Db) -> Loaded {
     Loaded {
         database_type: m.database_type.clone(),
         build_epoch: m.build_epoch,
+        ip_version: m.ip_version,
         at: crate::now_secs(),
     }
 }
@@ -641,6 +761,8 @@ pub struct GeoLookup {
     answers: Vec<Option<Arc<Enriched>>>,
     numbers: HashMap<GeoInfo, u32, RandomState>,
     half: usize,
+    /// Roles configured whose database is not loaded (bits of [`Role::bit`]).
+    missing: u8,
 }
 
 impl GeoLookup {
@@ -656,7 +778,44 @@ impl GeoLookup {
             answers: vec![None],
             numbers: HashMap::default(),
             half,
+            missing: 0,
         }
+        .with_missing()
+    }
+
+    fn with_missing(mut self) -> GeoLookup {
+        self.missing = self.compute_missing();
+        self
+    }
+
+    fn compute_missing(&self) -> u8 {
+        let mut m = 0;
+        if self.handle.has(Role::Country) && self.dbs.country.is_none() {
+            m |= Role::Country.bit();
+        }
+        if self.handle.has(Role::Asn) && self.dbs.asn.is_none() {
+            m |= Role::Asn.bit();
+        }
+        m
+    }
+
+    /// Takes up a new set of databases, if the handle has one.
+    fn refresh(&mut self) {
+        if self.handle.generation.load(Ordering::Acquire) != self.generation {
+            let (generation, dbs) = self.handle.current();
+            self.generation = generation;
+            self.dbs = dbs;
+            self.missing = self.compute_missing();
+            self.clear();
+        }
+    }
+
+    /// The configured roles whose database is not loaded (no file yet, or
+    /// none that loads): jails reading their fields must not count, since
+    /// "no country" would read as "not in that country".
+    pub fn missing(&mut self) -> u8 {
+        self.refresh();
+        self.missing
     }
 
     pub fn handle(&self) -> &Arc<GeoHandle> {
@@ -672,12 +831,7 @@ impl GeoLookup {
 
     /// What the databases say of `ip`; `None` when they know nothing of it.
     pub fn get(&mut self, ip: IpAddr) -> Option<Arc<Enriched>> {
-        if self.handle.generation.load(Ordering::Acquire) != self.generation {
-            let (generation, dbs) = self.handle.current();
-            self.generation = generation;
-            self.dbs = dbs;
-            self.clear();
-        }
+        self.refresh();
         // Distinct answers are bounded like addresses: past the bound (a
         // flood over many networks) everything starts again.
         if self.answers.len() > 2 * self.half {

@@ -206,6 +206,9 @@ pub struct Event {
     pub request_time: Option<f64>,
     /// What the enrich stage found about the client (country, network).
     pub geo: Option<std::sync::Arc<crate::enrich::Enriched>>,
+    /// `[geoip]` databases that are configured and not loaded (bits of
+    /// `enrich::geo::Role::bit`): jails reading their fields skip the event.
+    pub geo_missing: u8,
     buf: String,
     text: [Option<Span>; TEXT_SLOTS],
     extras: Vec<Option<Span>>,
@@ -227,6 +230,7 @@ impl Event {
         self.bytes = None;
         self.request_time = None;
         self.geo = None;
+        self.geo_missing = 0;
         self.buf.clear();
         self.text = [None; TEXT_SLOTS];
         self.extras.iter_mut().for_each(|e| *e = None);

@@ -429,14 +429,15 @@ pub fn curl_status(args: &[&str]) -> u16 {
 
 /// The real MaxMind DB files `.ci/run` fetches (`$PORTCULLIS_GEOIP_DIR`,
 /// default `/var/cache/portcullis-ci/geoip`): GeoLite2 City, Country, ASN
-/// and ip-location-db's `geo-whois-asn-country`. `None` (the test returns)
+/// and ip-location-db's `geo-whois-asn-country` (and its IPv4-only build). `None` (the test returns)
 /// outside CI when they are missing; in CI (`CI` set) that fails the test.
 pub fn geo_dir() -> Option<PathBuf> {
-    const FILES: [&str; 4] = [
+    const FILES: [&str; 5] = [
         "GeoLite2-City.mmdb",
         "GeoLite2-Country.mmdb",
         "GeoLite2-ASN.mmdb",
         "geo-whois-asn-country.mmdb",
+        "geo-whois-asn-country-ipv4.mmdb",
     ];
     let dir = PathBuf::from(
         std::env::var("PORTCULLIS_GEOIP_DIR")

@@ -16,8 +16,8 @@ impl Engine {
             geo.watch();
             for p in geo.problems() {
                 tracing::error!(
-                    "geoip {p}: jails reading country, region, asn or as_org count only \
-                     addresses the loaded databases know; it is loaded when it appears"
+                    "geoip {p}: jails reading its fields are paused (they count nothing) \
+                     until it loads; it is tried again when it changes, and every 10 s"
                 );
             }
         }
@@ -32,13 +32,34 @@ impl Engine {
         }
     }
 
-    /// Before a reload: the running databases stay when `[geoip]` did not change.
-    pub(super) fn keep_geo(&self, new: &mut Config) {
+    /// Before a reload: the running databases stay when `[geoip]` did not
+    /// change; a changed `[geoip]` whose databases do not load refuses the
+    /// reload (the running config, databases included, stays), as `check`
+    /// would. Jails that ran and would stop for want of a database are said
+    /// at warning level: protection going away must be heard.
+    pub(super) fn prepare_geo(&self, new: &mut Config) -> Result<(), String> {
         if let (Some(old), Some(_)) = (&self.config.geo, &new.geo)
             && Some(old.config()) == new.main.geoip.as_ref()
         {
             new.geo = Some(old.clone());
+        } else if let Some(g) = &new.geo {
+            let problems = g.problems();
+            if !problems.is_empty() {
+                return Err(format!("[geoip] {}", problems.join("; [geoip] ")));
+            }
         }
+        for j in &new.jails {
+            if let Some(key) = j.geo_missing
+                && self.pipeline.jail_index(&j.spec.name).is_some()
+            {
+                tracing::warn!(
+                    jail = j.spec.name,
+                    "jail is OFF after this reload: it reads `{}`, and [geoip] no longer has `{key}`",
+                    j.geo_field.as_deref().unwrap_or("")
+                );
+            }
+        }
+        Ok(())
     }
 
     /// `status`'s `geoip`: each database in use, or what is wrong with it.

@@ -120,6 +120,7 @@ impl Engine {
                 "unparsed": unparsed,
                 "matches": stats.matches,
                 "ignored": stats.ignored,
+                "no_database": stats.no_database,
                 "tracked": stats.tracked,
                 "evicted": stats.evicted,
                 "decisions": stats.decisions,
