@@ -258,6 +258,9 @@ fn enrich_event(geo: &mut Option<GeoLookup>, ev: &mut Event) {
     if let Some(geo) = geo {
         if let Some(ip) = ev.client {
             ev.geo = geo.get(ip);
+            if let Some(g) = &ev.geo {
+                ev.geo_fp = [g.country_fp, g.region_fp];
+            }
         }
         ev.geo_missing = geo.missing();
     }
@@ -687,10 +690,7 @@ impl Pipeline {
 /// `replay`, incidents and digests): once per decision, not per line.
 fn annotate(geo: &mut GeoLookup, decisions: &mut [Decision]) {
     for e in decisions.iter_mut().flat_map(|d| &mut d.evidence) {
-        // Lines of enriched jails keep what was known when they counted.
-        if e.geo.is_none()
-            && let Some(ip) = e.client
-        {
+        if let Some(ip) = e.client {
             e.geo = geo.get(ip);
         }
     }

@@ -12,7 +12,6 @@ struct Slot {
     key: Vec<u8>,
     origin: Origin,
     client: Option<std::net::IpAddr>,
-    geo: Option<std::sync::Arc<crate::enrich::Enriched>>,
     /// As read: made text (lossily) only for a decision's evidence.
     line: Vec<u8>,
     used: bool,
@@ -37,12 +36,10 @@ impl EvidenceRing {
         key: &[u8],
         origin: Origin,
         client: Option<std::net::IpAddr>,
-        geo: Option<&std::sync::Arc<crate::enrich::Enriched>>,
         line: &[u8],
     ) {
         let slot = &mut self.slots[self.next];
         slot.client = client;
-        slot.geo = geo.cloned();
         slot.key.clear();
         slot.key.extend_from_slice(key);
         slot.line.clear();
@@ -66,7 +63,7 @@ impl EvidenceRing {
                     offset: slot.origin.offset,
                     line: String::from_utf8_lossy(&slot.line).into_owned(),
                     client: slot.client,
-                    geo: slot.geo.take(),
+                    geo: None,
                 });
                 if out.len() == max {
                     break;
@@ -92,7 +89,6 @@ mod tests {
                     source: 0,
                     offset: i as u64,
                 },
-                None,
                 None,
                 format!("{k}{i}").as_bytes(),
             );

@@ -270,6 +270,16 @@ impl State {
         matches!(self, State::Addr(_) | State::AddrDistinct(_))
     }
 
+    /// Whether a text key is tracked (its only use: bringing the entry
+    /// into the cache ahead of the lookup that counts).
+    fn holds(&self, key: &TextKey) -> bool {
+        match self {
+            State::Text(k) => k.tracker.contains(key),
+            State::TextDistinct(k) => k.tracker.contains(key),
+            _ => false,
+        }
+    }
+
     fn sizes(&self) -> (usize, u64) {
         match self {
             State::Addr(k) => (k.tracker.len(), k.tracker.evicted),
@@ -455,7 +465,6 @@ struct Seen<'a> {
     line: &'a [u8],
     origin: Origin,
     client: Option<std::net::IpAddr>,
-    geo: Option<&'a Arc<crate::enrich::Enriched>>,
     /// The key as bytes, to match evidence lines to it.
     ring_key: &'a [u8],
 }
@@ -489,7 +498,7 @@ where
     }
     let counter = keyed.tracker.counter(key, seen.sec);
     let count = counter.add(seen.sec, seen.value, limits.findtime, seen.nested);
-    ring.record(seen.ring_key, seen.origin, seen.client, seen.geo, seen.line);
+    ring.record(seen.ring_key, seen.origin, seen.client, seen.line);
     if count < limits.threshold {
         return None;
     }
@@ -525,6 +534,8 @@ pub struct FleetMatch {
 #[derive(Debug)]
 pub struct Detector {
     pub jails: Vec<Jail>,
+    /// Per key class: whether two or more text-keyed jails share it.
+    shared_class: Vec<bool>,
     ignore: NetSet,
     ignore_keys: Vec<String>,
     key_buf: String,
@@ -542,18 +553,25 @@ impl Detector {
 
     pub fn new(mut jails: Vec<Jail>, ignore: NetSet, ignore_keys: Vec<String>) -> Detector {
         let mut classes: Vec<(Vec<KeyPart>, u8, u8)> = Vec::new();
+        let mut text_jails: Vec<u32> = Vec::new();
         for j in &mut jails {
             let this = (j.parts.clone(), j.v4, j.v6);
             j.key_class = match classes.iter().position(|c| *c == this) {
                 Some(i) => i as u32,
                 None => {
                     classes.push(this);
+                    text_jails.push(0);
                     (classes.len() - 1) as u32
                 }
             };
+            if !j.state.by_addr() {
+                text_jails[j.key_class as usize] += 1;
+            }
         }
+        let shared_class = text_jails.iter().map(|&n| n > 1).collect();
         Detector {
             jails,
+            shared_class,
             ignore,
             ignore_keys,
             key_buf: String::new(),
@@ -648,10 +666,10 @@ impl Detector {
                 },
                 // Made once per distinct answer by the enrich stage.
                 Some(FieldRef::Std(f @ (StdField::Region | StdField::Country))) => {
-                    let fp = ev.geo.as_ref().and_then(|g| match f {
-                        StdField::Region => g.region_fp,
-                        _ => g.country_fp,
-                    });
+                    let fp = match f {
+                        StdField::Region => ev.geo_fp[1],
+                        _ => ev.geo_fp[0],
+                    };
                     match fp {
                         Some(fp) => Some(fp),
                         None => {
@@ -686,11 +704,26 @@ impl Detector {
                     Some((class, has, _)) if class == jail.key_class => has,
                     _ => {
                         let has = jail.text_key(ev, &mut self.key_buf, &mut self.scratch);
-                        memo = Some((jail.key_class, has, None));
+                        let class = jail.key_class;
+                        let mut fp = None;
+                        if has && self.shared_class[class as usize] {
+                            // Another jail counts this key too: look its
+                            // entry up now, so that the two cache misses
+                            // overlap instead of following each other.
+                            let k = fingerprint::of(self.key_buf.as_bytes());
+                            fp = Some(k);
+                            for &o in which.iter().filter(|&&o| o != j) {
+                                if self.jails[o].key_class == class {
+                                    std::hint::black_box(self.jails[o].state.holds(&k));
+                                }
+                            }
+                        }
+                        memo = Some((class, has, fp));
                         has
                     }
                 }
             };
+            let jail = &mut self.jails[j];
             if !has_key {
                 jail.stats.keyless += 1;
                 continue;
@@ -716,7 +749,6 @@ impl Detector {
                 line,
                 origin,
                 client: ev.client,
-                geo: ev.geo.as_ref(),
                 ring_key,
             };
             let (ring, stats) = (&mut jail.ring, &mut jail.stats);

@@ -44,6 +44,14 @@ impl<K: Hash + Eq, C: Counter> Tracker<K, C> {
         self.map.len()
     }
 
+    pub fn contains<Q>(&self, key: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.contains_key(key)
+    }
+
     pub fn remove<Q>(&mut self, key: &Q)
     where
         K: std::borrow::Borrow<Q>,

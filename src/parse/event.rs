@@ -206,6 +206,10 @@ pub struct Event {
     pub request_time: Option<f64>,
     /// What the enrich stage found about the client (country, network).
     pub geo: Option<std::sync::Arc<crate::enrich::Enriched>>,
+    /// The country's and region's fingerprints from `geo`, copied into the
+    /// event so that counting reads the event, not memory another thread
+    /// (the one that parsed it) keeps writing reference counts beside.
+    pub geo_fp: [Option<crate::detect::fingerprint::TextKey>; 2],
     /// `[geoip]` databases that are configured and not loaded (bits of
     /// `enrich::geo::Role::bit`): jails reading their fields skip the event.
     pub geo_missing: u8,
@@ -230,6 +234,7 @@ impl Event {
         self.bytes = None;
         self.request_time = None;
         self.geo = None;
+        self.geo_fp = [None; 2];
         self.geo_missing = 0;
         self.buf.clear();
         self.text = [None; TEXT_SLOTS];
