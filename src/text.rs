@@ -5,10 +5,20 @@
 
 use std::borrow::Cow;
 
-/// Characters that can rewrite a terminal or reorder text: C0/C1 controls,
-/// DEL, and Unicode bidirectional overrides and isolates.
+/// Characters that can rewrite a terminal or reorder, split or hide text:
+/// C0/C1 controls, DEL, Unicode bidirectional marks, overrides and isolates,
+/// line and paragraph separators (a line-oriented viewer breaks a line
+/// there), zero-width characters and the byte-order mark.
 fn hostile(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{feff}'
+        )
 }
 
 /// `s` with control characters written as `\xHH` / `\u{...}` escapes, and
@@ -74,6 +84,10 @@ mod tests {
     fn controls_are_visible() {
         assert_eq!(printable("k\x1b[31mred\x07"), "k\\x1b[31mred\\x07");
         assert_eq!(printable("a\u{202e}b"), "a\\u{202e}b");
+        assert_eq!(
+            printable("a\u{2028}b\u{200b}c\u{feff}d\u{200e}"),
+            "a\\u{2028}b\\u{200b}c\\u{feff}d\\u{200e}"
+        );
         assert!(matches!(printable("plain é"), Cow::Borrowed(_)));
         assert_eq!(printable(r"k\x1b"), r"k\\x1b");
     }

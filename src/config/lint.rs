@@ -61,6 +61,17 @@ pub fn warnings(config: &Config, files: &ConfigFiles) -> Vec<String> {
     }
     out.extend(bouncer_warnings(config));
     if let Some(geo) = &config.geo {
+        for db in geo
+            .status()
+            .iter()
+            .filter(|d| d.answers_ipv4 == Some(false))
+        {
+            out.push(format!(
+                "[geoip] {} {}: answers no IPv4 address (an IPv6-only database): IPv4 clients \
+                 get no country, region or network from it; use a database covering both",
+                db.role, db.path
+            ));
+        }
         for db in geo.status().iter().filter(|d| d.ip_version == Some(4)) {
             out.push(format!(
                 "[geoip] {} {}: an IPv4-only database: IPv6 clients get no country, region \

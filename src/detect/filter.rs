@@ -135,7 +135,7 @@ impl Filter {
         }
         let upper = |l: &Option<OneOrMany<String>>| {
             l.as_ref().map_or_else(Vec::new, |l| {
-                l.0.iter().map(|c| c.trim().to_ascii_uppercase()).collect()
+                l.0.iter().map(|c| c.trim().to_uppercase()).collect()
             })
         };
         let fields = cfg

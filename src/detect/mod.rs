@@ -314,6 +314,8 @@ pub struct Jail {
     /// The `[geoip]` databases whose fields the jail reads (bits of
     /// `enrich::geo::Role::bit`).
     geo_needs: u8,
+    /// The key part a key target revokes (see [`Jail::revoked_part`]).
+    revoked: Option<usize>,
 }
 
 impl Jail {
@@ -332,6 +334,7 @@ impl Jail {
         let distinct = spec.distinct.as_deref().map(|d| wanted.field(d));
         let findtime = spec.findtime.as_secs().clamp(1, u32::MAX as u64) as u32;
         let by_addr = matches!(parts.as_slice(), [KeyPart::Client]);
+        let revoked = Jail::revoked_part(&parts);
         let state = State::new(by_addr, distinct.is_some(), spec.max_tracked, findtime);
         Jail {
             name: spec.name.as_str().into(),
@@ -350,6 +353,7 @@ impl Jail {
             stats: JailStats::default(),
             fleet: spec.fleet,
             key_class: 0,
+            revoked,
             geo_needs: spec
                 .filter
                 .field_names()
@@ -425,6 +429,53 @@ impl Jail {
         true
     }
 
+    /// The key part a key target revokes: `api_key` when the key has it
+    /// (`key = ["user_agent", "api_key"]` revokes the key, never a user
+    /// agent a client chose); else the first part that is neither the client
+    /// nor an enriched field (`["country", "consumer"]` revokes the
+    /// consumer, not `US`); else, for a key of enriched fields only (`key =
+    /// "asn"`, which the config lets only alert), the first of those.
+    fn revoked_part(parts: &[KeyPart]) -> Option<usize> {
+        let field = |p: &KeyPart| match p {
+            KeyPart::Field(f) => Some(f.clone()),
+            KeyPart::Client => None,
+        };
+        let enriched = |f: &FieldRef| matches!(f, FieldRef::Std(sf) if sf.is_enriched());
+        parts
+            .iter()
+            .position(|p| field(p) == Some(FieldRef::Std(StdField::ApiKey)))
+            .or_else(|| {
+                parts
+                    .iter()
+                    .position(|p| field(p).is_some_and(|f| !enriched(&f)))
+            })
+            .or_else(|| parts.iter().position(|p| field(p).is_some()))
+    }
+
+    /// The target of a decision the fleet made on this jail's key text
+    /// (`part|part` for a composite key): `None` when the text does not split
+    /// into the key's parts (a value holding `|`), rather than a guess.
+    pub fn target_from_key_text(&self, text: &str) -> Option<Target> {
+        let pieces: Vec<&str> = if self.parts.len() == 1 {
+            vec![text]
+        } else {
+            text.split('|').collect()
+        };
+        if pieces.len() != self.parts.len() {
+            return None;
+        }
+        match self.target {
+            TargetKind::Address => {
+                let i = self
+                    .parts
+                    .iter()
+                    .position(|p| matches!(p, KeyPart::Client))?;
+                Target::parse(pieces[i]).ok()
+            }
+            TargetKind::Key => Some(Target::Key(pieces[self.revoked?].to_string())),
+        }
+    }
+
     fn target_of(&self, ev: &Event, scratch: &mut String) -> Option<Target> {
         match self.target {
             TargetKind::Address => {
@@ -435,20 +486,10 @@ impl Jail {
                     self.v6,
                 )))
             }
-            // The API key of the key parts: the first that is neither the
-            // client nor an enriched field (`key = ["country", "api_key"]`
-            // revokes the API key, not `US`). A key of enriched fields only
-            // (`key = "asn"`) names the network, for alerting actions (the
-            // config allows no other with it).
             TargetKind::Key => {
-                let enriched = |f: &FieldRef| matches!(f, FieldRef::Std(sf) if sf.is_enriched());
-                let first = |want_enriched: bool| {
-                    self.parts.iter().find_map(|p| match p {
-                        KeyPart::Field(f) if enriched(f) == want_enriched => Some(f),
-                        _ => None,
-                    })
+                let KeyPart::Field(f) = &self.parts[self.revoked?] else {
+                    return None;
                 };
-                let f = first(false).or_else(|| first(true))?;
                 ev.value(f, scratch).map(|v| Target::Key(v.to_string()))
             }
         }
@@ -797,5 +838,73 @@ impl Detector {
                 evidence: jail.ring.take_for(ring_key, 5),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jail(key: &[&str], target: TargetKind) -> Jail {
+        let spec = JailSpec {
+            name: "j".into(),
+            filter: FilterConfig::default(),
+            key: key.iter().map(|k| k.to_string()).collect(),
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            maxretry: 3,
+            findtime: Duration::from_secs(60),
+            bantime: Duration::from_secs(60),
+            distinct: None,
+            target,
+            severity: Severity::Medium,
+            max_tracked: 100,
+            fleet: true,
+        };
+        Jail::compile(&spec, &mut Wanted::default())
+    }
+
+    /// A key target revokes the API key whatever else the key holds (a
+    /// user agent a client chose, a country), in any order; the fleet's
+    /// decisions on a composite key's text do the same.
+    #[test]
+    fn key_targets_revoke_the_api_key_part() {
+        let key = |t: Option<Target>| t.map(|t| t.to_string());
+        for parts in [
+            &["user_agent", "api_key"][..],
+            &["api_key", "user_agent"],
+            &["country", "api_key"],
+            &["api_key", "country"],
+        ] {
+            let j = jail(parts, TargetKind::Key);
+            let text = parts
+                .iter()
+                .map(|p| if *p == "api_key" { "victim" } else { "other" })
+                .collect::<Vec<_>>()
+                .join("|");
+            assert_eq!(
+                key(j.target_from_key_text(&text)),
+                Some("key:victim".into()),
+                "{parts:?}"
+            );
+        }
+        // Other fields before enriched ones; enriched ones only when alone.
+        assert_eq!(
+            key(jail(&["country", "consumer"], TargetKind::Key).target_from_key_text("US|c1")),
+            Some("key:c1".into())
+        );
+        assert_eq!(
+            key(jail(&["asn"], TargetKind::Key).target_from_key_text("15169")),
+            Some("key:15169".into())
+        );
+        // A value holding `|` cannot be split: no decision, never a guess.
+        let j = jail(&["country", "api_key"], TargetKind::Key);
+        assert_eq!(j.target_from_key_text("US|a|b"), None);
+        // Address targets take the client part.
+        let j = jail(&["client", "api_key"], TargetKind::Address);
+        assert_eq!(
+            key(j.target_from_key_text("203.0.113.5/32|k")),
+            Some("203.0.113.5".into())
+        );
     }
 }

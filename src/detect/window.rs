@@ -105,39 +105,50 @@ impl Counter for SlidingWindow {
 /// in `US` only) is not a region apart from a subdivision of it (`US-CA`)
 /// in the window, since it may well be the same place. So `US` and `US-CA`
 /// count once, and a database replaced by one with subdivisions mid-window
-/// does not count each address twice; `US-CA` and `US-MA` count twice.
+/// does not count each address twice; `US-CA` and `US-MA` count twice. A
+/// key holds at most twice the threshold's values (the uncounted countries
+/// beside the counted regions).
 #[derive(Clone, Debug, Default)]
 pub struct DistinctValues {
     values: SmallVec<[(TextKey, u32); 1]>,
 }
 
+impl DistinctValues {
+    /// The regions held: a country alone counts only while no subdivision
+    /// of it is in the window (each keeps its own time, so a country-only
+    /// sighting never keeps a subdivision alive, nor the reverse).
+    fn regions(&self) -> u32 {
+        let has_sub = |parent: u64| {
+            self.values
+                .iter()
+                .any(|(w, _)| w.parent() == parent && !w.is_parent_only())
+        };
+        self.values
+            .iter()
+            .filter(|(v, _)| !(v.is_parent_only() && has_sub(v.parent())))
+            .count() as u32
+    }
+}
+
 impl Counter for DistinctValues {
     fn add(&mut self, sec: u32, value: Option<TextKey>, findtime: u32, nested: bool) -> u32 {
+        let count = |d: &DistinctValues| match nested {
+            true => d.regions(),
+            false => d.values.len() as u32,
+        };
         let Some(value) = value else {
-            return self.values.len() as u32;
+            return count(self);
         };
         let end = self.newest().max(sec);
         if expired(sec, end, findtime) {
-            return self.values.len() as u32;
+            return count(self);
         }
         self.values.retain(|(_, s)| !expired(*s, end, findtime));
-        let same = |v: &TextKey| {
-            *v == value
-                || (nested
-                    && v.parent() == value.parent()
-                    && (v.is_parent_only() || value.is_parent_only()))
-        };
-        match self.values.iter_mut().find(|(v, _)| same(v)) {
-            Some((v, s)) => {
-                *s = (*s).max(sec);
-                // A subdivision replaces its country alone.
-                if v.is_parent_only() {
-                    *v = value;
-                }
-            }
+        match self.values.iter_mut().find(|(v, _)| *v == value) {
+            Some((_, s)) => *s = (*s).max(sec),
             None => self.values.push((value, sec)),
         }
-        self.values.len() as u32
+        count(self)
     }
 
     fn live(&self, now: u32, findtime: u32) -> u32 {
@@ -227,6 +238,11 @@ mod tests {
         assert_eq!(d.add_region("GB", Some("ENG"), 14), 3);
         assert_eq!(d.add_region("GB", None, 15), 3);
         assert_eq!(d.add_region("JP", None, 16), 4);
+        // A country-only sighting does not keep a subdivision in the window.
+        let mut d = DistinctValues::default();
+        assert_eq!(d.add_region("US", Some("CA"), 0), 1);
+        assert_eq!(d.add_region("US", None, 250), 1);
+        assert_eq!(d.add_region("US", Some("MA"), 400), 1); // CA is out (300 s)
     }
 
     #[test]

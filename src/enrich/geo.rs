@@ -182,25 +182,65 @@ impl std::fmt::Display for GeoInfo {
     }
 }
 
-/// Looks up 4,096 addresses spread over the IPv4 space (and as many over
-/// 2000::/3 for an IPv6 file): a damaged file fails to decode some, or
-/// answers none. A few milliseconds, where the crate's `verify` walks the
-/// whole file (0.8 s for a city database) and refuses published files whose
-/// metadata lacks a description (ip-location-db's).
-fn sample(reader: &maxminddb::Reader<Vec<u8>>) -> Result<(), String> {
+/// A damaged file (zeroed or overwritten blocks) still has valid metadata
+/// and, without a check, answers "nothing known" for the addresses behind
+/// the damage. Two checks, a few tens of milliseconds for a city database
+/// (the crate's own `verify` takes 0.8 s and refuses ip-location-db's
+/// published files for their empty description):
+///
+/// - every record of the search tree points to a node, to "nothing", or
+///   into the data section, and never back to the root (a zeroed node's
+///   records are 0: the root);
+/// - 4,096 addresses spread over the IPv4 space (and as many over 2000::/3
+///   for an IPv6 file) decode.
+///
+/// Returns whether any sampled IPv4 address has an answer (an IPv6-only
+/// file has none: `check` warns).
+fn check_file(reader: &maxminddb::Reader<Arc<[u8]>>, buf: &[u8]) -> Result<bool, String> {
     use serde::de::IgnoredAny;
-    let v6 = reader.metadata().ip_version == 6;
+    let m = reader.metadata();
+    let (nodes, bits) = (m.node_count as usize, m.record_size as usize);
+    let node_bytes = bits / 4;
+    let tree = nodes
+        .checked_mul(node_bytes)
+        .filter(|&t| t <= buf.len())
+        .ok_or("damaged MaxMind DB file: the search tree is longer than the file")?;
+    let data_len = (buf.len() - tree) as u64;
+    for (i, node) in buf[..tree].chunks_exact(node_bytes).enumerate() {
+        let be = |b: &[u8]| b.iter().fold(0u64, |v, &c| v << 8 | c as u64);
+        let (left, right) = match bits {
+            24 => (be(&node[0..3]), be(&node[3..6])),
+            28 => (
+                (node[3] as u64 >> 4) << 24 | be(&node[0..3]),
+                (node[3] as u64 & 0x0f) << 24 | be(&node[4..7]),
+            ),
+            _ => (be(&node[0..4]), be(&node[4..8])),
+        };
+        for r in [left, right] {
+            if r == 0 || r > nodes as u64 + 16 + data_len {
+                return Err(format!(
+                    "damaged MaxMind DB file: node {i} of the search tree points {}",
+                    if r == 0 {
+                        "back to the root"
+                    } else {
+                        "past the end of the file"
+                    }
+                ));
+            }
+        }
+    }
+    let v6 = m.ip_version == 6;
     let v4s = (0..4096u32).map(|i| IpAddr::from(std::net::Ipv4Addr::from((i << 20) | 0x0001_0101)));
     let v6s = (0..4096u128).filter(|_| v6).map(|i| {
         IpAddr::from(std::net::Ipv6Addr::from(
             ((0x2000 + i) << 112) | (((i * 0x9e37) & 0xffff) << 96) | 1,
         ))
     });
-    let (mut found, mut failed, mut asked) = (0u32, 0u32, 0u32);
+    let (mut v4_answers, mut failed, mut asked) = (false, 0u32, 0u32);
     for ip in v4s.chain(v6s) {
         asked += 1;
         match reader.lookup(ip).and_then(|r| r.decode::<IgnoredAny>()) {
-            Ok(Some(_)) => found += 1,
+            Ok(Some(_)) => v4_answers |= ip.is_ipv4(),
             Ok(None) => {}
             Err(_) => failed += 1,
         }
@@ -210,13 +250,7 @@ fn sample(reader: &maxminddb::Reader<Vec<u8>>) -> Result<(), String> {
             "damaged MaxMind DB file: {failed} of {asked} sampled lookups failed to decode"
         ));
     }
-    if found == 0 {
-        return Err(format!(
-            "damaged or empty MaxMind DB file: none of {asked} addresses sampled across the \
-             address space has an answer"
-        ));
-    }
-    Ok(())
+    Ok(v4_answers)
 }
 
 /// No published database comes near this (a GeoIP2 City is under 200 MB);
@@ -225,11 +259,26 @@ const MAX_DB_BYTES: u64 = 1 << 30;
 
 /// One loaded database.
 struct Db {
-    reader: maxminddb::Reader<Vec<u8>>,
+    reader: maxminddb::Reader<Arc<[u8]>>,
     /// An IPv4-only file (ip-location-db's `-ipv4` builds) has no answer
     /// for IPv6 addresses.
     v4_only: bool,
+    /// Whether any sampled IPv4 address has an answer (not so in an
+    /// IPv6-only file).
+    v4_answers: bool,
 }
+
+/// Why a file did not load: `Io` (it could not be read, e.g. a permission)
+/// is tried again while the file stays the same; the others only when it
+/// changes (reading a broken 1 GiB file every 10 s helps nobody).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Io,
+    Content,
+}
+
+/// A file opened, or why not.
+type Opened = Result<Db, (Failure, String)>;
 
 /// The record layouts read: MaxMind's (`country.iso_code`,
 /// `subdivisions[0].iso_code`) and ip-location-db's flat one
@@ -268,41 +317,39 @@ fn text(s: Option<&str>) -> Option<&str> {
 }
 
 impl Db {
-    fn open(path: &Path, role: Role) -> Result<Db, String> {
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    fn try_open(path: &Path, role: Role) -> Opened {
+        let io = |e: std::io::Error| (Failure::Io, format!("{}: {e}", path.display()));
+        let content = |e: String| (Failure::Content, format!("{}: {e}", path.display()));
+        let meta = std::fs::metadata(path).map_err(io)?;
         if !meta.is_file() {
-            return Err(format!("{}: not a regular file", path.display()));
+            return Err(content("not a regular file".into()));
         }
         if meta.len() > MAX_DB_BYTES {
-            return Err(format!(
-                "{}: {} bytes, larger than any published database ({} at most): not loaded",
-                path.display(),
-                meta.len(),
-                MAX_DB_BYTES
-            ));
+            return Err(content(format!(
+                "{} bytes, larger than any published database ({MAX_DB_BYTES} at most): not loaded",
+                meta.len()
+            )));
         }
-        let reader = maxminddb::Reader::open_readfile(path).map_err(|e| {
-            format!(
-                "{}: not a readable MaxMind DB (.mmdb) file: {e}",
-                path.display()
-            )
-        })?;
+        let buf: Arc<[u8]> = Arc::from(std::fs::read(path).map_err(io)?);
+        let reader = maxminddb::Reader::from_source(buf.clone())
+            .map_err(|e| content(format!("not a readable MaxMind DB (.mmdb) file: {e}")))?;
         let m = reader.metadata();
         if !role.accepts(&m.database_type) {
-            return Err(format!(
-                "{}: a `{}` database, but `{}` needs {}",
-                path.display(),
+            return Err(content(format!(
+                "a `{}` database, but `{}` needs {}",
                 crate::text::printable(&m.database_type),
                 role.key(),
                 role.wants()
-            ));
+            )));
         }
-        // A damaged file (a copy cut short, zeroed blocks) still has valid
-        // metadata and would answer "nothing known" for every address.
-        sample(&reader)
-            .map_err(|e| format!("{}: {e}; the file must be replaced", path.display()))?;
+        let v4_answers = check_file(&reader, &buf)
+            .map_err(|e| content(format!("{e}; the file must be replaced")))?;
         let v4_only = m.ip_version == 4;
-        Ok(Db { reader, v4_only })
+        Ok(Db {
+            reader,
+            v4_only,
+            v4_answers,
+        })
     }
 
     fn record<'a, T: Deserialize<'a>>(&'a self, ip: IpAddr) -> Option<T> {
@@ -329,8 +376,10 @@ impl Db {
             .and_then(|s| s.first())
             .and_then(|s| text(s.iso_code))
             .or_else(|| text(r.state1));
+        // Upper case like the country (filters compare upper case): some
+        // databases give names (`state1 = "California"`), not codes.
         out.region = Some(match sub {
-            Some(s) => format!("{country}-{s}").into(),
+            Some(s) => format!("{country}-{}", s.to_uppercase()).into(),
             None => country.clone().into(),
         });
         out.country = Some(country.into());
@@ -377,6 +426,9 @@ struct File {
     problem: Option<(String, i64)>,
     /// Looks since the last try of a file with a problem.
     retry: u32,
+    /// The problem is one reading again may cure (a permission, an I/O
+    /// error), not the file's contents.
+    retryable: bool,
 }
 
 /// A file with a problem is tried again every this many looks.
@@ -387,6 +439,7 @@ struct Loaded {
     database_type: String,
     build_epoch: u64,
     ip_version: u16,
+    v4_answers: bool,
     at: i64,
 }
 
@@ -403,6 +456,8 @@ pub struct DbStatus {
     pub loaded_at: Option<i64>,
     /// 4 for an IPv4-only file: IPv6 clients get no fields from it.
     pub ip_version: Option<u16>,
+    /// False for a file that answers no IPv4 address (an IPv6-only one).
+    pub answers_ipv4: Option<bool>,
     /// What is wrong now (the file is gone, does not load), and since when.
     pub problem: Option<String>,
     pub problem_since: Option<i64>,
@@ -453,6 +508,7 @@ impl GeoHandle {
                 loaded: None,
                 problem: None,
                 retry: 0,
+                retryable: false,
             })
         })
         .collect();
@@ -493,7 +549,7 @@ impl GeoHandle {
         let mut dbs = Databases::default();
         for f in &mut inner.files {
             f.stamp = stamp(&f.path);
-            match Db::open(&f.path, f.role) {
+            match Db::try_open(&f.path, f.role) {
                 Ok(db) => {
                     f.loaded = Some(loaded(&db));
                     match f.role {
@@ -501,7 +557,10 @@ impl GeoHandle {
                         Role::Asn => dbs.asn = Some(Arc::new(db)),
                     }
                 }
-                Err(e) => f.problem = Some((e, crate::now_secs())),
+                Err((kind, e)) => {
+                    f.retryable = kind == Failure::Io;
+                    f.problem = Some((e, crate::now_secs()));
+                }
             }
         }
         inner.current = Arc::new(dbs);
@@ -550,7 +609,7 @@ impl GeoHandle {
                 let now = stamp(&f.path);
                 if now == f.stamp {
                     f.pending = None;
-                    if f.problem.is_some() && now.is_some() {
+                    if f.problem.is_some() && f.retryable && now.is_some() {
                         f.retry += 1;
                         if f.retry >= RETRY_LOOKS {
                             f.retry = 0;
@@ -571,18 +630,16 @@ impl GeoHandle {
         if todo.is_empty() {
             return;
         }
-        let results: Vec<(usize, Role, Result<Db, String>)> = todo
+        let results: Vec<(usize, Role, Opened)> = todo
             .into_iter()
             .map(|(i, role, path, now)| {
+                let fail =
+                    |what: &str| Err((Failure::Content, format!("{}: {what}", path.display())));
                 let r = match now {
-                    None => Err(format!("{}: the file is gone", path.display())),
-                    Some(st) if !st.regular => {
-                        Err(format!("{}: not a regular file", path.display()))
-                    }
-                    Some(st) if st.len == 0 => {
-                        Err(format!("{}: the file is empty", path.display()))
-                    }
-                    Some(_) => Db::open(&path, role),
+                    None => fail("the file is gone"),
+                    Some(st) if !st.regular => fail("not a regular file"),
+                    Some(st) if st.len == 0 => fail("the file is empty"),
+                    Some(_) => Db::try_open(&path, role),
                 };
                 (i, role, r)
             })
@@ -604,7 +661,8 @@ impl GeoHandle {
                     f.problem = None;
                     swap.push((role, db));
                 }
-                Err(e) => {
+                Err((kind, e)) => {
+                    f.retryable = kind == Failure::Io;
                     let kept = match &f.loaded {
                         Some(l) => format!(
                             "the `{}` database loaded at {} stays in use",
@@ -686,6 +744,7 @@ impl GeoHandle {
                 built: f.loaded.as_ref().map(|l| l.build_epoch),
                 loaded_at: f.loaded.as_ref().map(|l| l.at),
                 ip_version: f.loaded.as_ref().map(|l| l.ip_version),
+                answers_ipv4: f.loaded.as_ref().map(|l| l.v4_answers),
                 problem: f.problem.as_ref().map(|p| p.0.clone()),
                 problem_since: f.problem.as_ref().map(|p| p.1),
             })
@@ -703,6 +762,7 @@ fn loaded(db: &Db) -> Loaded {
         database_type: m.database_type.clone(),
         build_epoch: m.build_epoch,
         ip_version: m.ip_version,
+        v4_answers: db.v4_answers,
         at: crate::now_secs(),
     }
 }

@@ -4,7 +4,7 @@
 use super::{Engine, Msg, now_secs};
 use crate::act::Change;
 use crate::decide::Ban;
-use crate::detect::{Decision, Target};
+use crate::detect::Decision;
 use crate::state::{Table, Write};
 use std::sync::Arc;
 
@@ -115,11 +115,17 @@ impl Engine {
                     return;
                 };
                 let entry = &self.pipeline.entries[i];
-                let target = match entry.spec.target {
-                    crate::detect::TargetKind::Address => Target::parse(&key),
-                    crate::detect::TargetKind::Key => Ok(Target::Key(key.clone())),
+                // The key part the jail acts on, as its own decisions do (a
+                // composite key's text is `part|part`).
+                let Some(target) = self.pipeline.detector.jails[i].target_from_key_text(&key)
+                else {
+                    tracing::warn!(
+                        jail = %crate::text::printable(&jail),
+                        key = %crate::text::printable(&key),
+                        "the fleet's count reached the threshold for a key whose parts cannot be told apart (a value holds `|`): not acted on"
+                    );
+                    return;
                 };
-                let Ok(target) = target else { return };
                 let d = Decision {
                     jail: self.pipeline.detector.jails[i].name.clone(),
                     target,
