@@ -94,6 +94,29 @@ fn add_action(dir: &TempDir) {
     .unwrap();
 }
 
+/// `portcullis check` on a test config, which must pass; (stdout, stderr).
+fn check_ok(dir: &TempDir) -> (String, String) {
+    let out = bin()
+        .args(["check", "--config", &conf(dir)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    (stdout(&out), stderr(&out))
+}
+
+/// `portcullis replay --json` of `log` with `jails` on a test config.
+fn replay_jails(
+    dir: &TempDir,
+    jails: &[&str],
+    log: &std::path::Path,
+) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let c = conf(dir);
+    let mut args = vec!["--config", &c];
+    args.extend(jails.iter().flat_map(|j| ["--jail", *j]));
+    args.push(log.to_str().unwrap());
+    replay_json(&args)
+}
+
 fn conf(dir: &TempDir) -> String {
     dir.path().join("conf").display().to_string()
 }
@@ -221,13 +244,7 @@ fn regions_come_from_the_city_database() {
     // 128.32.0.1 (Berkeley) and 18.0.0.1 (MIT): US-CA and US-MA.
     let log = line("128.32.0.1", 1, 200, "k_states") + &line("18.0.0.1", 2, 200, "k_states");
     let log_path = dir.write("t.log", &log);
-    let (ds, _) = replay_json(&[
-        "--config",
-        &conf(&dir),
-        "--jail",
-        "regions",
-        log_path.to_str().unwrap(),
-    ]);
+    let (ds, _) = replay_jails(&dir, &["regions"], &log_path);
     assert_eq!(ds.len(), 1, "{ds:?}");
     let regions: Vec<&str> = ds[0]["evidence"]
         .as_array()
@@ -267,13 +284,7 @@ fn a_country_alone_is_not_a_region_apart_from_its_subdivision() {
         log += &line(ip, 10 + i as u32, 200, "k_four");
     }
     let log_path = dir.write("t.log", &log);
-    let (ds, _) = replay_json(&[
-        "--config",
-        &conf(&dir),
-        "--jail",
-        "leaked-api-key-regions",
-        log_path.to_str().unwrap(),
-    ]);
+    let (ds, _) = replay_jails(&dir, &["leaked-api-key-regions"], &log_path);
     let targets: Vec<&str> = ds.iter().map(|d| d["target"].as_str().unwrap()).collect();
     assert_eq!(targets, ["key:k_four"]);
 }
@@ -305,15 +316,7 @@ fn country_filters_on_a_flat_database() {
         }
     }
     let log_path = dir.write("t.log", &log);
-    let (ds, _) = replay_json(&[
-        "--config",
-        &conf(&dir),
-        "--jail",
-        "from-ru-jp",
-        "--jail",
-        "outside-us",
-        log_path.to_str().unwrap(),
-    ]);
+    let (ds, _) = replay_jails(&dir, &["from-ru-jp", "outside-us"], &log_path);
     let mut got: Vec<(String, String)> = ds
         .iter()
         .map(|d| {
@@ -363,15 +366,7 @@ fn counting_per_network_operator() {
     }
     log += &line("77.88.8.8", 3, 401, "-");
     let log_path = dir.write("t.log", &log);
-    let (ds, _) = replay_json(&[
-        "--config",
-        &conf(&dir),
-        "--jail",
-        "per-asn",
-        "--jail",
-        "yandex",
-        log_path.to_str().unwrap(),
-    ]);
+    let (ds, _) = replay_jails(&dir, &["per-asn", "yandex"], &log_path);
     let got: Vec<(String, String)> = ds
         .iter()
         .map(|d| {
@@ -412,13 +407,7 @@ fn a_key_and_a_country_together() {
         log += &line(ip, 2, 200, "k_spread");
     }
     let log_path = dir.write("t.log", &log);
-    let (ds, _) = replay_json(&[
-        "--config",
-        &conf(&dir),
-        "--jail",
-        "per-key-country",
-        log_path.to_str().unwrap(),
-    ]);
+    let (ds, _) = replay_jails(&dir, &["per-key-country"], &log_path);
     assert_eq!(ds.len(), 1, "{ds:?}");
     assert_eq!(ds[0]["target"], "key:k_us");
     assert_eq!(ds[0]["key"], "k_us|US");
@@ -430,13 +419,7 @@ fn a_key_and_a_country_together() {
         text.replace("[\"api_key\", \"country\"]", "[\"country\", \"api_key\"]"),
     )
     .unwrap();
-    let (ds, _) = replay_json(&[
-        "--config",
-        &conf(&dir),
-        "--jail",
-        "per-key-country",
-        log_path.to_str().unwrap(),
-    ]);
+    let (ds, _) = replay_jails(&dir, &["per-key-country"], &log_path);
     assert_eq!(ds.len(), 1, "{ds:?}");
     assert_eq!(ds[0]["target"], "key:k_us");
     assert_eq!(ds[0]["key"], "US|k_us");
@@ -537,15 +520,10 @@ fn check_names_the_database_and_what_is_wrong() {
         ),
         "",
     );
-    let out = bin()
-        .args(["check", "--config", &conf(&dir)])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, err) = check_ok(&dir);
     assert!(
-        stderr(&out).contains("an IPv4-only database: IPv6 clients get no country"),
-        "{}",
-        stderr(&out)
+        err.contains("an IPv4-only database: IPv6 clients get no country"),
+        "{err}"
     );
     // A jail whose database is not named is off until it is, and `check`
     // says so: `asn` with only a country database, and the bundled region
@@ -557,28 +535,16 @@ fn check_names_the_database_and_what_is_wrong() {
         ),
         "[per-asn]\nfilter = \"auth-failure\"\nkey = \"asn\"\ntarget = \"key\"\n",
     );
-    let out = bin()
-        .args(["check", "--config", &conf(&dir)])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let (out, _) = check_ok(&dir);
     assert!(
-        stdout(&out).contains("off until [geoip] names their database: per-asn (asn_db)"),
-        "{}",
-        stdout(&out)
+        out.contains("off until [geoip] names their database: per-asn (asn_db)"),
+        "{out}"
     );
     let dir = config_with("", "");
-    let out = bin()
-        .args(["check", "--config", &conf(&dir)])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let (out, _) = check_ok(&dir);
     assert!(
-        stdout(&out).contains(
-            "off until [geoip] names their database: leaked-api-key-regions (country_db)"
-        ),
-        "{}",
-        stdout(&out)
+        out.contains("off until [geoip] names their database: leaked-api-key-regions (country_db)"),
+        "{out}"
     );
     let log_path = dir.write("t.log", &line("8.8.8.8", 1, 200, "k"));
     let out = bin()
@@ -595,8 +561,7 @@ fn check_names_the_database_and_what_is_wrong() {
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("reads `region`, which needs `country_db` in `[geoip]`"),
-        "{}",
-        stderr(&out)
+        "{err}"
     );
 }
 
@@ -770,12 +735,6 @@ fn a_flood_of_addresses_is_enriched_within_the_cache_bound() {
         log += &line(&ip.to_string(), i % 60, 401, "-");
     }
     let log_path = dir.write("t.log", &log);
-    let (_, summary) = replay_json(&[
-        "--config",
-        &conf(&dir),
-        "--jail",
-        "outside-us",
-        log_path.to_str().unwrap(),
-    ]);
+    let (_, summary) = replay_jails(&dir, &["outside-us"], &log_path);
     assert_eq!(summary["jails"]["outside-us"]["matches"], n, "{summary}");
 }

@@ -77,6 +77,53 @@ pub(crate) struct Stamp {
     pub(crate) regular: bool,
 }
 
+/// A watched file's versions: the one in force and a new one seen at the
+/// last look, taken once it has not changed for one more look (a download
+/// still being written is not read half). Shared by the list files and the
+/// `[geoip]` databases.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Versions {
+    /// The version in force (loaded, or found broken), `None` for no file.
+    pub(crate) current: Option<Stamp>,
+    pending: Option<Option<Stamp>>,
+}
+
+/// What one look at a watched file found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Look {
+    /// As in force.
+    Same,
+    /// Changed, and still changing: look again.
+    Moving,
+    /// A new version (or none: the file is gone) that held still: read it.
+    Settled(Option<Stamp>),
+}
+
+impl Versions {
+    pub(crate) fn new(current: Option<Stamp>) -> Versions {
+        Versions {
+            current,
+            pending: None,
+        }
+    }
+
+    /// Looks at `path` once.
+    pub(crate) fn look(&mut self, path: &Path) -> Look {
+        let now = stamp(path);
+        if now == self.current {
+            self.pending = None;
+            return Look::Same;
+        }
+        if self.pending != Some(now) {
+            self.pending = Some(now);
+            return Look::Moving;
+        }
+        self.pending = None;
+        self.current = now;
+        Look::Settled(now)
+    }
+}
+
 pub(crate) fn stamp(path: &Path) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
@@ -99,11 +146,8 @@ struct List {
 #[derive(Debug, Clone)]
 struct Watched {
     path: PathBuf,
-    /// The version whose contents are in force.
-    stamp: Option<Stamp>,
-    /// A new version seen at the last look: applied once it has not changed
-    /// for one more look (a download still being written is not read half).
-    pending: Option<Option<Stamp>>,
+    /// The version whose contents are in force, and a new one coming.
+    versions: Versions,
     nets: Vec<IpNet>,
 }
 
@@ -116,8 +160,7 @@ impl List {
             match read(p) {
                 Ok(nets) => files.push(Watched {
                     path: p.clone(),
-                    stamp: st,
-                    pending: None,
+                    versions: Versions::new(st),
                     nets,
                 }),
                 Err(e) => errors.extend(e),
@@ -144,17 +187,9 @@ impl List {
     fn poll(&mut self, errors: &mut Vec<String>) -> bool {
         let mut changed = false;
         for f in &mut self.files {
-            let now = stamp(&f.path);
-            if now == f.stamp {
-                f.pending = None;
+            let Look::Settled(now) = f.versions.look(&f.path) else {
                 continue;
-            }
-            if f.pending != Some(now) {
-                f.pending = Some(now);
-                continue;
-            }
-            f.pending = None;
-            f.stamp = now;
+            };
             let (path, kept) = (f.path.display(), f.nets.len());
             match now {
                 None => errors.push(format!(

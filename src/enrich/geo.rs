@@ -24,7 +24,7 @@
 //! nothing lost. A file that disappears or does not load keeps the last good
 //! database in use, and says so in the log and in `status`.
 
-use crate::config::netfile::{Stamp, stamp};
+use crate::config::netfile::{Look, Stamp, Versions, stamp};
 use foldhash::fast::RandomState;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
@@ -418,10 +418,8 @@ impl Databases {
 struct File {
     role: Role,
     path: PathBuf,
-    /// The version loaded (or found broken) last.
-    stamp: Option<Stamp>,
-    /// A new version seen at the last look, loaded once it holds still.
-    pending: Option<Option<Stamp>>,
+    /// The version loaded (or found broken) last, and a new one coming.
+    versions: Versions,
     loaded: Option<Loaded>,
     problem: Option<(String, i64)>,
     /// Looks since the last try of a file with a problem.
@@ -503,8 +501,7 @@ impl GeoHandle {
             p.as_ref().map(|path| File {
                 role,
                 path: path.clone(),
-                stamp: None,
-                pending: None,
+                versions: Versions::default(),
                 loaded: None,
                 problem: None,
                 retry: 0,
@@ -548,7 +545,7 @@ impl GeoHandle {
         inner.opened = true;
         let mut dbs = Databases::default();
         for f in &mut inner.files {
-            f.stamp = stamp(&f.path);
+            f.versions = Versions::new(stamp(&f.path));
             match Db::try_open(&f.path, f.role) {
                 Ok(db) => {
                     f.loaded = Some(loaded(&db));
@@ -606,25 +603,20 @@ impl GeoHandle {
             let mut inner = self.lock();
             self.open(&mut inner);
             for (i, f) in inner.files.iter_mut().enumerate() {
-                let now = stamp(&f.path);
-                if now == f.stamp {
-                    f.pending = None;
-                    if f.problem.is_some() && f.retryable && now.is_some() {
-                        f.retry += 1;
-                        if f.retry >= RETRY_LOOKS {
-                            f.retry = 0;
-                            todo.push((i, f.role, f.path.clone(), now));
+                match f.versions.look(&f.path) {
+                    Look::Settled(now) => todo.push((i, f.role, f.path.clone(), now)),
+                    Look::Moving => {}
+                    Look::Same => {
+                        let now = f.versions.current;
+                        if f.problem.is_some() && f.retryable && now.is_some() {
+                            f.retry += 1;
+                            if f.retry >= RETRY_LOOKS {
+                                f.retry = 0;
+                                todo.push((i, f.role, f.path.clone(), now));
+                            }
                         }
                     }
-                    continue;
                 }
-                if f.pending != Some(now) {
-                    f.pending = Some(now);
-                    continue;
-                }
-                f.pending = None;
-                f.stamp = now;
-                todo.push((i, f.role, f.path.clone(), now));
             }
         }
         if todo.is_empty() {
