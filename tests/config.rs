@@ -502,3 +502,34 @@ fn bouncer_api_is_checked() {
         "{out}"
     );
 }
+
+/// A key target revoking a value the client writes itself (a user agent)
+/// is valid but warned about; one revoking `api_key` is not.
+#[test]
+fn check_warns_about_revoking_what_clients_write() {
+    let filters = ("filters.d/f.toml", "[auth]\nstatus = 401\n");
+    let main = ("portcullis.toml", "[defaults]\nformat = \"api_audit\"\n");
+    let (ok, out) = check(&[
+        main,
+        filters,
+        (
+            "jails.d/a.toml",
+            "[ua]\nfilter = \"auth\"\nlogpath = \"/tmp/x.log\"\nkey = \"user_agent\"\ntarget = \"key\"\n",
+        ),
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("jail `ua`: `target = \"key\"` revokes `user_agent` values"),
+        "{out}"
+    );
+    let (ok, out) = check(&[
+        main,
+        filters,
+        (
+            "jails.d/a.toml",
+            "[k]\nfilter = \"auth\"\nlogpath = \"/tmp/x.log\"\nkey = [\"user_agent\", \"api_key\"]\ntarget = \"key\"\n",
+        ),
+    ]);
+    assert!(ok, "{out}");
+    assert!(!out.contains("which every request writes"), "{out}");
+}

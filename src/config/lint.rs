@@ -108,9 +108,33 @@ pub fn warnings(config: &Config, files: &ConfigFiles) -> Vec<String> {
         for pattern in &jail.logpath {
             out.extend(logpath_warning(&jail.spec.name, pattern));
         }
+        out.extend(client_written_key_warning(jail));
         out.extend(behind_proxy_warning(config, jail));
     }
     out
+}
+
+/// A key target that revokes a value every request names for itself (a
+/// user agent, a path): any client can get any such value revoked, a
+/// victim's included, by sending it. Only `api_key` (an id the gateway
+/// derived from a verified credential) or a format's own fields (a Kong
+/// consumer id) should be revoked.
+fn client_written_key_warning(jail: &super::JailEntry) -> Option<String> {
+    use crate::detect::jail::TargetKind;
+    let key = &jail.spec.key;
+    if jail.spec.target != TargetKind::Key || key.iter().any(|k| k == "api_key") {
+        return None;
+    }
+    let k = key
+        .iter()
+        .find(|k| *k != "client" && crate::enrich::geo::role_of(k).is_none())?;
+    crate::parse::StdField::from_name(k)?;
+    Some(format!(
+        "jail `{}`: `target = \"key\"` revokes `{k}` values, which every request writes \
+         itself: a client can get any value revoked, a victim's too, by sending it; revoke an \
+         id the gateway derived (`api_key`, see the README's \"Leaked keys\")",
+        crate::text::printable(&jail.spec.name)
+    ))
 }
 
 /// A jail that bans addresses only in the kernel while the clients are
