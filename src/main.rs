@@ -3,9 +3,10 @@
 use clap::{Parser, Subcommand};
 use portcullis::config::{Config, ConfigError, ConfigFiles, embedded};
 use portcullis::control::{Request, cli as render, client};
-use portcullis::detect::{Decision, Target, TargetKind};
+use portcullis::detect::{Decision, Target};
 use portcullis::parse::wrap::Wrap;
-use portcullis::replay::{Replay, Selection, Summary};
+use portcullis::replay::output::{print_decision, print_decision_json, print_summary};
+use portcullis::replay::{Replay, Selection};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -687,114 +688,4 @@ fn generate_assets(dir: &std::path::Path) -> Result<(), String> {
         std::fs::write(dir.join(file), out).map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| ms.to_string())
-}
-
-fn human_duration(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        s if s % 86400 == 0 && s > 0 => format!("{}d", s / 86400),
-        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
-
-/// Log text for a terminal: control characters escaped (a log line must not
-/// drive the operator's terminal), cut to `max` characters.
-/// At most `max` characters of `s`, made safe for a terminal (controls,
-/// bidi overrides and backslashes escaped, as everywhere else).
-fn printable(s: &str, max: usize) -> String {
-    portcullis::text::printable(&s.chars().take(max).collect::<String>()).into_owned()
-}
-
-fn print_decision(out: &mut impl Write, r: &Replay, d: &Decision) -> std::io::Result<()> {
-    let verb = match d.target {
-        portcullis::detect::Target::Address(_) => TargetKind::Address,
-        portcullis::detect::Target::Key(_) => TargetKind::Key,
-    };
-    let verb = if verb == TargetKind::Address {
-        "ban"
-    } else {
-        "revoke"
-    };
-    writeln!(
-        out,
-        "{verb} {}  jail={} severity={} count={} first_seen={} at={} for={}",
-        d.target,
-        d.jail,
-        d.severity,
-        d.count,
-        rfc3339(d.first_seen),
-        rfc3339(d.time),
-        human_duration(d.bantime),
-    )?;
-    for e in &d.evidence {
-        let src = r.source_name(e.source);
-        let geo = e.geo.as_ref().map_or_else(String::new, |g| {
-            format!(" [{}]", printable(&g.to_string(), 200))
-        });
-        writeln!(
-            out,
-            "    {src}, byte {}{geo}: {}",
-            e.offset,
-            printable(&e.line, 300)
-        )?;
-    }
-    Ok(())
-}
-
-fn print_decision_json(out: &mut impl Write, d: &Decision) -> std::io::Result<()> {
-    let v = serde_json::json!({
-        "type": "decision",
-        "jail": &*d.jail,
-        "target": d.target.to_string(),
-        "target_kind": match d.target { portcullis::detect::Target::Address(_) => "address", _ => "key" },
-        "key": d.key,
-        "time": rfc3339(d.time),
-        "first_seen": rfc3339(d.first_seen),
-        "count": d.count,
-        "severity": d.severity,
-        "bantime_secs": d.bantime.as_secs(),
-        "evidence": d.evidence,
-    });
-    serde_json::to_writer(&mut *out, &v).map_err(std::io::Error::other)?;
-    writeln!(out)
-}
-
-fn print_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
-    writeln!(out, "\nSummary ({} bytes read)", s.bytes)?;
-    for (name, f) in &s.formats {
-        writeln!(
-            out,
-            "  format {name}: {} lines, {} parsed, {} unparsed",
-            f.lines, f.parsed, f.unparsed
-        )?;
-        for (why, r) in &f.reasons {
-            writeln!(
-                out,
-                "    {why}: {}  e.g. {}",
-                r.count,
-                r.example.escape_debug()
-            )?;
-        }
-    }
-    writeln!(
-        out,
-        "  {:<24} {:>9} {:>9} {:>9} {:>9}",
-        "jail", "matches", "decisions", "ignored", "tracked"
-    )?;
-    for (name, j) in &s.jails {
-        writeln!(
-            out,
-            "  {name:<24} {:>9} {:>9} {:>9} {:>9}",
-            j.matches, j.decisions, j.ignored, j.tracked
-        )?;
-    }
-    writeln!(out, "  {} decisions", s.decisions)
 }

@@ -1,5 +1,7 @@
 //! `portcullis replay`: the whole config over files, with no side effects.
 
+pub mod output;
+
 use crate::config::Config;
 use crate::detect::{Decision, JailStats};
 use crate::parse::wrap::Wrap;
