@@ -8,16 +8,29 @@ use std::borrow::Cow;
 /// Characters that can rewrite a terminal or reorder, split or hide text:
 /// C0/C1 controls, DEL, Unicode bidirectional marks, overrides and isolates,
 /// line and paragraph separators (a line-oriented viewer breaks a line
-/// there), zero-width characters and the byte-order mark.
+/// there), and the invisible format characters (zero-width ones, the
+/// byte-order mark, soft hyphen, tags, variation selectors, fillers), so
+/// `key:victim` and `key:victim` plus an invisible tag never look alike.
 fn hostile(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{200b}'..='\u{200f}'
+            '\u{00ad}'
+                | '\u{034f}'
+                | '\u{061c}'
+                | '\u{115f}'..='\u{1160}'
+                | '\u{17b4}'..='\u{17b5}'
+                | '\u{180b}'..='\u{180f}'
+                | '\u{200b}'..='\u{200f}'
                 | '\u{2028}'..='\u{202e}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{2069}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{3164}'
+                | '\u{fe00}'..='\u{fe0f}'
                 | '\u{feff}'
+                | '\u{ffa0}'
+                | '\u{fff0}'..='\u{fffb}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0000}'..='\u{e0fff}'
         )
 }
 
@@ -87,6 +100,10 @@ mod tests {
         assert_eq!(
             printable("a\u{2028}b\u{200b}c\u{feff}d\u{200e}"),
             "a\\u{2028}b\\u{200b}c\\u{feff}d\\u{200e}"
+        );
+        assert_eq!(
+            printable("victim\u{e0041}\u{061c}\u{ad}"),
+            "victim\\u{e0041}\\u{61c}\\xad"
         );
         assert!(matches!(printable("plain é"), Cow::Borrowed(_)));
         assert_eq!(printable(r"k\x1b"), r"k\\x1b");

@@ -864,6 +864,13 @@ fn status_shows_unparsed_lines_and_one_jail_lists_its_bans() {
         assert!(one.contains(needle), "missing `{needle}` in:\n{one}");
     }
     assert!(!one.contains('{'), "no raw JSON in the human view:\n{one}");
+    // The last decision names its target (it printed `?` once targets
+    // became objects).
+    let last = one
+        .lines()
+        .find(|l| l.contains("Last decision:"))
+        .unwrap_or_default();
+    assert!(last.ends_with("UTC 203.0.113.44"), "{one}");
 }
 
 #[test]

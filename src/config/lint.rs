@@ -67,8 +67,9 @@ pub fn warnings(config: &Config, files: &ConfigFiles) -> Vec<String> {
             .filter(|d| d.answers_ipv4 == Some(false))
         {
             out.push(format!(
-                "[geoip] {} {}: answers no IPv4 address (an IPv6-only database): IPv4 clients \
-                 get no country, region or network from it; use a database covering both",
+                "[geoip] {} {}: answers none of 4,096 IPv4 addresses sampled across the address \
+                 space (an IPv6-only database?): IPv4 clients may get no country, region or \
+                 network from it; use a database covering both",
                 db.role, db.path
             ));
         }

@@ -136,7 +136,11 @@ pub fn status_jail(data: &Value, bans_data: &Value) -> String {
     let _ = writeln!(out, "|  `- Decisions: {}", j["decisions"]);
     let last = match &j["last_decision"] {
         Value::Null => "-".to_string(),
-        d => format!("{} UTC {}", time(d["time"].as_i64()), field(&d["target"])),
+        d => format!(
+            "{} UTC {}",
+            time(d["time"].as_i64()),
+            field(&d["target"]["value"])
+        ),
     };
     let _ = writeln!(out, "|- Last decision: {last}");
     let _ = writeln!(out, "`- Banned: {}", j["active_bans"]);

@@ -421,6 +421,17 @@ impl Jail {
                     None => return false,
                 },
                 KeyPart::Field(f) => match ev.value(f, scratch) {
+                    // A composite key's parts are escaped (`\|`, `\\`), so that
+                    // the text splits back into them whatever a client wrote
+                    // (a user agent holding `|`); a lone part stays raw.
+                    Some(v) if self.parts.len() > 1 => {
+                        for c in v.chars() {
+                            if c == '|' || c == '\\' {
+                                out.push('\\');
+                            }
+                            out.push(c);
+                        }
+                    }
                     Some(v) => out.push_str(v),
                     None => return false,
                 },
@@ -453,13 +464,14 @@ impl Jail {
     }
 
     /// The target of a decision the fleet made on this jail's key text
-    /// (`part|part` for a composite key): `None` when the text does not split
-    /// into the key's parts (a value holding `|`), rather than a guess.
+    /// (`part|part` for a composite key, its parts escaped as in
+    /// `text_key`): `None` when the text does not split into the key's parts
+    /// (a host of an older version wrote it), rather than a guess.
     pub fn target_from_key_text(&self, text: &str) -> Option<Target> {
-        let pieces: Vec<&str> = if self.parts.len() == 1 {
-            vec![text]
+        let pieces: Vec<String> = if self.parts.len() == 1 {
+            vec![text.to_string()]
         } else {
-            text.split('|').collect()
+            split_key_text(text)?
         };
         if pieces.len() != self.parts.len() {
             return None;
@@ -470,9 +482,9 @@ impl Jail {
                     .parts
                     .iter()
                     .position(|p| matches!(p, KeyPart::Client))?;
-                Target::parse(pieces[i]).ok()
+                Target::parse(&pieces[i]).ok()
             }
-            TargetKind::Key => Some(Target::Key(pieces[self.revoked?].to_string())),
+            TargetKind::Key => Some(Target::Key(pieces[self.revoked?].clone())),
         }
     }
 
@@ -494,6 +506,21 @@ impl Jail {
             }
         }
     }
+}
+
+/// A composite key's text split into its parts (`\|` and `\\` unescaped);
+/// `None` for a dangling escape.
+fn split_key_text(text: &str) -> Option<Vec<String>> {
+    let mut parts = vec![String::new()];
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => parts.last_mut()?.push(chars.next()?),
+            '|' => parts.push(String::new()),
+            c => parts.last_mut()?.push(c),
+        }
+    }
+    Some(parts)
 }
 
 /// Shared inputs of one `observe` call.
@@ -897,9 +924,28 @@ mod tests {
             key(jail(&["asn"], TargetKind::Key).target_from_key_text("15169")),
             Some("key:15169".into())
         );
-        // A value holding `|` cannot be split: no decision, never a guess.
-        let j = jail(&["country", "api_key"], TargetKind::Key);
-        assert_eq!(j.target_from_key_text("US|a|b"), None);
+        // Parts are escaped: a user agent holding `|` (or `\`) still splits.
+        let j = jail(&["user_agent", "api_key"], TargetKind::Key);
+        assert_eq!(
+            key(j.target_from_key_text(r"evil\|ua\\|victim")),
+            Some("key:victim".into())
+        );
+        // An unescaped extra `|` (an older host's text) decides nothing.
+        assert_eq!(j.target_from_key_text("evil|ua|victim"), None);
+        // The text a jail makes of such a line splits back into its parts.
+        let mut wanted = Wanted::default();
+        wanted.add_std(StdField::UserAgent);
+        wanted.add_std(StdField::ApiKey);
+        let mut ev = Event::new(&wanted);
+        ev.set_text(StdField::UserAgent, "evil|ua\\");
+        ev.set_text(StdField::ApiKey, "victim");
+        let (mut text, mut scratch) = (String::new(), String::new());
+        assert!(j.text_key(&ev, &mut text, &mut scratch));
+        assert_eq!(text, r"evil\|ua\\|victim");
+        assert_eq!(
+            key(j.target_from_key_text(&text)),
+            Some("key:victim".into())
+        );
         // Address targets take the client part.
         let j = jail(&["client", "api_key"], TargetKind::Address);
         assert_eq!(

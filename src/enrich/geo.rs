@@ -628,7 +628,15 @@ impl GeoHandle {
                 let fail =
                     |what: &str| Err((Failure::Content, format!("{}: {what}", path.display())));
                 let r = match now {
-                    None => fail("the file is gone"),
+                    // No stamp: gone, or not reachable (a directory's
+                    // permission), which reading again may cure.
+                    None => match std::fs::metadata(&path) {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            fail("the file is gone")
+                        }
+                        Err(e) => Err((Failure::Io, format!("{}: {e}", path.display()))),
+                        Ok(_) => Db::try_open(&path, role),
+                    },
                     Some(st) if !st.regular => fail("not a regular file"),
                     Some(st) if st.len == 0 => fail("the file is empty"),
                     Some(_) => Db::try_open(&path, role),

@@ -122,7 +122,7 @@ impl Engine {
                     tracing::warn!(
                         jail = %crate::text::printable(&jail),
                         key = %crate::text::printable(&key),
-                        "the fleet's count reached the threshold for a key whose parts cannot be told apart (a value holds `|`): not acted on"
+                        "the fleet's count reached the threshold for a key whose text does not split into the jail's key parts (written by a host of another version?): not acted on"
                     );
                     return;
                 };
