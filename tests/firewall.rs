@@ -896,6 +896,7 @@ fn netlink_lookups_answer_like_nft() {
 struct NsNginx {
     ns: String,
     dir: std::path::PathBuf,
+    pid: i32,
 }
 
 impl NsNginx {
@@ -909,13 +910,15 @@ impl NsNginx {
             ),
         )
         .unwrap();
-        let nginx = NsNginx {
+        let mut nginx = NsNginx {
             ns: ns.to_string(),
             dir: dir.to_path_buf(),
+            pid: 0,
         };
         let args = nginx.args(&[]);
         let out = sh(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(out.status.success(), "nginx: {}", stderr(&out));
+        nginx.pid = nginx_pid(&dir.join("nginx.pid"));
         nginx
     }
 
@@ -934,9 +937,10 @@ impl NsNginx {
 }
 
 impl Drop for NsNginx {
+    /// By pid: the test's directory may be gone by now, and `nginx -s stop`
+    /// needs its config and pid file.
     fn drop(&mut self) {
-        let args = self.args(&["-s", "stop"]);
-        let _ = sh(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        stop_nginx(self.pid);
     }
 }
 

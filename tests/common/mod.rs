@@ -454,3 +454,28 @@ pub fn geo_dir() -> Option<PathBuf> {
     eprintln!("skipping: no MaxMind DB files in {}", dir.display());
     None
 }
+
+/// The pid of the nginx master a test started with `pid DIR/nginx.pid;`,
+/// read once it is written: what stops it even after its directory (and so
+/// its config and pid file, which `nginx -s stop` needs) is gone.
+pub fn nginx_pid(pid_file: &Path) -> i32 {
+    let mut pid = 0;
+    wait_for(
+        || {
+            pid = std::fs::read_to_string(pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            pid > 0
+        },
+        "nginx to write its pid",
+    );
+    pid
+}
+
+/// Stops an nginx master (and so its workers) by pid.
+pub fn stop_nginx(pid: i32) {
+    if pid > 0 {
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
