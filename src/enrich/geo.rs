@@ -398,6 +398,8 @@ impl Db {
 pub struct Databases {
     country: Option<Arc<Db>>,
     asn: Option<Arc<Db>>,
+    /// Roles configured and not loaded (bits of [`Role::bit`]).
+    missing: u8,
 }
 
 impl Databases {
@@ -543,21 +545,40 @@ impl GeoHandle {
             return;
         }
         inner.opened = true;
-        let mut dbs = Databases::default();
+        let mut new = Vec::new();
         for f in &mut inner.files {
             f.versions = Versions::new(stamp(&f.path));
             match Db::try_open(&f.path, f.role) {
                 Ok(db) => {
                     f.loaded = Some(loaded(&db));
-                    match f.role {
-                        Role::Country => dbs.country = Some(Arc::new(db)),
-                        Role::Asn => dbs.asn = Some(Arc::new(db)),
-                    }
+                    new.push((f.role, db));
                 }
                 Err((kind, e)) => {
                     f.retryable = kind == Failure::Io;
                     f.problem = Some((e, crate::now_secs()));
                 }
+            }
+        }
+        self.publish(inner, new);
+    }
+
+    /// Puts `new` databases in use: a new set, sharing the other role's
+    /// database with the one before, and a new generation for the lookups.
+    fn publish(&self, inner: &mut Inner, new: Vec<(Role, Db)>) {
+        let mut dbs = Databases {
+            country: inner.current.country.clone(),
+            asn: inner.current.asn.clone(),
+            missing: 0,
+        };
+        for (role, db) in new {
+            match role {
+                Role::Country => dbs.country = Some(Arc::new(db)),
+                Role::Asn => dbs.asn = Some(Arc::new(db)),
+            }
+        }
+        for (role, db) in [(Role::Country, &dbs.country), (Role::Asn, &dbs.asn)] {
+            if self.has(role) && db.is_none() {
+                dbs.missing |= role.bit();
             }
         }
         inner.current = Arc::new(dbs);
@@ -567,16 +588,9 @@ impl GeoHandle {
     /// What is wrong with the configured files now (loading them first):
     /// a missing, unreadable or wrong-type database, with its path.
     pub fn problems(&self) -> Vec<String> {
-        let mut inner = self.lock();
-        self.open(&mut inner);
-        inner
-            .files
-            .iter()
-            .filter_map(|f| {
-                f.problem
-                    .as_ref()
-                    .map(|(p, _)| format!("{}: {p}", f.role.key()))
-            })
+        self.status()
+            .into_iter()
+            .filter_map(|d| Some(format!("{}: {}", d.role, d.problem?)))
             .collect()
     }
 
@@ -681,22 +695,9 @@ impl GeoHandle {
                 }
             }
         }
-        if swap.is_empty() {
-            return;
+        if !swap.is_empty() {
+            self.publish(&mut inner, swap);
         }
-        // The new set shares the other role's database with the old one.
-        let mut dbs = Databases {
-            country: inner.current.country.clone(),
-            asn: inner.current.asn.clone(),
-        };
-        for (role, db) in swap {
-            match role {
-                Role::Country => dbs.country = Some(Arc::new(db)),
-                Role::Asn => dbs.asn = Some(Arc::new(db)),
-            }
-        }
-        inner.current = Arc::new(dbs);
-        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Starts the thread that calls [`GeoHandle::poll`] every
@@ -821,8 +822,6 @@ pub struct GeoLookup {
     answers: Vec<Option<Arc<Enriched>>>,
     numbers: HashMap<GeoInfo, u32, RandomState>,
     half: usize,
-    /// Roles configured whose database is not loaded (bits of [`Role::bit`]).
-    missing: u8,
 }
 
 impl GeoLookup {
@@ -838,25 +837,7 @@ impl GeoLookup {
             answers: vec![None],
             numbers: HashMap::default(),
             half,
-            missing: 0,
         }
-        .with_missing()
-    }
-
-    fn with_missing(mut self) -> GeoLookup {
-        self.missing = self.compute_missing();
-        self
-    }
-
-    fn compute_missing(&self) -> u8 {
-        let mut m = 0;
-        if self.handle.has(Role::Country) && self.dbs.country.is_none() {
-            m |= Role::Country.bit();
-        }
-        if self.handle.has(Role::Asn) && self.dbs.asn.is_none() {
-            m |= Role::Asn.bit();
-        }
-        m
     }
 
     /// Takes up a new set of databases, if the handle has one.
@@ -865,7 +846,6 @@ impl GeoLookup {
             let (generation, dbs) = self.handle.current();
             self.generation = generation;
             self.dbs = dbs;
-            self.missing = self.compute_missing();
             self.clear();
         }
     }
@@ -875,11 +855,7 @@ impl GeoLookup {
     /// "no country" would read as "not in that country".
     pub fn missing(&mut self) -> u8 {
         self.refresh();
-        self.missing
-    }
-
-    pub fn handle(&self) -> &Arc<GeoHandle> {
-        &self.handle
+        self.dbs.missing
     }
 
     fn clear(&mut self) {
