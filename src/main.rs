@@ -624,7 +624,7 @@ fn run_replay(
                 && (sel.jails.is_empty() && j.enabled || sel.jails.contains(&j.spec.name))
         });
         if !problems.is_empty() {
-            let text = format!("[geoip] {}", problems.join("; [geoip] "));
+            let text = problems.join("; ");
             if needed {
                 return Err(text);
             }

@@ -35,9 +35,7 @@ pub fn start_errors(config: &Config, files: &ConfigFiles) -> Vec<ConfigError> {
     // The daemon starts without them (and loads them once they appear);
     // `check` says what is wrong now.
     if let Some(geo) = &config.geo {
-        for p in geo.problems() {
-            errors.push(at_main(format!("[geoip] {p}")));
-        }
+        errors.extend(geo.problems().into_iter().map(at_main));
     }
     errors
 }

@@ -537,11 +537,7 @@ fn resolve_jail(
             if let Some(role) = crate::enrich::geo::role_of(field) {
                 // Provided by the enrich stage, whatever the format.
                 geo_field.get_or_insert_with(|| field.to_string());
-                let set = main.geoip.as_ref().is_some_and(|g| match role {
-                    crate::enrich::geo::Role::Country => g.country_db.is_some(),
-                    crate::enrich::geo::Role::Asn => g.asn_db.is_some(),
-                });
-                if !set {
+                if !main.geoip.as_ref().is_some_and(|g| g.names(role)) {
                     geo_missing.get_or_insert(role.key());
                 }
                 continue;

@@ -46,6 +46,16 @@ pub struct GeoConfig {
     pub cache_size: Option<usize>,
 }
 
+impl GeoConfig {
+    /// Whether a database is named for `role`.
+    pub fn names(&self, role: Role) -> bool {
+        match role {
+            Role::Country => self.country_db.is_some(),
+            Role::Asn => self.asn_db.is_some(),
+        }
+    }
+}
+
 /// The enriched fields, and the database each needs.
 pub const FIELDS: [(&str, Role); 4] = [
     ("country", Role::Country),
@@ -529,10 +539,7 @@ impl GeoHandle {
 
     /// Whether the config names a database for `role`.
     pub fn has(&self, role: Role) -> bool {
-        match role {
-            Role::Country => self.config.country_db.is_some(),
-            Role::Asn => self.config.asn_db.is_some(),
-        }
+        self.config.names(role)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -587,10 +594,11 @@ impl GeoHandle {
 
     /// What is wrong with the configured files now (loading them first):
     /// a missing, unreadable or wrong-type database, with its path.
+    /// Each as `[geoip] country_db: PATH: reason`.
     pub fn problems(&self) -> Vec<String> {
         self.status()
             .into_iter()
-            .filter_map(|d| Some(format!("{}: {}", d.role, d.problem?)))
+            .filter_map(|d| Some(format!("[geoip] {}: {}", d.role, d.problem?)))
             .collect()
     }
 

@@ -16,7 +16,7 @@ impl Engine {
             geo.watch();
             for p in geo.problems() {
                 tracing::error!(
-                    "geoip {p}: jails reading its fields are paused (they count nothing) \
+                    "{p}: jails reading its fields are paused (they count nothing) \
                      until it loads; it is tried again when it changes, and every 10 s"
                 );
             }
@@ -45,7 +45,7 @@ impl Engine {
         } else if let Some(g) = &new.geo {
             let problems = g.problems();
             if !problems.is_empty() {
-                return Err(format!("[geoip] {}", problems.join("; [geoip] ")));
+                return Err(problems.join("; "));
             }
         }
         for j in &new.jails {
