@@ -118,15 +118,21 @@ impl DistinctValues {
     /// of it is in the window (each keeps its own time, so a country-only
     /// sighting never keeps a subdivision alive, nor the reverse).
     fn regions(&self) -> u32 {
-        let has_sub = |parent: u64| {
-            self.values
-                .iter()
-                .any(|(w, _)| w.parent() == parent && !w.is_parent_only())
-        };
-        self.values
+        // Sorted countries that have a subdivision here: O(n log n) in the
+        // values a key holds, whatever its `maxretry`.
+        let mut with_sub: SmallVec<[u64; 8]> = self
+            .values
             .iter()
-            .filter(|(v, _)| !(v.is_parent_only() && has_sub(v.parent())))
-            .count() as u32
+            .filter(|(v, _)| !v.is_parent_only())
+            .map(|(v, _)| v.parent())
+            .collect();
+        with_sub.sort_unstable();
+        let alone = self
+            .values
+            .iter()
+            .filter(|(v, _)| v.is_parent_only() && with_sub.binary_search(&v.parent()).is_err())
+            .count();
+        (with_sub.len() + alone) as u32
     }
 }
 
