@@ -650,7 +650,7 @@ fn run_replay(
             replay.read("(stdin)", std::io::stdin().lock(), emit)
         } else {
             let file = std::fs::File::open(path).map_err(|e| format!("cannot open {name}: {e}"))?;
-            replay.read(&name, file, emit)
+            replay.read_file(&name, file, emit)
         };
         result?;
     }

@@ -304,4 +304,26 @@ fn parallel_replay_decides_exactly_as_one_thread() {
         "1,000,000 generated lines",
         &["--config", repo_dir, path.to_str().unwrap()],
     );
+    // A regular file is read in ranges by the parser threads; a pipe is cut
+    // into lines by the detecting thread. Both decide as one thread does.
+    let piped = bin()
+        .args([
+            "replay",
+            "--json",
+            "--threads",
+            "3",
+            "--config",
+            repo_dir,
+            "-",
+        ])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .unwrap();
+    assert!(piped.status.success(), "{}", stderr(&piped));
+    let one = replay_raw("1", &["--config", repo_dir, path.to_str().unwrap()]);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).replace(path.to_str().unwrap(), "(stdin)");
+    assert!(
+        text(&piped.stdout) == text(&one),
+        "stdin: the parallel replay differs from the single-threaded one"
+    );
 }

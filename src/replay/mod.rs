@@ -1,16 +1,17 @@
 //! `portcullis replay`: the whole config over files, with no side effects.
 
 pub mod output;
+mod ranges;
 
 use crate::config::Config;
 use crate::detect::{Decision, JailStats};
 use crate::parse::wrap::Wrap;
-use crate::pipeline::{ParseKit, ParseStats, Pipeline, Preparsed, select_jails};
+use crate::pipeline::{KitParsers, ParseKit, ParseStats, Pipeline, Preparsed, select_jails};
 use crate::watch::lines::{Line, LineSplitter};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 
 /// Summary of a replay, printed at the end (or as the last JSON line).
@@ -43,8 +44,12 @@ pub struct Replay {
     parsers: usize,
 }
 
-/// Lines per chunk handed to a parser thread.
+/// Lines per chunk handed to a parser thread, when one thread reads them.
 const CHUNK_LINES: usize = 4096;
+
+/// Bytes of a regular file per range a parser thread reads itself (about
+/// 4,000 lines of 160 bytes).
+const RANGE_BYTES: u64 = 640 * 1024;
 
 /// A run of complete lines, copied out of the input, for a parser thread.
 #[derive(Default)]
@@ -53,63 +58,217 @@ struct Chunk {
     /// (offset in the source, start, end in `data`); `start == end ==
     /// usize::MAX` for a line over the length cap.
     lines: Vec<(u64, usize, usize)>,
+    /// Bytes of the file the lines came from (ranges a parser thread read).
+    bytes: u64,
 }
 
-/// A chunk back from a parser thread: its number, its lines, and per line
-/// one parsed entry per format group.
-type Parsed = (u64, Chunk, Vec<Preparsed>);
+/// What a parser thread is given.
+enum Work {
+    /// Lines the reading thread cut and copied (a pipe, stdin).
+    Lines(Chunk),
+    /// Range `k` of a regular file, which the thread reads itself.
+    Range(u64),
+}
 
-/// A parser thread: takes chunks until the queue closes, parses every line.
-fn parse_chunks(
-    kit: &ParseKit,
+/// Where the lines of a parallel read come from.
+enum Input<'f, R> {
+    /// Read and cut into lines by the detecting thread.
+    Stream(R),
+    /// A regular file of `len` bytes (when the read began), read in ranges.
+    File { file: &'f std::fs::File, len: u64 },
+}
+
+/// A regular file read in ranges by the parser threads.
+#[derive(Clone, Copy)]
+struct Ranges<'f> {
+    file: &'f std::fs::File,
+    count: u64,
+    max_line: usize,
+}
+
+/// A chunk back from a parser: its number, its lines and per line one
+/// parsed entry per format group, or why its range could not be read.
+struct Parsed {
+    seq: u64,
+    chunk: Chunk,
+    pre: Vec<Preparsed>,
+    error: Option<std::io::Error>,
+}
+
+/// Buffers the detecting thread hands back for reuse: a chunk (when the
+/// parsers read the file themselves) and the parsed entries.
+type Spare = (Option<Chunk>, Vec<Preparsed>);
+
+/// One thread's parsing: parser threads run it in a loop, and the detecting
+/// thread runs it too while it waits for the next chunk in log order.
+struct ChunkParser<'f> {
+    parsers: KitParsers,
+    kit: ParseKit,
     groups: usize,
-    work: &Mutex<Receiver<(u64, Chunk)>>,
-    done: &Sender<Parsed>,
-    spare: &Mutex<Receiver<Vec<Preparsed>>>,
-) {
-    let mut parsers = kit.parsers();
-    loop {
-        let next = work.lock().ok().and_then(|rx| rx.recv().ok());
-        let Some((seq, chunk)) = next else { break };
-        // Entries come back from the detecting thread with their buffers.
-        let mut pre = spare
+    ranges: Option<Ranges<'f>>,
+}
+
+impl ChunkParser<'_> {
+    fn run(&mut self, seq: u64, work: Work, spare: &Mutex<Receiver<Spare>>) -> Parsed {
+        // Buffers come back from the detecting thread.
+        let (spare_chunk, mut pre) = spare
             .lock()
             .ok()
             .and_then(|rx| rx.try_recv().ok())
             .unwrap_or_default();
+        let mut error = None;
+        let chunk = match work {
+            Work::Lines(chunk) => chunk,
+            Work::Range(k) => {
+                let r = self.ranges.expect("ranges are given only for a file");
+                let mut chunk = spare_chunk.unwrap_or_default();
+                let (begin, last) = (k * RANGE_BYTES, k + 1 == r.count);
+                if let Err(e) = ranges::read_range(
+                    r.file,
+                    begin,
+                    begin + RANGE_BYTES,
+                    last,
+                    r.max_line,
+                    &mut chunk,
+                ) {
+                    error = Some(e);
+                }
+                chunk
+            }
+        };
+        let groups = self.groups;
         while pre.len() < chunk.lines.len() * groups {
-            pre.extend(kit.slot());
+            pre.extend(self.kit.slot());
         }
         for (i, &(_, start, end)) in chunk.lines.iter().enumerate() {
             if start != usize::MAX {
                 let out = &mut pre[i * groups..(i + 1) * groups];
-                parsers.parse(&chunk.data[start..end], out);
+                self.parsers.parse(&chunk.data[start..end], out);
             }
         }
-        if done.send((seq, chunk, pre)).is_err() {
+        Parsed {
+            seq,
+            chunk,
+            pre,
+            error,
+        }
+    }
+}
+
+/// A parser thread: takes chunks until the queue closes, parses every line.
+fn parse_chunks(
+    mut parser: ChunkParser,
+    work: &Mutex<Receiver<(u64, Work)>>,
+    done: &Sender<Parsed>,
+    spare: &Mutex<Receiver<Spare>>,
+) {
+    loop {
+        let next = work.lock().ok().and_then(|rx| rx.recv().ok());
+        let Some((seq, work)) = next else { break };
+        if done.send(parser.run(seq, work, spare)).is_err() {
             break;
         }
     }
 }
 
-/// Puts parsed chunks back in log order and feeds them to the jails.
-struct InOrder {
+/// Hands chunks to the parser threads, puts them back in log order and
+/// feeds them to the jails.
+struct InOrder<'f> {
     source: u32,
+    name: String,
     groups: usize,
     waiting: BTreeMap<u64, (Chunk, Vec<Preparsed>)>,
     /// The chunk the jails need next.
     next: u64,
+    /// Chunks handed out so far.
+    sent: u64,
+    /// Chunks at most between handing out and the jails.
+    in_flight: u64,
+    work_tx: SyncSender<(u64, Work)>,
+    work_rx: Arc<Mutex<Receiver<(u64, Work)>>>,
+    done_rx: Receiver<Parsed>,
+    spare_tx: Sender<Spare>,
+    spare_rx: Arc<Mutex<Receiver<Spare>>>,
+    /// Chunks to fill again (when this thread reads).
     spare_chunks: Vec<Chunk>,
-    spare_tx: Sender<Vec<Preparsed>>,
+    /// This thread's own parsing, for when it would otherwise wait.
+    helper: ChunkParser<'f>,
 }
 
-impl InOrder {
-    fn accept(&mut self, r: &mut Replay, emit: &mut impl FnMut(&Replay, Decision), p: Parsed) {
-        let (seq, chunk, pre) = p;
+impl InOrder<'_> {
+    /// Hands out one chunk of work, first taking in results while
+    /// `in_flight` chunks are out, so memory stays bounded when parsing
+    /// outpaces the jails.
+    fn submit(
+        &mut self,
+        r: &mut Replay,
+        emit: &mut impl FnMut(&Replay, Decision),
+        work: Work,
+    ) -> Result<(), String> {
+        while self.sent - self.next >= self.in_flight {
+            self.take_one(r, emit)?;
+        }
+        self.work_tx
+            .send((self.sent, work))
+            .map_err(|_| "the parser threads stopped")?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Takes every result still out.
+    fn finish(
+        &mut self,
+        r: &mut Replay,
+        emit: &mut impl FnMut(&Replay, Decision),
+    ) -> Result<(), String> {
+        while self.next < self.sent {
+            self.take_one(r, emit)?;
+        }
+        Ok(())
+    }
+
+    /// Takes in one parsed chunk: a finished one if there is one, else one
+    /// this thread parses itself rather than wait, else the next to finish.
+    fn take_one(
+        &mut self,
+        r: &mut Replay,
+        emit: &mut impl FnMut(&Replay, Decision),
+    ) -> Result<(), String> {
+        let parsed = match self.done_rx.try_recv() {
+            Ok(p) => p,
+            Err(_) => {
+                // `try_lock`: a parser thread waiting for work holds the lock.
+                let queued = self
+                    .work_rx
+                    .try_lock()
+                    .ok()
+                    .and_then(|rx| rx.try_recv().ok());
+                match queued {
+                    Some((seq, work)) => self.helper.run(seq, work, &self.spare_rx),
+                    None => self.done_rx.recv().map_err(|_| "a parser thread stopped")?,
+                }
+            }
+        };
+        if let Some(e) = parsed.error {
+            return Err(format!("reading {}: {e}", self.name));
+        }
+        self.accept(r, emit, parsed.seq, parsed.chunk, parsed.pre);
+        Ok(())
+    }
+
+    fn accept(
+        &mut self,
+        r: &mut Replay,
+        emit: &mut impl FnMut(&Replay, Decision),
+        seq: u64,
+        chunk: Chunk,
+        pre: Vec<Preparsed>,
+    ) {
         self.waiting.insert(seq, (chunk, pre));
         let g = self.groups;
         while let Some((mut chunk, mut pre)) = self.waiting.remove(&self.next) {
             self.next += 1;
+            r.bytes += chunk.bytes;
             for (i, &(offset, start, end)) in chunk.lines.iter().enumerate() {
                 if start == usize::MAX {
                     r.pipeline.too_long(self.source, offset);
@@ -123,10 +282,15 @@ impl InOrder {
                 r.decision_count += 1;
                 emit(r, d);
             }
-            let _ = self.spare_tx.send(pre);
             chunk.data.clear();
             chunk.lines.clear();
-            self.spare_chunks.push(chunk);
+            chunk.bytes = 0;
+            if self.helper.ranges.is_some() {
+                let _ = self.spare_tx.send((Some(chunk), pre));
+            } else {
+                let _ = self.spare_tx.send((None, pre));
+                self.spare_chunks.push(chunk);
+            }
         }
     }
 }
@@ -197,14 +361,49 @@ impl Replay {
     pub fn read(
         &mut self,
         name: &str,
+        input: impl Read,
+        emit: impl FnMut(&Replay, Decision),
+    ) -> Result<(), String> {
+        let source = self.add_source(name)?;
+        self.read_stream(source, name, input, emit)
+    }
+
+    /// [`Replay::read`] for a file. A regular file is cut into byte ranges
+    /// that the parser threads read themselves, so that reading and copying
+    /// lines is not left to the thread that feeds the jails.
+    pub fn read_file(
+        &mut self,
+        name: &str,
+        file: std::fs::File,
+        emit: impl FnMut(&Replay, Decision),
+    ) -> Result<(), String> {
+        let source = self.add_source(name)?;
+        let len = file
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        if let Some(len) = len
+            && self.parsers > 0
+            && let Some(kit) = self.pipeline.parse_kit(source)
+        {
+            let input: Input<std::io::Empty> = Input::File { file: &file, len };
+            return self.read_parallel(source, name, kit, input, emit);
+        }
+        self.read_stream(source, name, file, emit)
+    }
+
+    fn read_stream(
+        &mut self,
+        source: u32,
+        name: &str,
         mut input: impl Read,
         mut emit: impl FnMut(&Replay, Decision),
     ) -> Result<(), String> {
-        let source = self.add_source(name)?;
         if self.parsers > 0
             && let Some(kit) = self.pipeline.parse_kit(source)
         {
-            return self.read_parallel(source, name, kit, input, emit);
+            return self.read_parallel(source, name, kit, Input::Stream(input), emit);
         }
         let mut splitter = LineSplitter::new(self.pipeline.max_line(), 0);
         let mut buf = vec![0u8; 1 << 20];
@@ -238,114 +437,128 @@ impl Replay {
         Ok(())
     }
 
-    /// [`Replay::read`] with lines parsed on `self.parsers` threads: this
-    /// thread reads and splits the input into chunks of lines, parser threads
-    /// turn each chunk into events, and this thread feeds the events to the
-    /// jails in log order, so decisions, counters and samples are exactly
-    /// those of a single-threaded read.
-    fn read_parallel(
+    /// [`Replay::read`] with lines parsed on `self.parsers` threads (and on
+    /// this one while it would wait): chunks of lines go to the parser
+    /// threads, and this thread feeds the events to the jails in log order,
+    /// so decisions, counters and samples are exactly those of a
+    /// single-threaded read.
+    fn read_parallel<R: Read>(
         &mut self,
         source: u32,
         name: &str,
         kit: ParseKit,
-        mut input: impl Read,
+        input: Input<R>,
         mut emit: impl FnMut(&Replay, Decision),
     ) -> Result<(), String> {
         let groups = kit.slot().len();
-        let in_flight = 4 * self.parsers;
-        let (work_tx, work_rx) = sync_channel::<(u64, Chunk)>(in_flight);
+        let in_flight = 4 * (self.parsers as u64 + 1);
+        let ranges = match &input {
+            Input::File { file, len } => Some(Ranges {
+                file,
+                count: len.div_ceil(RANGE_BYTES).max(1),
+                max_line: self.pipeline.max_line(),
+            }),
+            Input::Stream(_) => None,
+        };
+        let (work_tx, work_rx) = sync_channel::<(u64, Work)>(in_flight as usize);
         let work_rx = Arc::new(Mutex::new(work_rx));
         let (done_tx, done_rx) = channel::<Parsed>();
-        let (spare_tx, spare_rx) = channel::<Vec<Preparsed>>();
+        let (spare_tx, spare_rx) = channel::<Spare>();
         let spare_rx = Arc::new(Mutex::new(spare_rx));
+        let parser = |kit: &ParseKit| ChunkParser {
+            parsers: kit.parsers(),
+            kit: kit.clone(),
+            groups,
+            ranges,
+        };
         std::thread::scope(|scope| {
-            // Owned here, so that any return closes the queue and the
-            // parser threads end before the scope waits for them.
-            let work_tx = work_tx;
             for _ in 0..self.parsers {
-                let (work_rx, done_tx, spare_rx, kit) = (
-                    work_rx.clone(),
-                    done_tx.clone(),
-                    spare_rx.clone(),
-                    kit.clone(),
-                );
-                scope.spawn(move || parse_chunks(&kit, groups, &work_rx, &done_tx, &spare_rx));
+                let (work_rx, done_tx, spare_rx) =
+                    (work_rx.clone(), done_tx.clone(), spare_rx.clone());
+                let parser = parser(&kit);
+                scope.spawn(move || parse_chunks(parser, &work_rx, &done_tx, &spare_rx));
             }
             drop(done_tx);
+            // Owns the queue's sending end: however this ends, dropping it
+            // ends the parser threads before the scope waits for them.
             let mut order = InOrder {
                 source,
+                name: name.to_string(),
                 groups,
                 waiting: BTreeMap::new(),
                 next: 0,
-                spare_chunks: Vec::new(),
+                sent: 0,
+                in_flight,
+                work_tx,
+                work_rx: work_rx.clone(),
+                done_rx,
                 spare_tx,
+                spare_rx: spare_rx.clone(),
+                spare_chunks: Vec::new(),
+                helper: parser(&kit),
             };
-            let mut splitter = LineSplitter::new(self.pipeline.max_line(), 0);
-            let mut buf = vec![0u8; 1 << 20];
-            let mut chunk = Chunk::default();
-            let mut sent = 0u64;
-            let mut result = Ok(());
-            loop {
-                let n = match input.read(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        result = Err(format!("reading {name}: {e}"));
-                        break;
-                    }
-                };
-                self.bytes += n as u64;
-                let mut full: Vec<Chunk> = Vec::new();
-                let mut add = |line: Line| {
-                    match line {
-                        Line::Complete { bytes, offset } => {
-                            let start = chunk.data.len();
-                            chunk.data.extend_from_slice(bytes);
-                            chunk.lines.push((offset, start, chunk.data.len()));
-                        }
-                        Line::TooLong { offset } => {
-                            chunk.lines.push((offset, usize::MAX, usize::MAX))
-                        }
-                    }
-                    if chunk.lines.len() >= CHUNK_LINES {
-                        let fresh = order.spare_chunks.pop().unwrap_or_default();
-                        full.push(std::mem::replace(&mut chunk, fresh));
-                    }
-                };
-                if n == 0 {
-                    // A last line without a newline still counts in a replay.
-                    if splitter.pending() > 0 {
-                        splitter.push(b"\n", &mut add);
-                    }
-                    if !chunk.lines.is_empty() {
-                        full.push(std::mem::take(&mut chunk));
-                    }
-                } else {
-                    splitter.push(&buf[..n], &mut add);
+            let handed = match input {
+                Input::File { .. } => {
+                    let count = ranges.map_or(0, |r| r.count);
+                    (0..count).try_for_each(|k| order.submit(self, &mut emit, Work::Range(k)))
                 }
-                for c in full {
-                    // At most `in_flight` chunks between reading and the
-                    // jails: memory stays bounded when parsing outpaces them.
-                    while sent - order.next >= in_flight as u64 {
-                        let r = done_rx.recv().map_err(|_| "a parser thread stopped")?;
-                        order.accept(self, &mut emit, r);
-                    }
-                    work_tx
-                        .send((sent, c))
-                        .map_err(|_| "the parser threads stopped")?;
-                    sent += 1;
-                }
-                if n == 0 {
-                    break;
-                }
-            }
-            drop(work_tx);
-            while order.next < sent {
-                let r = done_rx.recv().map_err(|_| "a parser thread stopped")?;
-                order.accept(self, &mut emit, r);
-            }
-            result
+                Input::Stream(input) => self.cut_stream(&mut order, name, input, &mut emit),
+            };
+            handed.and_then(|_| order.finish(self, &mut emit))
         })
+    }
+
+    /// Reads a stream on this thread and hands its lines out in chunks.
+    fn cut_stream(
+        &mut self,
+        order: &mut InOrder,
+        name: &str,
+        mut input: impl Read,
+        emit: &mut impl FnMut(&Replay, Decision),
+    ) -> Result<(), String> {
+        let mut splitter = LineSplitter::new(self.pipeline.max_line(), 0);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut chunk = Chunk::default();
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("reading {name}: {e}")),
+            };
+            self.bytes += n as u64;
+            let mut full: Vec<Chunk> = Vec::new();
+            let mut add = |line: Line| {
+                match line {
+                    Line::Complete { bytes, offset } => {
+                        let start = chunk.data.len();
+                        chunk.data.extend_from_slice(bytes);
+                        chunk.lines.push((offset, start, chunk.data.len()));
+                    }
+                    Line::TooLong { offset } => chunk.lines.push((offset, usize::MAX, usize::MAX)),
+                }
+                if chunk.lines.len() >= CHUNK_LINES {
+                    let fresh = order.spare_chunks.pop().unwrap_or_default();
+                    full.push(std::mem::replace(&mut chunk, fresh));
+                }
+            };
+            if n == 0 {
+                // A last line without a newline still counts in a replay.
+                if splitter.pending() > 0 {
+                    splitter.push(b"\n", &mut add);
+                }
+                if !chunk.lines.is_empty() {
+                    full.push(std::mem::take(&mut chunk));
+                }
+            } else {
+                splitter.push(&buf[..n], &mut add);
+            }
+            for c in full {
+                order.submit(self, emit, Work::Lines(c))?;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+        }
     }
 
     pub fn summary(&self) -> Summary {

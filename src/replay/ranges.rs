@@ -1,0 +1,255 @@
+//! Cutting one byte range of a regular file into lines, so that parser
+//! threads read their own parts of a large file (with `pread`) instead of
+//! one thread reading and copying every byte for them.
+//!
+//! A line belongs to the range its first byte is in. The lines of all ranges,
+//! in range order, are exactly what [`LineSplitter`] cuts from the whole file
+//! read from the start and ended with a newline (a last line without one still
+//! counts): same bytes, same offsets, same over-long lines. The tests below
+//! compare the two on every way a range edge can fall.
+//!
+//! [`LineSplitter`]: crate::watch::lines::LineSplitter
+
+use super::Chunk;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Bytes read per call while looking for the end of a line that runs past
+/// its range.
+const READ_MORE: usize = 64 * 1024;
+
+/// Appends up to `n` bytes of `file` at offset `*next` to `data`; `true`
+/// when the end of the file came first.
+fn fill(file: &File, data: &mut Vec<u8>, next: &mut u64, n: usize) -> io::Result<bool> {
+    let start = data.len();
+    data.resize(start + n, 0);
+    let mut got = 0;
+    let eof = loop {
+        if got == n {
+            break false;
+        }
+        match file.read_at(&mut data[start + got..], *next) {
+            Ok(0) => break true,
+            Ok(k) => {
+                got += k;
+                *next += k as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                data.truncate(start + got);
+                return Err(e);
+            }
+        }
+    };
+    data.truncate(start + got);
+    Ok(eof)
+}
+
+fn trim_cr(start: usize, end: usize, data: &[u8]) -> usize {
+    if end > start && data[end - 1] == b'\r' {
+        end - 1
+    } else {
+        end
+    }
+}
+
+/// Cuts the lines of `file` that start in `begin..end` (`begin..` for the
+/// `last` range, which reads on to the end of the file) into `chunk` (whose
+/// `data` holds their bytes, `lines` their offsets and spans; an over-long
+/// line is `usize::MAX..usize::MAX`, as from the reading thread). Sets
+/// `chunk.bytes` to the bytes from the range's first line to the end of its
+/// last one, so the ranges' counts add up to the file's length.
+pub(super) fn read_range(
+    file: &File,
+    begin: u64,
+    end: u64,
+    last: bool,
+    max_line: usize,
+    chunk: &mut Chunk,
+) -> io::Result<()> {
+    chunk.data.clear();
+    chunk.lines.clear();
+    chunk.bytes = 0;
+    let data = &mut chunk.data;
+    // The byte before the range tells whether a line starts at `begin`.
+    let mut next = begin.saturating_sub(1);
+    // File offset of `data[i]` is `delta + i` (moved on past a skipped line).
+    let mut delta = next;
+    let span = usize::try_from(end.saturating_sub(begin)).unwrap_or(usize::MAX);
+    let mut eof = fill(file, data, &mut next, span.saturating_add(1).min(1 << 24))?;
+    let end = if last { u64::MAX } else { end };
+    let mut at = 0;
+    if begin > 0 {
+        // The first line here starts after the first newline from `begin - 1`.
+        let mut scan = 0;
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &data[scan..]) {
+                at = scan + i + 1;
+                break;
+            }
+            // A line from an earlier range runs over this one: nothing here.
+            if eof || delta + data.len() as u64 >= end {
+                return Ok(());
+            }
+            scan = data.len();
+            eof = fill(file, data, &mut next, READ_MORE)?;
+        }
+    }
+    let first = delta + at as u64;
+    loop {
+        let offset = delta + at as u64;
+        if offset >= end {
+            break;
+        }
+        match memchr::memchr(b'\n', &data[at..]) {
+            Some(i) => {
+                if i > max_line {
+                    chunk.lines.push((offset, usize::MAX, usize::MAX));
+                } else {
+                    chunk.lines.push((offset, at, trim_cr(at, at + i, data)));
+                }
+                at += i + 1;
+            }
+            None if data.len() - at > max_line => {
+                // Too long: skip to its newline without keeping its bytes.
+                chunk.lines.push((offset, usize::MAX, usize::MAX));
+                data.truncate(at);
+                let mut block = Vec::with_capacity(READ_MORE);
+                loop {
+                    block.clear();
+                    let block_start = next;
+                    let end_of_file = fill(file, &mut block, &mut next, READ_MORE)?;
+                    if let Some(i) = memchr::memchr(b'\n', &block) {
+                        data.extend_from_slice(&block[i + 1..]);
+                        delta = block_start + i as u64 + 1 - at as u64;
+                        eof = end_of_file;
+                        break;
+                    }
+                    if end_of_file {
+                        chunk.bytes = next - first;
+                        return Ok(());
+                    }
+                }
+            }
+            None if eof => {
+                // A last line without a newline still counts.
+                if at < data.len() {
+                    chunk
+                        .lines
+                        .push((offset, at, trim_cr(at, data.len(), data)));
+                    at = data.len();
+                }
+                break;
+            }
+            None => eof = fill(file, data, &mut next, READ_MORE)?,
+        }
+    }
+    chunk.bytes = delta + at as u64 - first;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::lines::{Line, LineSplitter};
+
+    /// Lines by offset: their bytes, or `None` when over the cap.
+    type Lines = Vec<(u64, Option<Vec<u8>>)>;
+
+    /// What the reading thread makes of the whole file.
+    fn split_whole(content: &[u8], max_line: usize) -> Lines {
+        let mut out = Vec::new();
+        let mut s = LineSplitter::new(max_line, 0);
+        let mut take = |l: Line| match l {
+            Line::Complete { bytes, offset } => out.push((offset, Some(bytes.to_vec()))),
+            Line::TooLong { offset } => out.push((offset, None)),
+        };
+        s.push(content, &mut take);
+        if s.pending() > 0 {
+            s.push(b"\n", &mut take);
+        }
+        out
+    }
+
+    fn split_ranges(file: &File, len: u64, span: u64, max_line: usize) -> (Lines, u64) {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let ranges = len.div_ceil(span).max(1);
+        for k in 0..ranges {
+            let (end, last) = ((k + 1) * span, k + 1 == ranges);
+            let mut chunk = Chunk::default();
+            read_range(file, k * span, end, last, max_line, &mut chunk).unwrap();
+            bytes += chunk.bytes;
+            for &(offset, start, stop) in &chunk.lines {
+                out.push((
+                    offset,
+                    (start != usize::MAX).then(|| chunk.data[start..stop].to_vec()),
+                ));
+            }
+        }
+        (out, bytes)
+    }
+
+    #[test]
+    fn ranges_cut_exactly_the_lines_of_the_whole_file() {
+        let contents: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"\n".to_vec(),
+            b"\n\n\n".to_vec(),
+            b"a".to_vec(),
+            b"ab\ncd\r\nef".to_vec(),
+            b"ab\ncd\r\nef\n".to_vec(),
+            b"short\nthis line is far too long for the cap\nok\nx\r\n\r\n".to_vec(),
+            b"exactly10c\nexactly11cc\n0123456789\r\nend".to_vec(),
+            b"this last line is too long and has no newline".to_vec(),
+            [b"a\n".repeat(40), b"z".repeat(300), b"\nb\n".to_vec()].concat(),
+        ];
+        let dir = std::env::temp_dir().join(format!("portcullis-ranges-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (n, content) in contents.iter().enumerate() {
+            let path = dir.join(format!("{n}.log"));
+            std::fs::write(&path, content).unwrap();
+            let file = File::open(&path).unwrap();
+            for max_line in [10, 11, 1000] {
+                let want = split_whole(content, max_line);
+                for span in 1..=content.len() as u64 + 2 {
+                    let (got, bytes) = split_ranges(&file, content.len() as u64, span, max_line);
+                    assert_eq!(got, want, "content {n}, span {span}, max_line {max_line}");
+                    assert_eq!(bytes, content.len() as u64, "content {n}, span {span}");
+                }
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Lines longer than a read, crossing several ranges, over the cap or not.
+    #[test]
+    fn long_lines_across_many_reads() {
+        let mut content = Vec::new();
+        for len in [
+            1,
+            READ_MORE - 1,
+            READ_MORE,
+            READ_MORE + 1,
+            3 * READ_MORE + 7,
+            17,
+        ] {
+            content.extend(std::iter::repeat_n(b'q', len));
+            content.push(b'\n');
+        }
+        content.extend(std::iter::repeat_n(b'r', 2 * READ_MORE + 3));
+        let path = std::env::temp_dir().join(format!("portcullis-long-{}", std::process::id()));
+        std::fs::write(&path, &content).unwrap();
+        let file = File::open(&path).unwrap();
+        for max_line in [READ_MORE, 4 * READ_MORE] {
+            let want = split_whole(&content, max_line);
+            for span in [1000, READ_MORE as u64, 100_000, 1 << 20] {
+                let (got, bytes) = split_ranges(&file, content.len() as u64, span, max_line);
+                assert_eq!(got, want, "span {span}, max_line {max_line}");
+                assert_eq!(bytes, content.len() as u64);
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+}
