@@ -185,9 +185,13 @@ struct Span {
 /// The path runs to the last space before `HTTP/...`, so a path with spaces
 /// (as nginx logs a malformed request) stays whole; no space: no parts.
 pub fn split_request(raw: &str) -> Option<(&str, &str, Option<&str>)> {
-    let (method, rest) = raw.split_once(' ')?;
-    Some(match rest.rsplit_once(' ') {
-        Some((path, proto)) if proto.starts_with("HTTP/") => (method, path, Some(proto)),
+    // Byte searches: `split_once(' ')` and `rsplit_once(' ')` went through
+    // str's generic pattern searchers, a visible share of parsing.
+    let b = raw.as_bytes();
+    let sp = super::scan::find_byte(b' ', b)?;
+    let (method, rest) = (&raw[..sp], &raw[sp + 1..]);
+    Some(match memchr::memrchr(b' ', rest.as_bytes()) {
+        Some(i) if rest[i + 1..].starts_with("HTTP/") => (method, &rest[..i], Some(&rest[i + 1..])),
         _ => (method, rest, None),
     })
 }

@@ -11,6 +11,7 @@ pub mod event;
 pub mod json;
 pub mod nginx;
 pub mod regex_format;
+pub mod scan;
 pub mod template;
 pub mod time;
 pub mod wrap;

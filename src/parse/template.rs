@@ -28,6 +28,7 @@
 
 use super::addr::{NetSet, resolve_client};
 use super::event::{Event, StdField, Wanted};
+use super::scan::find_byte;
 use super::time::{TimeCache, TimeShape};
 use super::{ParseError, reason};
 use memchr::memmem;
@@ -367,7 +368,7 @@ impl Template {
     fn quote_limit(&self, b: &[u8], from: usize) -> usize {
         let mut at = from;
         loop {
-            let Some(i) = memchr::memchr(b'"', &b[at..]).map(|n| at + n) else {
+            let Some(i) = find_byte(b'"', &b[at..]).map(|n| at + n) else {
                 return b.len();
             };
             if self.escape == Escape::Json && escaped(b, from, i) {
@@ -409,8 +410,9 @@ impl Template {
     }
 
     /// The longest end of a list starting at `from` (the first of
-    /// [`Template::list_ends`], without the others).
-    fn list_end(b: &[u8], from: usize, limit: usize) -> usize {
+    /// [`Template::list_ends`], without the others); `None` when not even
+    /// one item starts there, as `list_ends` then has none either.
+    fn list_end(b: &[u8], from: usize, limit: usize) -> Option<usize> {
         let mut at = from;
         loop {
             let n = b[at..limit]
@@ -419,7 +421,7 @@ impl Template {
                 .count();
             if n == 0 {
                 // `a, ` with nothing after the separator ends at `a`.
-                return at.max(from);
+                return (at > from).then_some(at);
             }
             at += n;
             let rest = &b[at..limit];
@@ -428,13 +430,13 @@ impl Template {
             } else if starts_with(rest, b" : ") {
                 3
             } else {
-                return at;
+                return Some(at);
             };
             if b[at + sep..limit]
                 .first()
                 .is_none_or(|c| matches!(c, b' ' | b',' | b'"'))
             {
-                return at;
+                return Some(at);
             }
             at += sep;
         }
@@ -504,13 +506,13 @@ impl Template {
                             || (b[pos..].starts_with(b"-") && try_end(m, pos + 1, times))
                     }
                     (Shape::Token, None) => {
-                        let end = memchr::memchr(b' ', &b[pos..]).map_or(b.len(), |n| pos + n);
+                        let end = find_byte(b' ', &b[pos..]).map_or(b.len(), |n| pos + n);
                         try_end(m, end, times)
                     }
                     (Shape::Token, Some((text, finder))) => {
                         // A token ends at its first space at the latest (where a
                         // bare `-` may stand for a quoted field).
-                        let limit = memchr::memchr(b' ', &b[pos..]).map_or(b.len(), |n| pos + n);
+                        let limit = find_byte(b' ', &b[pos..]).map_or(b.len(), |n| pos + n);
                         let end = if text.starts_with(' ') {
                             limit
                         } else {
@@ -617,6 +619,19 @@ impl Template {
         if let Some((peer, xff)) = self.parse_fast(line, ev, times) {
             return self.finish(ev, peer, xff, trusted);
         }
+        self.parse_matched(line, ev, trusted, times)
+    }
+
+    /// [`Template::parse`] by the backtracking matcher alone (what a line
+    /// the one pass cannot take goes through).
+    fn parse_matched(
+        &self,
+        line: &str,
+        ev: &mut Event,
+        trusted: &NetSet,
+        times: &mut TimeCache,
+    ) -> Result<(), ParseError> {
+        let b = line.as_bytes();
         ev.clear();
         let mut m = Match {
             line,
@@ -737,7 +752,7 @@ impl Template {
                 (Shape::ClfTime, _) if b[pos..].starts_with(b"-") => pos + 1,
                 (Shape::ClfTime, _) => pos + 26,
                 (Shape::Token, next) => {
-                    let limit = memchr::memchr(b' ', &b[pos..]).map_or(b.len(), |n| pos + n);
+                    let limit = find_byte(b' ', &b[pos..]).map_or(b.len(), |n| pos + n);
                     match next {
                         Some((text, finder)) if text[0] != b' ' => {
                             let window = (limit + text.len()).min(b.len());
@@ -746,8 +761,17 @@ impl Template {
                         _ => limit,
                     }
                 }
-                (Shape::List, _) => Template::list_end(b, pos, self.quote_limit(b, pos)),
+                (Shape::List, _) => Template::list_end(b, pos, self.quote_limit(b, pos))?,
                 (Shape::Free, None) => b.len(),
+                // A free value that is `-` (no user, no referer) right
+                // before its literal: the first place the literal occurs.
+                (Shape::Free, Some((text, _)))
+                    if b.get(pos) == Some(&b'-')
+                        && text[0] != b'-'
+                        && starts_with(&b[pos + 1..], text) =>
+                {
+                    pos + 1
+                }
                 (Shape::Free, Some((text, finder))) => {
                     let limit = self.quote_limit(b, pos);
                     if text[0] == b'"' && self.escape != Escape::Json {
@@ -765,10 +789,18 @@ impl Template {
                     }
                 }
             };
-            let raw = line.get(pos..end)?;
             if shape == Shape::Free && next.is_none() && self.quote_limit(b, pos) != b.len() {
                 return None;
             }
+            if let Slot::Skip = slot {
+                // Only a fixed-width time can cut inside a character.
+                if shape == Shape::ClfTime && !line.is_char_boundary(end) {
+                    return None;
+                }
+                pos = end;
+                continue;
+            }
+            let raw = line.get(pos..end)?;
             pos = end;
             if raw == "-" || raw.is_empty() {
                 continue;
@@ -814,7 +846,7 @@ impl Template {
                             Some(n) => pos + n,
                             None => break,
                         },
-                        _ => memchr::memchr(b' ', &b[pos..]).map_or(b.len(), |n| pos + n),
+                        _ => find_byte(b' ', &b[pos..]).map_or(b.len(), |n| pos + n),
                     };
                     match slot {
                         Slot::Time(_) if !Template::valid(*slot, &mut m, pos, end, times) => {
@@ -927,7 +959,7 @@ fn hex(c: u8) -> Option<u8> {
 /// Decodes a value into `out`. Bytes that do not form UTF-8 after decoding
 /// become U+FFFD. Fast path: no backslash, plain copy.
 pub fn unescape_into(raw: &str, escape: Escape, out: &mut String) {
-    if escape == Escape::None || memchr::memchr(b'\\', raw.as_bytes()).is_none() {
+    if escape == Escape::None || find_byte(b'\\', raw.as_bytes()).is_none() {
         out.push_str(raw);
         return;
     }
@@ -1013,13 +1045,12 @@ mod tests {
             "",
             "\"x",
             "a : ",
+            " a",
+            ",a",
         ] {
             let b = line.as_bytes();
             let limit = b.iter().position(|&c| c == b'"').unwrap_or(b.len());
-            let want = Template::list_ends(b, 0, limit)
-                .first()
-                .copied()
-                .unwrap_or(0);
+            let want = Template::list_ends(b, 0, limit).first().copied();
             assert_eq!(Template::list_end(b, 0, limit), want, "{line:?}");
         }
     }
@@ -1035,6 +1066,75 @@ mod tests {
         s.clear();
         unescape_into(r"\xC3\xA9", Escape::Nginx, &mut s);
         assert_eq!(s, "é");
+    }
+
+    /// The one pass ([`Template::parse_fast`], with its shortcuts) must
+    /// read every line exactly as the backtracking matcher does: the same
+    /// fields, or the same refusal. Lines are the formats' own with hostile
+    /// bytes spliced in at every place.
+    #[test]
+    fn one_pass_reads_as_the_matcher_does() {
+        use crate::parse::{envoy, nginx};
+        let api = "log_format a '$remote_addr - $remote_user [$time_local] \"$request\" $status \
+                   $body_bytes_sent \"$http_referer\" \"$http_user_agent\" $request_length \
+                   $request_time $upstream_response_time $http_x_api_key_id';";
+        let json = r#"log_format j escape=json '{"ip":"$remote_addr","u":"$remote_user","r":"$request","s":$status,"ua":"$http_user_agent","t":"$time_local"}';"#;
+        let mut formats = Vec::new();
+        for (f, base) in [
+            (
+                api,
+                r#"10.2.34.211 - - [18/Nov/2026:11:06:40 +0000] "GET /v1/orders?q=a+b HTTP/1.1" 200 2589 "-" "python-requests/2.31.0" 386 0.788 0.788, 0.001 key_8814d121"#,
+            ),
+            (
+                json,
+                r#"{"ip":"10.0.0.1","u":"-","r":"GET / HTTP/1.1","s":200,"ua":"curl/8","t":"18/Nov/2026:11:06:40 +0000"}"#,
+            ),
+        ] {
+            let (pieces, escape) = nginx::compile(f, Escape::Nginx, "http_x_api_key_id").unwrap();
+            formats.push((pieces, escape, base.to_string()));
+        }
+        let envoy_line = r#"[2026-11-18T11:06:40.000Z] "GET /v1/x HTTP/1.1" 200 - 0 12 3 2 "203.0.113.7" "curl/8" "id-1" "api.example" "10.0.0.2:80" key_1"#;
+        formats.push((
+            envoy::compile(envoy::DEFAULT, "x-api-key-id").unwrap(),
+            Escape::None,
+            envoy_line.to_string(),
+        ));
+        let hostile = [
+            "-", " ", "\"", "\\", " [", "] ", "- ", ", ", " : ", "é", "\\x22", "-\"",
+        ];
+        let mut wanted = Wanted::all();
+        wanted.field("upstream_response_time");
+        let (mut times, trusted) = (TimeCache::default(), NetSet::default());
+        let mut checked = 0;
+        for (pieces, escape, base) in &formats {
+            let t = Template::compile(pieces, *escape, &wanted).unwrap();
+            let mut lines = vec![base.clone()];
+            for at in (0..=base.len()).filter(|&i| base.is_char_boundary(i)) {
+                for h in hostile {
+                    lines.push(format!("{}{h}{}", &base[..at], &base[at..]));
+                    // Replacing a byte, too (a `-` value, a lost space).
+                    if let Some(c) = base[at..].chars().next() {
+                        let rest = &base[at + c.len_utf8()..];
+                        lines.push(format!("{}{h}{rest}", &base[..at]));
+                    }
+                }
+            }
+            for line in &lines {
+                let (mut fast, mut slow) = (Event::new(&wanted), Event::new(&wanted));
+                let a = t.parse(line, &mut fast, &trusted, &mut times);
+                if a == Err(reason::AMBIGUOUS_QUOTES) {
+                    // Refused before either matcher runs.
+                    continue;
+                }
+                let b = t.parse_matched(line, &mut slow, &trusted, &mut times);
+                assert_eq!(a, b, "{line}");
+                if a.is_ok() {
+                    assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{line}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 500, "only {checked} lines parsed");
     }
 
     #[test]
