@@ -761,7 +761,10 @@ impl Template {
                         _ => limit,
                     }
                 }
-                (Shape::List, _) => Template::list_end(b, pos, self.quote_limit(b, pos))?,
+                // Items stop at any `"`, and what follows an item is checked for
+                // one: the quote limit would not change the end, so it is not
+                // searched for (the backtracking matcher still uses it).
+                (Shape::List, _) => Template::list_end(b, pos, b.len())?,
                 (Shape::Free, None) => b.len(),
                 // A free value that is `-` (no user, no referer) right
                 // before its literal: the first place the literal occurs.
@@ -1078,7 +1081,7 @@ mod tests {
         let api = "log_format a '$remote_addr - $remote_user [$time_local] \"$request\" $status \
                    $body_bytes_sent \"$http_referer\" \"$http_user_agent\" $request_length \
                    $request_time $upstream_response_time $http_x_api_key_id';";
-        let json = r#"log_format j escape=json '{"ip":"$remote_addr","u":"$remote_user","r":"$request","s":$status,"ua":"$http_user_agent","t":"$time_local"}';"#;
+        let json = r#"log_format j escape=json '{"ip":"$remote_addr","u":"$remote_user","r":"$request","s":$status,"ua":"$http_user_agent","up":"$upstream_addr","t":"$time_local"}';"#;
         let mut formats = Vec::new();
         for (f, base) in [
             (
@@ -1087,7 +1090,7 @@ mod tests {
             ),
             (
                 json,
-                r#"{"ip":"10.0.0.1","u":"-","r":"GET / HTTP/1.1","s":200,"ua":"curl/8","t":"18/Nov/2026:11:06:40 +0000"}"#,
+                r#"{"ip":"10.0.0.1","u":"-","r":"GET / HTTP/1.1","s":200,"ua":"curl/8","up":"10.0.0.2:80, 10.0.0.3:80","t":"18/Nov/2026:11:06:40 +0000"}"#,
             ),
         ] {
             let (pieces, escape) = nginx::compile(f, Escape::Nginx, "http_x_api_key_id").unwrap();
@@ -1104,6 +1107,7 @@ mod tests {
         ];
         let mut wanted = Wanted::all();
         wanted.field("upstream_response_time");
+        wanted.field("upstream_addr");
         let (mut times, trusted) = (TimeCache::default(), NetSet::default());
         let mut checked = 0;
         for (pieces, escape, base) in &formats {
