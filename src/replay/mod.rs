@@ -282,12 +282,13 @@ impl InOrder<'_> {
                 r.decision_count += 1;
                 emit(r, d);
             }
-            chunk.data.clear();
             chunk.lines.clear();
             chunk.bytes = 0;
             if self.helper.ranges.is_some() {
+                // Its bytes stay: `read_range` reads over them.
                 let _ = self.spare_tx.send((Some(chunk), pre));
             } else {
+                chunk.data.clear();
                 let _ = self.spare_tx.send((None, pre));
                 self.spare_chunks.push(chunk);
             }

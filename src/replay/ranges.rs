@@ -19,31 +19,50 @@ use std::os::unix::fs::FileExt;
 /// its range.
 const READ_MORE: usize = 64 * 1024;
 
-/// Appends up to `n` bytes of `file` at offset `*next` to `data`; `true`
-/// when the end of the file came first.
-fn fill(file: &File, data: &mut Vec<u8>, next: &mut u64, n: usize) -> io::Result<bool> {
-    let start = data.len();
-    data.resize(start + n, 0);
-    let mut got = 0;
-    let eof = loop {
-        if got == n {
-            break false;
+/// The bytes read for a range: `buf[..len]`. The vector is never shrunk,
+/// so the memory behind `len` stays initialised from one range to the next
+/// and reading into it costs no zeroing (that was 3-8 % of a parser thread).
+struct Bytes<'a> {
+    buf: &'a mut Vec<u8>,
+    len: usize,
+}
+
+impl Bytes<'_> {
+    fn get(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Room for `n` more bytes after `len`.
+    fn reserve(&mut self, n: usize) {
+        if self.buf.len() < self.len + n {
+            self.buf.resize(self.len + n, 0);
         }
-        match file.read_at(&mut data[start + got..], *next) {
-            Ok(0) => break true,
-            Ok(k) => {
-                got += k;
-                *next += k as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                data.truncate(start + got);
-                return Err(e);
+    }
+
+    /// Appends up to `n` bytes of `file` at offset `*next`; `true` when the
+    /// end of the file came first.
+    fn fill(&mut self, file: &File, next: &mut u64, n: usize) -> io::Result<bool> {
+        self.reserve(n);
+        let end = self.len + n;
+        while self.len < end {
+            match file.read_at(&mut self.buf[self.len..end], *next) {
+                Ok(0) => return Ok(true),
+                Ok(k) => {
+                    self.len += k;
+                    *next += k as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
-    };
-    data.truncate(start + got);
-    Ok(eof)
+        Ok(false)
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        self.reserve(bytes.len());
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
 }
 
 fn trim_cr(start: usize, end: usize, data: &[u8]) -> usize {
@@ -68,32 +87,34 @@ pub(super) fn read_range(
     max_line: usize,
     chunk: &mut Chunk,
 ) -> io::Result<()> {
-    chunk.data.clear();
     chunk.lines.clear();
     chunk.bytes = 0;
-    let data = &mut chunk.data;
+    let data = &mut Bytes {
+        buf: &mut chunk.data,
+        len: 0,
+    };
     // The byte before the range tells whether a line starts at `begin`.
     let mut next = begin.saturating_sub(1);
     // File offset of `data[i]` is `delta + i` (moved on past a skipped line).
     let mut delta = next;
     let span = usize::try_from(end.saturating_sub(begin)).unwrap_or(usize::MAX);
-    let mut eof = fill(file, data, &mut next, span.saturating_add(1).min(1 << 24))?;
+    let mut eof = data.fill(file, &mut next, span.saturating_add(1).min(1 << 24))?;
     let end = if last { u64::MAX } else { end };
     let mut at = 0;
     if begin > 0 {
         // The first line here starts after the first newline from `begin - 1`.
         let mut scan = 0;
         loop {
-            if let Some(i) = memchr::memchr(b'\n', &data[scan..]) {
+            if let Some(i) = memchr::memchr(b'\n', &data.get()[scan..]) {
                 at = scan + i + 1;
                 break;
             }
             // A line from an earlier range runs over this one: nothing here.
-            if eof || delta + data.len() as u64 >= end {
+            if eof || delta + data.len as u64 >= end {
                 return Ok(());
             }
-            scan = data.len();
-            eof = fill(file, data, &mut next, READ_MORE)?;
+            scan = data.len;
+            eof = data.fill(file, &mut next, READ_MORE)?;
         }
     }
     let first = delta + at as u64;
@@ -102,26 +123,31 @@ pub(super) fn read_range(
         if offset >= end {
             break;
         }
-        match memchr::memchr(b'\n', &data[at..]) {
+        match memchr::memchr(b'\n', &data.get()[at..]) {
             Some(i) => {
                 if i > max_line {
                     chunk.lines.push((offset, usize::MAX, usize::MAX));
                 } else {
-                    chunk.lines.push((offset, at, trim_cr(at, at + i, data)));
+                    chunk
+                        .lines
+                        .push((offset, at, trim_cr(at, at + i, data.get())));
                 }
                 at += i + 1;
             }
-            None if data.len() - at > max_line => {
+            None if data.len - at > max_line => {
                 // Too long: skip to its newline without keeping its bytes.
                 chunk.lines.push((offset, usize::MAX, usize::MAX));
-                data.truncate(at);
-                let mut block = Vec::with_capacity(READ_MORE);
+                data.len = at;
+                let mut buf = Vec::new();
                 loop {
-                    block.clear();
+                    let mut block = Bytes {
+                        buf: &mut buf,
+                        len: 0,
+                    };
                     let block_start = next;
-                    let end_of_file = fill(file, &mut block, &mut next, READ_MORE)?;
-                    if let Some(i) = memchr::memchr(b'\n', &block) {
-                        data.extend_from_slice(&block[i + 1..]);
+                    let end_of_file = block.fill(file, &mut next, READ_MORE)?;
+                    if let Some(i) = memchr::memchr(b'\n', block.get()) {
+                        data.extend(&block.get()[i + 1..]);
                         delta = block_start + i as u64 + 1 - at as u64;
                         eof = end_of_file;
                         break;
@@ -134,15 +160,15 @@ pub(super) fn read_range(
             }
             None if eof => {
                 // A last line without a newline still counts.
-                if at < data.len() {
+                if at < data.len {
                     chunk
                         .lines
-                        .push((offset, at, trim_cr(at, data.len(), data)));
-                    at = data.len();
+                        .push((offset, at, trim_cr(at, data.len, data.get())));
+                    at = data.len;
                 }
                 break;
             }
-            None => eof = fill(file, data, &mut next, READ_MORE)?,
+            None => eof = data.fill(file, &mut next, READ_MORE)?,
         }
     }
     chunk.bytes = delta + at as u64 - first;
@@ -176,9 +202,14 @@ mod tests {
         let mut out = Vec::new();
         let mut bytes = 0;
         let ranges = len.div_ceil(span).max(1);
+        // One chunk for every range, as the parser threads reuse theirs: the
+        // bytes of an earlier range must never show through.
+        let mut chunk = Chunk {
+            data: vec![b'#'; 3 * READ_MORE],
+            ..Chunk::default()
+        };
         for k in 0..ranges {
             let (end, last) = ((k + 1) * span, k + 1 == ranges);
-            let mut chunk = Chunk::default();
             read_range(file, k * span, end, last, max_line, &mut chunk).unwrap();
             bytes += chunk.bytes;
             for &(offset, start, stop) in &chunk.lines {
