@@ -154,6 +154,7 @@ enum Seg {
     Lit {
         text: String,
         finder: Box<memmem::Finder<'static>>,
+        head: Head,
     },
     Var(Slot, Shape),
 }
@@ -279,6 +280,7 @@ impl Template {
                     segs.push(Seg::Lit {
                         text: text.clone(),
                         finder,
+                        head: Head::of(text.as_bytes()),
                     });
                     prev_var = false;
                     continue;
@@ -483,7 +485,7 @@ impl Template {
             Seg::Lit { text, .. } => self.lit(m, seg, pos, text, times),
             Seg::Var(slot, shape) => {
                 let next = match self.segs.get(seg + 1) {
-                    Some(Seg::Lit { text, finder }) => Some((text, finder)),
+                    Some(Seg::Lit { text, finder, .. }) => Some((text, finder)),
                     _ => None,
                 };
                 let try_end = |m: &mut Match, end: usize, times: &mut TimeCache| {
@@ -735,8 +737,8 @@ impl Template {
         let mut pos = 0;
         for (i, seg) in self.segs.iter().enumerate() {
             let (slot, shape) = match seg {
-                Seg::Lit { text, .. } => {
-                    if !starts_with(&b[pos..], text.as_bytes()) {
+                Seg::Lit { text, head, .. } => {
+                    if !head.starts(&b[pos..], text.as_bytes()) {
                         return None;
                     }
                     pos += text.len();
@@ -745,7 +747,7 @@ impl Template {
                 Seg::Var(slot, shape) => (*slot, *shape),
             };
             let next = match self.segs.get(i + 1) {
-                Some(Seg::Lit { text, finder }) => Some((text.as_bytes(), finder)),
+                Some(Seg::Lit { text, finder, .. }) => Some((text.as_bytes(), finder)),
                 _ => None,
             };
             let end = match (shape, next) {
@@ -901,6 +903,40 @@ impl Template {
         match target {
             Target::Std(f) => ev.set_text_with(f, push),
             Target::Extra(id) => ev.set_extra_with(id, push),
+        }
+    }
+}
+
+/// A literal of up to 8 bytes as one word, so that checking it at a place
+/// in the line is one load and compare (most literals are 1-4 bytes: ` `,
+/// `" "`, ` - `).
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    word: u64,
+    mask: u64,
+}
+
+impl Head {
+    fn of(lit: &[u8]) -> Head {
+        let mut bytes = [0u8; 8];
+        let n = lit.len().min(8);
+        bytes[..n].copy_from_slice(&lit[..n]);
+        Head {
+            word: u64::from_le_bytes(bytes),
+            mask: if n == 8 {
+                u64::MAX
+            } else {
+                (1u64 << (8 * n)) - 1
+            },
+        }
+    }
+
+    /// Whether `hay` starts with `lit` (this head's literal).
+    #[inline]
+    fn starts(&self, hay: &[u8], lit: &[u8]) -> bool {
+        match hay.first_chunk::<8>() {
+            Some(first) if lit.len() <= 8 => u64::from_le_bytes(*first) & self.mask == self.word,
+            _ => starts_with(hay, lit),
         }
     }
 }
@@ -1139,6 +1175,39 @@ mod tests {
             }
         }
         assert!(checked > 500, "only {checked} lines parsed");
+    }
+
+    #[test]
+    fn a_literal_head_compares_as_the_bytes_do() {
+        let hays: [&[u8]; 6] = [
+            b"",
+            b" - - [x",
+            b" - - [10/Oct",
+            b"\" \"abcdefgh",
+            b"\xff\x00 ",
+            b" ",
+        ];
+        for lit in [
+            &b" "[..],
+            b" - ",
+            b"\" \"",
+            b"] \"",
+            b" - - [",
+            b"12345678",
+            b"123456789",
+            b"\x00",
+        ] {
+            let head = Head::of(lit);
+            for hay in hays {
+                for cut in 0..=hay.len() {
+                    let h = &hay[cut..];
+                    assert_eq!(head.starts(h, lit), h.starts_with(lit), "{lit:?} {h:?}");
+                }
+                let mut longer = lit.to_vec();
+                longer.extend_from_slice(hay);
+                assert!(head.starts(&longer, lit), "{lit:?} {longer:?}");
+            }
+        }
     }
 
     #[test]
