@@ -151,7 +151,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Threads to use (default: every core): one feeds the jails in log
-        /// order, the others parse. The decisions do not depend on it.
+        /// order, the others read and parse (a regular file in byte ranges,
+        /// each thread its own). The output does not depend on it.
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
         /// Log files; `-` reads stdin.
