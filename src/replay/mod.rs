@@ -51,7 +51,9 @@ const CHUNK_LINES: usize = 4096;
 /// 4,000 lines of 160 bytes).
 const RANGE_BYTES: u64 = 640 * 1024;
 
-/// A run of complete lines, copied out of the input, for a parser thread.
+/// A run of complete lines and their bytes: copied out of a stream by the
+/// reading thread, or read from a file range by the parser thread itself
+/// (then `data` may hold stale bytes past the last line: it is reused).
 #[derive(Default)]
 struct Chunk {
     data: Vec<u8>,
