@@ -751,6 +751,11 @@ impl Template {
                 _ => None,
             };
             let end = match (shape, next) {
+                // A second time in the format (not read, so any 26 bytes
+                // pass) starting with `-`: the matcher tries 26 bytes first.
+                (Shape::ClfTime, _) if b[pos..].starts_with(b"-") && matches!(slot, Slot::Skip) => {
+                    return None;
+                }
                 (Shape::ClfTime, _) if b[pos..].starts_with(b"-") => pos + 1,
                 (Shape::ClfTime, _) => pos + 26,
                 (Shape::Token, next) => {
@@ -1117,6 +1122,8 @@ mod tests {
         let api = "log_format a '$remote_addr - $remote_user [$time_local] \"$request\" $status \
                    $body_bytes_sent \"$http_referer\" \"$http_user_agent\" $request_length \
                    $request_time $upstream_response_time $http_x_api_key_id';";
+        let two_times =
+            "log_format t '$remote_addr [$time_local] [$time_local] $http_x_api_key_id';";
         let json = r#"log_format j escape=json '{"ip":"$remote_addr","u":"$remote_user","r":"$request","s":$status,"ua":"$http_user_agent","up":"$upstream_addr","t":"$time_local"}';"#;
         let mut formats = Vec::new();
         for (f, base) in [
@@ -1127,6 +1134,10 @@ mod tests {
             (
                 json,
                 r#"{"ip":"10.0.0.1","u":"-","r":"GET / HTTP/1.1","s":200,"ua":"curl/8","up":"10.0.0.2:80, 10.0.0.3:80","t":"18/Nov/2026:11:06:40 +0000"}"#,
+            ),
+            (
+                two_times,
+                "1.2.3.4 [22/Nov/2026:08:00:00 +0000] [-] AAAAAAAAAAAAAAAAAAAAAAA] key_b",
             ),
         ] {
             let (pieces, escape) = nginx::compile(f, Escape::Nginx, "http_x_api_key_id").unwrap();

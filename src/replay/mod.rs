@@ -10,7 +10,7 @@ use crate::pipeline::{KitParsers, ParseKit, ParseStats, Pipeline, Preparsed, sel
 use crate::watch::lines::{Line, LineSplitter};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 
@@ -76,7 +76,9 @@ enum Work {
 enum Input<'f, R> {
     /// Read and cut into lines by the detecting thread.
     Stream(R),
-    /// A regular file of `len` bytes (when the read began), read in ranges.
+    /// A regular file of `len` bytes when the read began, read in ranges
+    /// by the parser threads; what is appended meanwhile is read on as a
+    /// stream.
     File { file: &'f std::fs::File, len: u64 },
 }
 
@@ -124,15 +126,9 @@ impl ChunkParser<'_> {
             Work::Range(k) => {
                 let r = self.ranges.expect("ranges are given only for a file");
                 let mut chunk = spare_chunk.unwrap_or_default();
-                let (begin, last) = (k * RANGE_BYTES, k + 1 == r.count);
-                if let Err(e) = ranges::read_range(
-                    r.file,
-                    begin,
-                    begin + RANGE_BYTES,
-                    last,
-                    r.max_line,
-                    &mut chunk,
-                ) {
+                let begin = k * RANGE_BYTES;
+                let end = begin + RANGE_BYTES;
+                if let Err(e) = ranges::read_range(r.file, begin, end, r.max_line, &mut chunk) {
                     error = Some(e);
                 }
                 chunk
@@ -501,25 +497,39 @@ impl Replay {
                 helper: parser(&kit),
             };
             let handed = match input {
-                Input::File { .. } => {
-                    let count = ranges.map_or(0, |r| r.count);
-                    (0..count).try_for_each(|k| order.submit(self, &mut emit, Work::Range(k)))
+                Input::File { file, .. } => {
+                    let (count, start) = (ranges.map_or(0, |r| r.count), self.bytes);
+                    (0..count)
+                        .try_for_each(|k| order.submit(self, &mut emit, Work::Range(k)))
+                        .and_then(|_| order.finish(self, &mut emit))
+                        .and_then(|_| {
+                            // What was written since the read began (a live
+                            // log): read on from there as a stream, in chunks
+                            // of bounded size, not as one growing range.
+                            let read = self.bytes - start;
+                            let mut rest = file;
+                            rest.seek(std::io::SeekFrom::Start(read))
+                                .map_err(|e| format!("reading {name}: {e}"))?;
+                            self.cut_stream(&mut order, name, rest, read, &mut emit)
+                        })
                 }
-                Input::Stream(input) => self.cut_stream(&mut order, name, input, &mut emit),
+                Input::Stream(input) => self.cut_stream(&mut order, name, input, 0, &mut emit),
             };
             handed.and_then(|_| order.finish(self, &mut emit))
         })
     }
 
-    /// Reads a stream on this thread and hands its lines out in chunks.
+    /// Reads a stream (whose first byte is at `offset`) on this thread and
+    /// hands its lines out in chunks.
     fn cut_stream(
         &mut self,
         order: &mut InOrder,
         name: &str,
         mut input: impl Read,
+        offset: u64,
         emit: &mut impl FnMut(&Replay, Decision),
     ) -> Result<(), String> {
-        let mut splitter = LineSplitter::new(self.pipeline.max_line(), 0);
+        let mut splitter = LineSplitter::new(self.pipeline.max_line(), offset);
         let mut buf = vec![0u8; 1 << 20];
         let mut chunk = Chunk::default();
         loop {
@@ -578,5 +588,60 @@ impl Replay {
             jails,
             decisions: self.decision_count,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::embedded;
+
+    /// The decisions (with evidence) and summary of a read, as text.
+    fn outcome(r: &Replay, decisions: Vec<Decision>) -> (Vec<String>, String) {
+        let d = decisions.iter().map(|d| format!("{d:?}")).collect();
+        (d, serde_json::to_string(&r.summary()).unwrap())
+    }
+
+    /// A live log read while it grows: the ranges cover what the file held
+    /// when the read began, and the rest is read on as a stream (in chunks
+    /// of bounded size: the last range used to read on to the end, holding
+    /// everything appended meanwhile). Simulated by telling the read the
+    /// file was shorter than it is.
+    #[test]
+    fn what_is_appended_during_a_read_is_read_on_as_a_stream() {
+        let config = Config::load(&embedded::files()).unwrap();
+        let sample = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/api_audit/sample.log"
+        ))
+        .unwrap();
+        let content = sample.repeat((4 * RANGE_BYTES as usize).div_ceil(sample.len()));
+        let path = std::env::temp_dir().join(format!("portcullis-grow-{}", std::process::id()));
+        std::fs::write(&path, &content).unwrap();
+
+        let mut one = Replay::new(&config, &Selection::default()).unwrap();
+        one.set_threads(1);
+        let mut decisions = Vec::new();
+        one.read("log", content.as_slice(), |_, d| decisions.push(d))
+            .unwrap();
+        let want = outcome(&one, decisions);
+        assert!(want.0.len() > 5, "the sample decides");
+
+        for len in [0, 1, RANGE_BYTES + 7, content.len() as u64 / 2] {
+            let file = std::fs::File::open(&path).unwrap();
+            let mut many = Replay::new(&config, &Selection::default()).unwrap();
+            many.set_threads(3);
+            let source = many.add_source("log").unwrap();
+            let kit = many.pipeline.parse_kit(source).unwrap();
+            let mut decisions = Vec::new();
+            let input: Input<std::io::Empty> = Input::File { file: &file, len };
+            many.read_parallel(source, "log", kit, input, |_, d| decisions.push(d))
+                .unwrap();
+            assert!(
+                outcome(&many, decisions) == want,
+                "file of {len} bytes when the read began"
+            );
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -73,8 +73,7 @@ fn trim_cr(start: usize, end: usize, data: &[u8]) -> usize {
     }
 }
 
-/// Cuts the lines of `file` that start in `begin..end` (`begin..` for the
-/// `last` range, which reads on to the end of the file) into `chunk` (whose
+/// Cuts the lines of `file` that start in `begin..end` into `chunk` (whose
 /// `data` holds their bytes, `lines` their offsets and spans; an over-long
 /// line is `usize::MAX..usize::MAX`, as from the reading thread). Sets
 /// `chunk.bytes` to the bytes from the range's first line to the end of its
@@ -83,7 +82,6 @@ pub(super) fn read_range(
     file: &File,
     begin: u64,
     end: u64,
-    last: bool,
     max_line: usize,
     chunk: &mut Chunk,
 ) -> io::Result<()> {
@@ -99,7 +97,6 @@ pub(super) fn read_range(
     let mut delta = next;
     let span = usize::try_from(end.saturating_sub(begin)).unwrap_or(usize::MAX);
     let mut eof = data.fill(file, &mut next, span.saturating_add(1).min(1 << 24))?;
-    let end = if last { u64::MAX } else { end };
     let mut at = 0;
     if begin > 0 {
         // The first line here starts after the first newline from `begin - 1`.
@@ -209,8 +206,8 @@ mod tests {
             ..Chunk::default()
         };
         for k in 0..ranges {
-            let (end, last) = ((k + 1) * span, k + 1 == ranges);
-            read_range(file, k * span, end, last, max_line, &mut chunk).unwrap();
+            let end = (k + 1) * span;
+            read_range(file, k * span, end, max_line, &mut chunk).unwrap();
             bytes += chunk.bytes;
             for &(offset, start, stop) in &chunk.lines {
                 out.push((
