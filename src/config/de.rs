@@ -64,6 +64,7 @@ impl fmt::Debug for StatusSet {
 }
 
 impl StatusSet {
+    #[inline]
     pub fn contains(&self, code: u16) -> bool {
         let c = code as usize;
         c < 640 && self.0[c / 64] & (1 << (c % 64)) != 0

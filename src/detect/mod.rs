@@ -707,7 +707,7 @@ impl Detector {
                 jail.stats.no_database += 1;
                 continue;
             }
-            if !jail.filter.matches(ev, &mut self.scratch) {
+            if jail.filter.rejects_status(ev) || !jail.filter.matches(ev, &mut self.scratch) {
                 continue;
             }
             jail.stats.matches += 1;
