@@ -45,31 +45,34 @@ pub fn parse_addr(s: &str) -> Option<IpAddr> {
 /// digits an octet, at most 255, no leading zero), `None` for anything else,
 /// which then goes the general way.
 fn plain_ipv4(s: &[u8]) -> Option<std::net::Ipv4Addr> {
+    // One pass over the bytes: this runs for every line.
     let mut octets = [0u8; 4];
-    let mut i = 0;
-    for (n, octet) in octets.iter_mut().enumerate() {
-        if n > 0 {
-            if s.get(i) != Some(&b'.') {
+    let (mut n, mut v, mut digits) = (0usize, 0u32, 0u32);
+    for &c in s {
+        if c == b'.' {
+            if digits == 0 || n == 3 {
                 return None;
             }
-            i += 1;
+            octets[n] = v as u8;
+            (n, v, digits) = (n + 1, 0, 0);
+            continue;
         }
-        let start = i;
-        let mut v: u32 = 0;
-        while let Some(c) = s.get(i).filter(|c| c.is_ascii_digit()) {
-            v = v * 10 + (c - b'0') as u32;
-            i += 1;
-            if i - start > 3 {
-                return None;
-            }
-        }
-        let len = i - start;
-        if len == 0 || v > 255 || (len > 1 && s[start] == b'0') {
+        let d = c.wrapping_sub(b'0');
+        // A digit; no leading zero (`01`), at most 3 digits, at most 255.
+        if d > 9 || (digits == 1 && v == 0) {
             return None;
         }
-        *octet = v as u8;
+        v = v * 10 + d as u32;
+        digits += 1;
+        if digits > 3 || v > 255 {
+            return None;
+        }
     }
-    (i == s.len()).then(|| std::net::Ipv4Addr::from(octets))
+    if n != 3 || digits == 0 {
+        return None;
+    }
+    octets[3] = v as u8;
+    Some(std::net::Ipv4Addr::from(octets))
 }
 
 fn valid_port_suffix(s: &str) -> bool {
@@ -289,7 +292,33 @@ mod tests {
             "1.2.3.1000",
             "",
         ];
-        for c in cases {
+        // And every string of up to 7 bytes over an alphabet that makes
+        // addresses and near-addresses, plus longer ones from it.
+        let alphabet = [b'0', b'1', b'2', b'5', b'9', b'.', b'a'];
+        let mut generated = Vec::new();
+        for len in 0..=7u32 {
+            for mut k in 0..alphabet.len().pow(len) {
+                let mut s = String::new();
+                for _ in 0..len {
+                    s.push(alphabet[k % alphabet.len()] as char);
+                    k /= alphabet.len();
+                }
+                generated.push(s);
+            }
+        }
+        for a in [
+            "0", "1", "9", "10", "99", "100", "199", "249", "250", "255", "256", "299", "300",
+            "999", "00", "010", "0255", "1000",
+        ] {
+            generated.push(format!("{a}.{a}.{a}.{a}"));
+            generated.push(format!("1.2.3.{a}"));
+            generated.push(format!("{a}.2.3.4"));
+        }
+        for c in cases
+            .iter()
+            .copied()
+            .chain(generated.iter().map(String::as_str))
+        {
             let std = c.parse::<std::net::Ipv4Addr>().ok();
             if let Some(fast) = plain_ipv4(c.as_bytes()) {
                 assert_eq!(Some(fast), std, "{c:?}");
