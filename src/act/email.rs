@@ -181,6 +181,54 @@ struct JailMail {
     pending: Vec<String>,
     due: Option<Instant>,
     backoff: Duration,
+    /// Since when a pending incident was not in the store yet.
+    missing_since: Option<Instant>,
+}
+
+/// How long a digest waits for an incident that is not in the store yet.
+/// Incidents are committed by the store's writer thread, after the ban and
+/// without holding it up; on a loaded host (or a slow disk) that can take
+/// longer than [`GRACE`]. A digest used to go out without them: an empty
+/// mail, and the incidents never mailed.
+const MISSING_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a digest waiting for an incident looks again.
+const MISSING_RECHECK: Duration = Duration::from_millis(200);
+
+/// What a due digest does, once the store was asked for its incidents.
+#[derive(Debug, PartialEq)]
+enum Found {
+    /// Some are not in the store yet: look again soon.
+    Wait,
+    /// None could be found for [`MISSING_WAIT`]: no mail (an empty one helps
+    /// nobody), and the digest is forgotten.
+    Nothing,
+    Send,
+}
+
+impl JailMail {
+    /// Given that `found` of the pending incidents are in the store.
+    fn found(&mut self, found: usize, now: Instant) -> Found {
+        let missing = self.pending.len() - found;
+        if missing > 0 && now < *self.missing_since.get_or_insert(now) + MISSING_WAIT {
+            self.due = Some(now + MISSING_RECHECK);
+            return Found::Wait;
+        }
+        self.missing_since = None;
+        if missing > 0 {
+            tracing::warn!(
+                missing,
+                "incidents not found in the state store after {} s; mailing the others",
+                MISSING_WAIT.as_secs()
+            );
+        }
+        if found == 0 {
+            self.pending.clear();
+            self.due = None;
+            return Found::Nothing;
+        }
+        Found::Send
+    }
 }
 
 fn run(rx: Receiver<(String, String)>, mailer: Mailer, store: Arc<Store>, interval: Duration) {
@@ -214,6 +262,9 @@ fn run(rx: Receiver<(String, String)>, mailer: Mailer, store: Arc<Store>, interv
                 .iter()
                 .filter_map(|id| store.get::<Incident>(Table::Incidents, id).ok().flatten())
                 .collect();
+            if j.found(incidents.len(), now) != Found::Send {
+                continue;
+            }
             let (subject, body) = digest(jail, &incidents);
             match mailer.send(&subject, body) {
                 Ok(()) => {
@@ -336,6 +387,32 @@ mod tests {
 
     /// Issue 14, finding 10: a hostile key id reaches the mail escaped, and
     /// the undo command is one shell word that means exactly that key.
+    /// Incidents are committed by the store's writer thread, after the
+    /// ban; a digest due before they are in the store waits for them (it
+    /// went out empty, and they were never mailed: seen in CI under load).
+    #[test]
+    fn a_digest_waits_for_incidents_not_in_the_store_yet() {
+        let t0 = Instant::now();
+        let mut j = JailMail {
+            pending: vec!["a".into(), "b".into()],
+            due: Some(t0),
+            ..JailMail::default()
+        };
+        assert_eq!(j.found(0, t0), Found::Wait);
+        assert_eq!(j.due, Some(t0 + MISSING_RECHECK));
+        assert_eq!(j.found(1, t0 + Duration::from_secs(1)), Found::Wait);
+        // Both there: sent.
+        assert_eq!(j.found(2, t0 + Duration::from_secs(2)), Found::Send);
+        assert_eq!(j.missing_since, None);
+        // One never comes: the other is mailed after MISSING_WAIT.
+        assert_eq!(j.found(1, t0), Found::Wait);
+        assert_eq!(j.found(1, t0 + MISSING_WAIT), Found::Send);
+        // None ever comes: no empty mail, the digest is dropped.
+        assert_eq!(j.found(0, t0), Found::Wait);
+        assert_eq!(j.found(0, t0 + MISSING_WAIT), Found::Nothing);
+        assert!(j.pending.is_empty() && j.due.is_none());
+    }
+
     #[test]
     fn digest_escapes_and_quotes_hostile_key_ids() {
         let key = "k$(touch /tmp/x)\x1b[31m";
