@@ -22,7 +22,7 @@
 use super::{Action, Change};
 use crate::config::de::{ConfigDuration, OneOrMany};
 use crate::state::incidents::Incident;
-use crate::state::{Store, Table};
+use crate::state::{Reader, Table};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
@@ -30,7 +30,6 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -72,7 +71,7 @@ pub struct EmailAction {
 }
 
 impl EmailAction {
-    pub fn new(name: &str, config: EmailConfig, store: Arc<Store>) -> Result<EmailAction, String> {
+    pub fn new(name: &str, config: EmailConfig, store: Reader) -> Result<EmailAction, String> {
         let local = matches!(config.server.as_str(), "localhost" | "127.0.0.1" | "::1");
         if config.tls == TlsMode::None && !local {
             return Err(format!(
@@ -186,10 +185,11 @@ struct JailMail {
 }
 
 /// How long a digest waits for an incident that is not in the store yet.
-/// Incidents are committed by the store's writer thread, after the ban and
-/// without holding it up; on a loaded host (or a slow disk) that can take
-/// longer than [`GRACE`]. A digest used to go out without them: an empty
-/// mail, and the incidents never mailed.
+/// Incidents are read through the store writer's queue, so one is there as
+/// soon as the engine has handed it over; this covers the moment before. A
+/// digest once went out without its incident (it read only committed
+/// records, and on a loaded host the commit came after [`GRACE`]): an empty
+/// mail, and the incident never mailed.
 const MISSING_WAIT: Duration = Duration::from_secs(30);
 
 /// How often a digest waiting for an incident looks again.
@@ -231,7 +231,7 @@ impl JailMail {
     }
 }
 
-fn run(rx: Receiver<(String, String)>, mailer: Mailer, store: Arc<Store>, interval: Duration) {
+fn run(rx: Receiver<(String, String)>, mailer: Mailer, store: Reader, interval: Duration) {
     let mut jails: HashMap<String, JailMail> = HashMap::new();
     loop {
         let now = Instant::now();

@@ -8,7 +8,7 @@ use crate::act::supervise::Supervisor;
 use crate::act::{Action, Dispatcher, ExecAction, Holding, LogAction, Outcome};
 use crate::config::{ActionConfig, Config};
 use crate::decide::{Ban, Ledger};
-use crate::state::Store;
+use crate::state::Reader;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
@@ -34,7 +34,7 @@ pub(super) fn build_actions(
     config: &Config,
     tx: &Sender<Msg>,
     active: Arc<[Ban]>,
-    store: &Arc<Store>,
+    store: &Reader,
     supervisor: &mut Supervisor,
     skip_reconcile: &[String],
     bouncer: Option<&Arc<crate::act::bouncer::Api>>,
@@ -75,13 +75,17 @@ pub(super) fn build_actions(
         };
         actions.insert(
             "bouncer_api".into(),
-            Arc::new(crate::act::bouncer::BouncerAction::new(api, store.clone())),
+            Arc::new(crate::act::bouncer::BouncerAction::new(
+                api,
+                store.store().clone(),
+            )),
         );
     }
     for (name, a) in &config.main.actions {
         let action: Arc<dyn Action> = match a {
             ActionConfig::Exec(c) => Arc::new(ExecAction::new(name, c.clone())?),
             ActionConfig::Denylist(c) => Arc::new(crate::act::DenylistAction::new(name, c.clone())),
+            // Reads incidents the engine handed over, committed or not yet.
             ActionConfig::Email(c) => Arc::new(crate::act::email::EmailAction::new(
                 name,
                 c.clone(),
@@ -90,7 +94,7 @@ pub(super) fn build_actions(
             ActionConfig::Webhook(c) => Arc::new(crate::act::webhook::WebhookAction::new(
                 name,
                 c.clone(),
-                store.clone(),
+                store.store().clone(),
             )?),
         };
         actions.insert(name.clone(), action);

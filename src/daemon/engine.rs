@@ -178,17 +178,17 @@ impl Engine {
             "loaded active bans"
         );
         let mut supervisor = Supervisor::default();
+        let writer = crate::state::Writer::new(Arc::clone(&store));
         let (dispatcher, actions) = build_actions(
             &config,
             &tx,
             active.into(),
-            &store,
+            &writer.reader(),
             &mut supervisor,
             &skip_reconcile,
             bouncer.as_ref(),
         )?;
         let jails = select_jails(&config, &[])?;
-        let writer = crate::state::Writer::new(Arc::clone(&store));
         let mut engine = Engine {
             writer,
             config_dir,
@@ -713,7 +713,7 @@ impl Engine {
             &config,
             &self.tx,
             active,
-            &self.store,
+            &self.writer.reader(),
             &mut self.supervisor,
             &[],
             self.bouncer.as_ref(),

@@ -9,7 +9,7 @@
 pub mod incidents;
 mod writer;
 
-pub use writer::Writer;
+pub use writer::{Reader, Writer};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};

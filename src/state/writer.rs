@@ -122,6 +122,44 @@ impl Writer {
 
     /// A record, as the last submitted write left it.
     pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, String> {
+        self.reader().get(table, key)
+    }
+
+    /// A handle that reads records as [`Writer::get`] does, for other
+    /// threads (the mail digests read the incidents the engine submitted,
+    /// committed or not yet).
+    pub fn reader(&self) -> Reader {
+        Reader {
+            store: self.store.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Records submitted but not yet committed (distinct keys).
+    pub fn unsaved(&self) -> usize {
+        self.shared.0.lock().map_or(0, |s| s.overlay.len())
+    }
+
+    /// Since when (unix seconds) commits have been failing.
+    pub fn failing_since(&self) -> Option<i64> {
+        self.shared.0.lock().ok().and_then(|s| s.failing_since)
+    }
+}
+
+/// Reads records as the last submitted write left them (see [`Writer::reader`]).
+#[derive(Clone)]
+pub struct Reader {
+    store: Arc<Store>,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+}
+
+impl Reader {
+    /// The store itself (committed records only).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, String> {
         let queued = {
             let (lock, _) = &*self.shared;
             let s = lock
@@ -138,16 +176,6 @@ impl Writer {
             Some(None) => Ok(None),
             None => self.store.get(table, key),
         }
-    }
-
-    /// Records submitted but not yet committed (distinct keys).
-    pub fn unsaved(&self) -> usize {
-        self.shared.0.lock().map_or(0, |s| s.overlay.len())
-    }
-
-    /// Since when (unix seconds) commits have been failing.
-    pub fn failing_since(&self) -> Option<i64> {
-        self.shared.0.lock().ok().and_then(|s| s.failing_since)
     }
 }
 
@@ -229,6 +257,10 @@ mod tests {
         w.submit(vec![Write::Delete(Table::Positions, "k7".into())]);
         assert_eq!(w.get::<u32>(Table::Positions, "k999").unwrap(), Some(999));
         assert_eq!(w.get::<u32>(Table::Positions, "k7").unwrap(), None);
+        // Another thread's reader sees the same (the mail digests read so).
+        let r = w.reader();
+        let seen = std::thread::spawn(move || r.get::<u32>(Table::Positions, "k998").unwrap());
+        assert_eq!(seen.join().unwrap(), Some(998));
         assert!(w.flush());
         assert_eq!(w.unsaved(), 0);
         assert_eq!(
