@@ -300,6 +300,8 @@ pub struct Jail {
     v6: u8,
     threshold: u32,
     distinct: Option<FieldRef>,
+    /// The distinct values are regions, which nest (`fingerprint::nested`).
+    nested: bool,
     findtime: u32,
     bantime: Duration,
     target: TargetKind,
@@ -343,6 +345,7 @@ impl Jail {
             v4: spec.ipv4_prefix,
             v6: spec.ipv6_prefix,
             threshold: spec.maxretry.max(1),
+            nested: distinct == Some(FieldRef::Std(StdField::Region)),
             distinct,
             findtime,
             bantime: spec.bantime,
@@ -813,7 +816,7 @@ impl Detector {
             let seen = Seen {
                 sec,
                 value,
-                nested: jail.distinct == Some(FieldRef::Std(StdField::Region)),
+                nested: jail.nested,
                 line,
                 origin,
                 client: ev.client,

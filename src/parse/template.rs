@@ -751,12 +751,14 @@ impl Template {
                 _ => None,
             };
             let end = match (shape, next) {
-                // A second time in the format (not read, so any 26 bytes
-                // pass) starting with `-`: the matcher tries 26 bytes first.
-                (Shape::ClfTime, _) if b[pos..].starts_with(b"-") && matches!(slot, Slot::Skip) => {
-                    return None;
+                (Shape::ClfTime, _) if b[pos..].starts_with(b"-") => {
+                    // A second time in the format (not read, so any 26 bytes
+                    // pass): the matcher tries 26 bytes first.
+                    if let Slot::Skip = slot {
+                        return None;
+                    }
+                    pos + 1
                 }
-                (Shape::ClfTime, _) if b[pos..].starts_with(b"-") => pos + 1,
                 (Shape::ClfTime, _) => pos + 26,
                 (Shape::Token, next) => {
                     let limit = find_byte(b' ', &b[pos..]).map_or(b.len(), |n| pos + n);

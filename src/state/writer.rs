@@ -122,7 +122,7 @@ impl Writer {
 
     /// A record, as the last submitted write left it.
     pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, String> {
-        self.reader().get(table, key)
+        read(&self.store, &self.shared, table, key)
     }
 
     /// A handle that reads records as [`Writer::get`] does, for other
@@ -160,22 +160,33 @@ impl Reader {
     }
 
     pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, String> {
-        let queued = {
-            let (lock, _) = &*self.shared;
-            let s = lock
-                .lock()
-                .map_err(|_| "store writer poisoned".to_string())?;
-            s.overlay
-                .get(&(table, key.to_string()))
-                .map(|(_, v)| v.clone())
-        };
-        match queued {
-            Some(Some(bytes)) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| e.to_string()),
-            Some(None) => Ok(None),
-            None => self.store.get(table, key),
-        }
+        read(&self.store, &self.shared, table, key)
+    }
+}
+
+/// A record as the last submitted write left it: the queue's version if one
+/// is queued, else the store's.
+fn read<T: DeserializeOwned>(
+    store: &Store,
+    shared: &(Mutex<Shared>, Condvar),
+    table: Table,
+    key: &str,
+) -> Result<Option<T>, String> {
+    let queued = {
+        let (lock, _) = shared;
+        let s = lock
+            .lock()
+            .map_err(|_| "store writer poisoned".to_string())?;
+        s.overlay
+            .get(&(table, key.to_string()))
+            .map(|(_, v)| v.clone())
+    };
+    match queued {
+        Some(Some(bytes)) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Some(None) => Ok(None),
+        None => store.get(table, key),
     }
 }
 
