@@ -501,8 +501,7 @@ impl Pipeline {
     }
 
     /// [`Pipeline::line`] for a line already parsed by a [`ParseKit`]'s
-    /// parsers: `pre` holds one entry per format group, in order. The events
-    /// are swapped in, so `pre` gets back buffers to reuse.
+    /// parsers: `pre` holds one entry per format group, in order.
     pub fn line_preparsed(
         &mut self,
         source: u32,
@@ -511,6 +510,21 @@ impl Pipeline {
         pre: &mut [Preparsed],
     ) {
         self.line_inner(source, offset, bytes, false, false, Some(pre))
+    }
+
+    /// Readies a line parsed by a [`ParseKit`]'s parsers for
+    /// [`Pipeline::line_preparsed`], a line or more before it is fed (see
+    /// [`Detector::prefetch`]): the jails' entries for it are fetched while
+    /// the lines before it are counted.
+    pub fn prefetch(&mut self, source: u32, pre: &mut [Preparsed]) {
+        let Some(src) = self.sources.get(source as usize) else {
+            return;
+        };
+        for (g, p) in src.groups.iter().zip(pre) {
+            if p.result == Ok(Outcome::Event) {
+                self.detector.prefetch(&g.jails, &mut p.event);
+            }
+        }
     }
 
     fn line_inner(
@@ -571,36 +585,34 @@ impl Pipeline {
                     .or_default()
                     .count += 1;
             }
-            let parsed = match pre.as_deref_mut().and_then(|p| p.get_mut(gi)) {
-                Some(p) => {
-                    // Enriched by the parsing thread.
-                    std::mem::swap(&mut g.event, &mut p.event);
-                    p.result
-                }
+            // The event: parsed here, or by a parsing thread (which enriched
+            // it too), used where it lies rather than moved (it is large).
+            let (parsed, ev) = match pre.as_deref_mut().and_then(|p| p.get_mut(gi)) {
+                Some(p) => (p.result, &mut p.event),
                 None => {
                     let r = g.parser.parse(&example(), &mut g.event);
                     if g.enrich && r == Ok(Outcome::Event) {
                         enrich_event(&mut self.geo, &mut g.event);
                     }
-                    r
+                    (r, &mut g.event)
                 }
             };
             match parsed {
                 Ok(Outcome::Event) => {
                     g.stats.parsed += 1;
-                    if clamp_future(&mut g.event.time, src.newest, &mut self.clock_ms) {
+                    if clamp_future(&mut ev.time, src.newest, &mut self.clock_ms) {
                         g.stats
                             .note(reason::FUTURE_TIME, &src.name, offset, &example());
                     }
-                    src.newest = src.newest.max(g.event.time);
-                    first_time.get_or_insert(g.event.time);
-                    if src.skip_before.is_some_and(|t| g.event.time < t) {
+                    src.newest = src.newest.max(ev.time);
+                    first_time.get_or_insert(ev.time);
+                    if src.skip_before.is_some_and(|t| ev.time < t) {
                         continue;
                     }
                     let origin = Origin { source, offset };
                     let before = self.decisions.len();
                     self.detector
-                        .process(&g.jails, &g.event, bytes, origin, &mut self.decisions);
+                        .process(&g.jails, ev, bytes, origin, &mut self.decisions);
                     if let Some(geo) = &mut self.geo {
                         annotate(geo, &mut self.decisions[before..]);
                     }

@@ -38,7 +38,9 @@ fn keys() -> &'static [u64; 4] {
 pub fn of(bytes: &[u8]) -> TextKey {
     let k = keys();
     let h = siphasher::sip128::SipHasher24::new_with_keys(k[0], k[1]).hash(bytes);
-    TextKey([h.h1, h.h2])
+    // Never all zero: that marks a free slot of a `FpTable` (one bit of
+    // 128 given up; the first word, which picks the slot, is untouched).
+    TextKey([h.h1, h.h2 | 1])
 }
 
 /// A region as a distinct value: the country's fingerprint in one half and
@@ -61,6 +63,24 @@ pub fn nested(parent: &[u8], child: Option<&[u8]>) -> TextKey {
 }
 
 impl TextKey {
+    /// No text's fingerprint: a free slot of a [`super::fptable::FpTable`].
+    pub const EMPTY: TextKey = TextKey([0, 0]);
+
+    /// As bytes (to match evidence lines to their key).
+    pub fn bytes(&self) -> [u8; 16] {
+        ((self.0[0] as u128) << 64 | self.0[1] as u128).to_be_bytes()
+    }
+
+    /// The first word: uniformly spread, picks a table slot.
+    pub fn word(&self) -> u64 {
+        self.0[0]
+    }
+
+    #[cfg(test)]
+    pub fn from_words(a: u64, b: u64) -> TextKey {
+        TextKey([a, b])
+    }
+
     /// The country half of a [`nested`] value.
     pub fn parent(&self) -> u64 {
         self.0[0]

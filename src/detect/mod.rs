@@ -5,16 +5,20 @@
 //! that brings a key to the threshold within `findtime`, judged by the event
 //! times in the log, so `replay` and the daemon decide identically.
 //!
-//! Memory per tracked key: 48 bytes in the map (a 16-byte key and a 32-byte
-//! counter holding up to two one-second buckets inline) plus hashbrown's
-//! control byte and load-factor slack; a key with matches in more than two
-//! distinct seconds inside its window adds 8 bytes a second on the heap (at
-//! most `maxretry` seconds, as the jail fires at `maxretry`). Text keys (API
-//! key ids) add their length. See the README's benchmark for measured totals.
+//! Memory per tracked address: 40 bytes in the map (48 counting distinct
+//! values; a 16-byte key and a
+//! 24-byte counter holding up to two one-second buckets inline) plus
+//! hashbrown's control byte and load-factor slack; a key with matches in more
+//! than two distinct seconds inside its window adds 8 bytes a second on the
+//! heap (at most `maxretry` seconds, as the jail fires at `maxretry`). Text
+//! keys (API key ids) are held as 16-byte fingerprints in an `FpTable` (at
+//! most 5/8 full), never as text. See the README's benchmark for measured
+//! totals.
 
 mod evidence;
 pub mod filter;
 pub mod fingerprint;
+mod fptable;
 pub mod jail;
 mod tracker;
 pub mod window;
@@ -212,6 +216,10 @@ enum KeyPart {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AddrKey([u64; 2]);
 
+impl tracker::Key for AddrKey {
+    type Map<C: Default + 'static> = HashMap<AddrKey, C, RandomState>;
+}
+
 impl AddrKey {
     fn new(masked: u128) -> AddrKey {
         AddrKey([(masked >> 64) as u64, masked as u64])
@@ -226,7 +234,7 @@ const QUIET_SWEEP_MIN: usize = 100_000;
 
 /// Per-jail state, for one key type.
 #[derive(Debug)]
-struct Keyed<K, C> {
+struct Keyed<K: tracker::Key, C: Default + 'static> {
     tracker: Tracker<K, C>,
     /// Keys that fired, until when (event second): not fired again meanwhile.
     quiet: HashMap<K, u32, RandomState>,
@@ -236,7 +244,7 @@ struct Keyed<K, C> {
     quiet_sweep_at: usize,
 }
 
-impl<K: Hash + Eq, C: Counter> Keyed<K, C> {
+impl<K: tracker::Key, C: Counter + 'static> Keyed<K, C> {
     fn new(max_tracked: usize, findtime: u32) -> Keyed<K, C> {
         Keyed {
             tracker: Tracker::new(max_tracked, findtime),
@@ -270,13 +278,13 @@ impl State {
         matches!(self, State::Addr(_) | State::AddrDistinct(_))
     }
 
-    /// Whether a text key is tracked (its only use: bringing the entry
-    /// into the cache ahead of the lookup that counts).
-    fn holds(&self, key: &TextKey) -> bool {
+    /// Asks for a text key's entries to be brought into the cache, without
+    /// waiting for them.
+    fn prefetch(&self, key: &TextKey) {
         match self {
-            State::Text(k) => k.tracker.contains(key),
-            State::TextDistinct(k) => k.tracker.contains(key),
-            _ => false,
+            State::Text(k) => k.tracker.prefetch(key),
+            State::TextDistinct(k) => k.tracker.prefetch(key),
+            _ => {}
         }
     }
 
@@ -526,6 +534,15 @@ fn split_key_text(text: &str) -> Option<Vec<String>> {
     Some(parts)
 }
 
+/// An event's text key for one key class, made by [`Detector::prefetch`]
+/// ahead of [`Detector::process`]: its fingerprint (`None`: the event lacks
+/// a part of the key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyHint {
+    class: u32,
+    fp: Option<TextKey>,
+}
+
 /// Shared inputs of one `observe` call.
 struct Seen<'a> {
     sec: u32,
@@ -548,18 +565,14 @@ struct Limits {
 }
 
 /// Counts one match for `key`; returns `(count, first_seen_sec)` when the jail fires.
-fn observe<K, Q, C: Counter>(
+fn observe<K: tracker::Key, C: Counter + 'static>(
     keyed: &mut Keyed<K, C>,
     ring: &mut EvidenceRing,
-    key: &Q,
+    key: &K,
     seen: &Seen,
     limits: Limits,
     stats: &mut JailStats,
-) -> Option<(u32, u32)>
-where
-    K: Hash + Eq + std::borrow::Borrow<Q>,
-    Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
-{
+) -> Option<(u32, u32)> {
     if let Some(&until) = keyed.quiet.get(key) {
         if seen.sec < until {
             stats.suppressed += 1;
@@ -582,7 +595,7 @@ where
     }
     keyed
         .quiet
-        .insert(key.to_owned(), seen.sec.saturating_add(limits.bantime));
+        .insert(*key, seen.sec.saturating_add(limits.bantime));
     Some((count, first))
 }
 
@@ -691,6 +704,33 @@ impl Detector {
         self.fleet_matches.truncate(fleet);
     }
 
+    /// Readies `ev` for [`Detector::process`] by the jails `which`, a line or
+    /// more ahead: builds its text key (for the first text-keyed jail's key
+    /// class), keeps the fingerprint in the event, and asks the CPU to fetch
+    /// the entries of that key, without waiting. Counts nothing.
+    ///
+    /// Why: a jail per API key holds more keys than a core's cache, so
+    /// counting would wait for memory on nearly every line; fetched while
+    /// the next line is parsed, the entry is there when it is counted.
+    pub fn prefetch(&mut self, which: &[usize], ev: &mut Event) {
+        let Some(&j) = which.iter().find(|&&j| !self.jails[j].state.by_addr()) else {
+            return;
+        };
+        let jail = &self.jails[j];
+        let class = jail.key_class;
+        let fp = jail
+            .text_key(ev, &mut self.key_buf, &mut self.scratch)
+            .then(|| fingerprint::of(self.key_buf.as_bytes()));
+        ev.key_hint = Some(KeyHint { class, fp });
+        if let Some(fp) = fp {
+            for &o in which {
+                if self.jails[o].key_class == class {
+                    self.jails[o].state.prefetch(&fp);
+                }
+            }
+        }
+    }
+
     /// Feeds one event to the jails `which`; decisions are appended to `out`.
     pub fn process(
         &mut self,
@@ -702,8 +742,11 @@ impl Detector {
     ) {
         let sec = (ev.time / 1000).clamp(0, u32::MAX as i64) as u32;
         // Jails keyed alike (two jails per API key) build the text key and
-        // its fingerprint once per event: (key class, has key, fingerprint).
-        let mut memo: Option<(u32, bool, Option<TextKey>)> = None;
+        // its fingerprint once per event: (key class, fingerprint or `None`
+        // for an event without the key).
+        let mut memo: Option<(u32, Option<TextKey>)> = None;
+        // The key class whose text `key_buf` holds.
+        let mut text_class: Option<u32> = None;
         for &j in which {
             let jail = &mut self.jails[j];
             if jail.geo_needs & ev.geo_missing != 0 {
@@ -768,50 +811,69 @@ impl Detector {
                 Some(ip) if by_addr => Some(AddrKey::new(masked_key(ip, jail.v4, jail.v6))),
                 _ => None,
             };
-            let has_key = if by_addr {
-                addr_key.is_some()
+            // A text key counts by its fingerprint; its text (in `key_buf`)
+            // is made only when the fleet or a decision needs it.
+            let text_fp = if by_addr {
+                None
             } else {
+                let class = jail.key_class;
                 match memo {
-                    Some((class, has, _)) if class == jail.key_class => has,
+                    Some((c, fp)) if c == class => fp,
                     _ => {
-                        let has = jail.text_key(ev, &mut self.key_buf, &mut self.scratch);
-                        let class = jail.key_class;
-                        let mut fp = None;
-                        if has && self.shared_class[class as usize] {
-                            // Another jail counts this key too: look its
-                            // entry up now, so that the two cache misses
+                        let fp = match ev.key_hint.filter(|h| h.class == class) {
+                            // Made (and its entries fetched) by `prefetch`.
+                            Some(hint) => hint.fp,
+                            None => {
+                                let has = jail.text_key(ev, &mut self.key_buf, &mut self.scratch);
+                                text_class = Some(class);
+                                has.then(|| fingerprint::of(self.key_buf.as_bytes()))
+                            }
+                        };
+                        if let Some(k) = fp
+                            && ev.key_hint.is_none()
+                            && self.shared_class[class as usize]
+                        {
+                            // Another jail counts this key too: fetch its
+                            // entry now, so that the two cache misses
                             // overlap instead of following each other.
-                            let k = fingerprint::of(self.key_buf.as_bytes());
-                            fp = Some(k);
                             for &o in which.iter().filter(|&&o| o != j) {
                                 if self.jails[o].key_class == class {
-                                    std::hint::black_box(self.jails[o].state.holds(&k));
+                                    self.jails[o].state.prefetch(&k);
                                 }
                             }
                         }
-                        memo = Some((class, has, fp));
-                        has
+                        memo = Some((class, fp));
+                        fp
                     }
                 }
             };
             let jail = &mut self.jails[j];
-            if !has_key {
+            if addr_key.is_none() && text_fp.is_none() {
                 jail.stats.keyless += 1;
                 continue;
             }
+            let mut key_text = |jail: &Jail, buf: &mut String, scratch: &mut String| {
+                if text_class != Some(jail.key_class) {
+                    jail.text_key(ev, buf, scratch);
+                    text_class = Some(jail.key_class);
+                }
+            };
             if jail.fleet {
                 let key = match addr_key {
                     // Formatted later, once per distinct key (see `fleet_key_text`).
                     Some(k) if by_addr => FleetKey::Addr(k),
-                    _ => FleetKey::Text(self.key_buf.clone()),
+                    _ => {
+                        key_text(jail, &mut self.key_buf, &mut self.scratch);
+                        FleetKey::Text(self.key_buf.clone())
+                    }
                 };
                 self.fleet_matches.push(FleetMatch { jail: j, key, sec });
             }
-            let addr_bytes = addr_key.map(|k| k.bytes()).unwrap_or_default();
-            let ring_key: &[u8] = if by_addr {
-                &addr_bytes
-            } else {
-                self.key_buf.as_bytes()
+            // Evidence lines are matched to their key by these bytes.
+            let ring_key: [u8; 16] = match (addr_key, text_fp) {
+                (Some(k), _) if by_addr => k.bytes(),
+                (_, Some(fp)) => fp.bytes(),
+                _ => unreachable!("checked above"),
             };
             let seen = Seen {
                 sec,
@@ -820,23 +882,19 @@ impl Detector {
                 line,
                 origin,
                 client: ev.client,
-                ring_key,
+                ring_key: &ring_key,
             };
             let (ring, stats) = (&mut jail.ring, &mut jail.stats);
-            let mut text_key = || match &mut memo {
-                Some((_, _, Some(fp))) => *fp,
-                Some((_, _, fp)) => *fp.insert(fingerprint::of(self.key_buf.as_bytes())),
-                None => fingerprint::of(self.key_buf.as_bytes()),
-            };
-            let fired = match &mut jail.state {
-                State::Addr(k) => {
-                    observe(k, ring, &addr_key.expect("checked"), &seen, limits, stats)
+            let fired = match (&mut jail.state, addr_key, text_fp) {
+                (State::Addr(k), Some(key), _) => observe(k, ring, &key, &seen, limits, stats),
+                (State::AddrDistinct(k), Some(key), _) => {
+                    observe(k, ring, &key, &seen, limits, stats)
                 }
-                State::AddrDistinct(k) => {
-                    observe(k, ring, &addr_key.expect("checked"), &seen, limits, stats)
+                (State::Text(k), _, Some(key)) => observe(k, ring, &key, &seen, limits, stats),
+                (State::TextDistinct(k), _, Some(key)) => {
+                    observe(k, ring, &key, &seen, limits, stats)
                 }
-                State::Text(k) => observe(k, ring, &text_key(), &seen, limits, stats),
-                State::TextDistinct(k) => observe(k, ring, &text_key(), &seen, limits, stats),
+                _ => unreachable!("the key matches the state"),
             };
             let Some((count, first)) = fired else {
                 continue;
@@ -846,14 +904,10 @@ impl Detector {
                 continue;
             };
             jail.stats.decisions += 1;
-            let ring_key: &[u8] = if by_addr {
-                &addr_bytes
-            } else {
-                self.key_buf.as_bytes()
-            };
             let key = if by_addr {
                 target.to_string()
             } else {
+                key_text(jail, &mut self.key_buf, &mut self.scratch);
                 self.key_buf.clone()
             };
             out.push(Decision {
@@ -865,7 +919,7 @@ impl Detector {
                 count,
                 severity: jail.severity,
                 bantime: jail.bantime,
-                evidence: jail.ring.take_for(ring_key, 5),
+                evidence: jail.ring.take_for(&ring_key, 5),
             });
         }
     }

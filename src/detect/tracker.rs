@@ -16,24 +16,103 @@
 //! cannot push out an attacker who has matched twice; eviction by staleness
 //! alone could, between any two of its matches.
 
+use super::fingerprint::TextKey;
+use super::fptable::FpTable;
 use super::window::Counter;
 use foldhash::fast::RandomState;
 use hashbrown::HashMap;
 use std::hash::Hash;
 
-#[derive(Debug)]
-pub struct Tracker<K, C> {
-    map: HashMap<K, C, RandomState>,
+/// The map a tracker keeps for its key type: addresses in hashbrown (keyed
+/// hasher), fingerprints in an [`FpTable`] (their slot is known ahead, so a
+/// lookup can be prefetched).
+pub trait Key: Copy + Eq + Hash {
+    type Map<C: Default + 'static>: KeyMap<Self, C>;
+}
+
+/// What a tracker needs of its map.
+pub trait KeyMap<K, C: 'static>: Default {
+    fn len(&self) -> usize;
+    fn contains(&self, key: &K) -> bool;
+    fn remove(&mut self, key: &K);
+    fn get_or_default(&mut self, key: &K) -> &mut C;
+    fn retain(&mut self, keep: impl FnMut(&C) -> bool);
+    fn values(&self) -> impl Iterator<Item = &C>;
+    /// Brings `key`'s entry toward the cache, without waiting (a hint).
+    fn prefetch(&self, _key: &K) {}
+}
+
+impl<K: Copy + Eq + Hash, C: Default + 'static> KeyMap<K, C> for HashMap<K, C, RandomState> {
+    fn len(&self) -> usize {
+        HashMap::len(self)
+    }
+    fn contains(&self, key: &K) -> bool {
+        self.contains_key(key)
+    }
+    fn remove(&mut self, key: &K) {
+        HashMap::remove(self, key);
+    }
+    fn get_or_default(&mut self, key: &K) -> &mut C {
+        self.entry(*key).or_default()
+    }
+    fn retain(&mut self, mut keep: impl FnMut(&C) -> bool) {
+        HashMap::retain(self, |_, c| keep(c))
+    }
+    fn values(&self) -> impl Iterator<Item = &C> {
+        HashMap::values(self)
+    }
+}
+
+impl<C: Default + 'static> KeyMap<TextKey, C> for FpTable<C> {
+    fn len(&self) -> usize {
+        FpTable::len(self)
+    }
+    fn contains(&self, key: &TextKey) -> bool {
+        FpTable::contains(self, key)
+    }
+    fn remove(&mut self, key: &TextKey) {
+        FpTable::remove(self, key)
+    }
+    fn get_or_default(&mut self, key: &TextKey) -> &mut C {
+        FpTable::get_or_default(self, key)
+    }
+    fn retain(&mut self, keep: impl FnMut(&C) -> bool) {
+        FpTable::retain(self, keep)
+    }
+    fn values(&self) -> impl Iterator<Item = &C> {
+        FpTable::values(self)
+    }
+    fn prefetch(&self, key: &TextKey) {
+        FpTable::prefetch(self, key)
+    }
+}
+
+impl Key for TextKey {
+    type Map<C: Default + 'static> = FpTable<C>;
+}
+
+pub struct Tracker<K: Key, C: Default + 'static> {
+    map: K::Map<C>,
     max_tracked: usize,
     findtime: u32,
     /// Keys dropped to stay under `max_tracked` while their window still held matches.
     pub evicted: u64,
 }
 
-impl<K: Hash + Eq, C: Counter> Tracker<K, C> {
+impl<K: Key, C: Default + 'static> std::fmt::Debug for Tracker<K, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker")
+            .field("len", &self.map.len())
+            .field("max_tracked", &self.max_tracked)
+            .field("evicted", &self.evicted)
+            .finish()
+    }
+}
+
+impl<K: Key, C: Counter + 'static> Tracker<K, C> {
     pub fn new(max_tracked: usize, findtime: u32) -> Tracker<K, C> {
         Tracker {
-            map: HashMap::default(),
+            map: Default::default(),
             max_tracked: max_tracked.max(1),
             findtime,
             evicted: 0,
@@ -44,38 +123,32 @@ impl<K: Hash + Eq, C: Counter> Tracker<K, C> {
         self.map.len()
     }
 
-    pub fn contains<Q>(&self, key: &Q) -> bool
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.map.contains_key(key)
+    #[cfg(test)]
+    pub fn contains(&self, key: &K) -> bool {
+        self.map.contains(key)
     }
 
-    pub fn remove<Q>(&mut self, key: &Q)
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
+    pub fn remove(&mut self, key: &K) {
         self.map.remove(key);
+    }
+
+    /// See [`KeyMap::prefetch`].
+    pub fn prefetch(&self, key: &K) {
+        self.map.prefetch(key)
     }
 
     /// The counter for `key`, created with `new` if absent. `now` is the
     /// current event second, used to judge staleness when room is needed.
-    pub fn counter<Q>(&mut self, key: &Q, now: u32) -> &mut C
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
-    {
-        if self.map.len() >= self.max_tracked && !self.map.contains_key(key) {
+    pub fn counter(&mut self, key: &K, now: u32) -> &mut C {
+        if self.map.len() >= self.max_tracked && !self.map.contains(key) {
             self.make_room(now);
         }
-        self.map.entry_ref(key).or_default()
+        self.map.get_or_default(key)
     }
 
     fn make_room(&mut self, now: u32) {
         let findtime = self.findtime;
-        self.map.retain(|_, c| !c.is_stale(now, findtime));
+        self.map.retain(|c| !c.is_stale(now, findtime));
         let target = self.max_tracked - self.max_tracked / 10 - 1;
         if self.map.len() <= target {
             return;
@@ -90,7 +163,7 @@ impl<K: Hash + Eq, C: Counter> Tracker<K, C> {
         // cutoff rank, only as many as still needed.
         let mut ties = excess - below.iter().filter(|&&r| r < cutoff).count();
         let before = self.map.len();
-        self.map.retain(|_, c| {
+        self.map.retain(|c| {
             let r = rank(c);
             if r < cutoff {
                 false
@@ -110,6 +183,10 @@ mod tests {
     use super::*;
     use crate::detect::window::SlidingWindow;
 
+    impl Key for u128 {
+        type Map<C: Default + 'static> = HashMap<u128, C, RandomState>;
+    }
+
     fn add(t: &mut Tracker<u128, SlidingWindow>, key: u128, sec: u32) -> u32 {
         t.counter(&key, sec).add(sec, None, 60, false)
     }
@@ -126,8 +203,8 @@ mod tests {
             add(&mut t, k, 1010);
             assert!(t.len() <= 100);
         }
-        assert!(t.map.contains_key(&99));
-        assert!(!t.map.contains_key(&0));
+        assert!(t.contains(&99));
+        assert!(!t.contains(&0));
         assert!(t.evicted > 0);
     }
 
@@ -159,10 +236,14 @@ mod tests {
     }
 
     #[test]
-    fn text_keys_borrow_for_lookup() {
-        let mut t: Tracker<String, SlidingWindow> = Tracker::new(10, 60);
-        t.counter("k1", 0).add(0, None, 60, false);
-        assert_eq!(t.counter("k1", 0).add(0, None, 60, false), 2);
+    fn text_keys_count_in_their_table() {
+        let mut t: Tracker<TextKey, SlidingWindow> = Tracker::new(10, 60);
+        let k1 = crate::detect::fingerprint::of(b"k1");
+        t.counter(&k1, 0).add(0, None, 60, false);
+        assert_eq!(t.counter(&k1, 0).add(0, None, 60, false), 2);
         assert_eq!(t.len(), 1);
+        assert!(t.contains(&k1));
+        t.remove(&k1);
+        assert!(!t.contains(&k1));
     }
 }

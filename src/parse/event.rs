@@ -217,6 +217,9 @@ pub struct Event {
     /// `[geoip]` databases that are configured and not loaded (bits of
     /// `enrich::geo::Role::bit`): jails reading their fields skip the event.
     pub geo_missing: u8,
+    /// The text key the detect stage built for this event ahead of counting
+    /// it (`Detector::prefetch`); cleared with the event.
+    pub key_hint: Option<crate::detect::KeyHint>,
     buf: String,
     text: [Option<Span>; TEXT_SLOTS],
     extras: Vec<Option<Span>>,
@@ -240,6 +243,7 @@ impl Event {
         self.geo = None;
         self.geo_fp = [None; 2];
         self.geo_missing = 0;
+        self.key_hint = None;
         self.buf.clear();
         self.text = [None; TEXT_SLOTS];
         self.extras.iter_mut().for_each(|e| *e = None);
