@@ -6,14 +6,13 @@
 //! times in the log, so `replay` and the daemon decide identically.
 //!
 //! Memory per tracked address: 40 bytes in the map (48 counting distinct
-//! values; a 16-byte key and a
-//! 24-byte counter holding up to two one-second buckets inline) plus
-//! hashbrown's control byte and load-factor slack; a key with matches in more
-//! than two distinct seconds inside its window adds 8 bytes a second on the
-//! heap (at most `maxretry` seconds, as the jail fires at `maxretry`). Text
-//! keys (API key ids) are held as 16-byte fingerprints in an `FpTable` (at
-//! most 5/8 full), never as text. See the README's benchmark for measured
-//! totals.
+//! values: a 16-byte key and a 24- or 32-byte counter holding up to two
+//! one-second buckets, or one value, inline) plus hashbrown's control byte
+//! and load-factor slack; a key with matches in more than two distinct
+//! seconds inside its window adds 8 bytes a second on the heap (at most
+//! `maxretry` seconds, as the jail fires at `maxretry`). Text keys (API key
+//! ids) are held as 16-byte fingerprints in an `FpTable` (at most 5/8 full),
+//! never as text. See the README's benchmark for measured totals.
 
 mod evidence;
 pub mod filter;
