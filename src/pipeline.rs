@@ -236,7 +236,7 @@ impl KitParsers {
     /// `out` (one entry per group).
     pub fn parse(&mut self, bytes: &[u8], out: &mut [Preparsed]) {
         let lossy;
-        let (text, bad_utf8) = match std::str::from_utf8(bytes) {
+        let (text, bad_utf8) = match crate::parse::scan::line_text(bytes) {
             Ok(s) => (s, false),
             Err(_) => {
                 lossy = String::from_utf8_lossy(bytes);
@@ -541,7 +541,7 @@ impl Pipeline {
         let lossy;
         let (text, bad_utf8): (Option<&str>, bool) = match pre.as_deref() {
             Some([first, ..]) => (None, first.bad_utf8),
-            _ => match std::str::from_utf8(bytes) {
+            _ => match crate::parse::scan::line_text(bytes) {
                 Ok(s) => (Some(s), false),
                 Err(_) => {
                     lossy = String::from_utf8_lossy(bytes);

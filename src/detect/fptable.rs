@@ -49,12 +49,16 @@ impl<V: Default> FpTable<V> {
         key.word() as usize & self.mask()
     }
 
-    /// The slot holding `key`, or the free slot ending its probe.
+    /// The slot holding `key`, or the free slot ending its probe. The table
+    /// must have slots (a power of two of them, never full).
+    #[inline]
     fn find(&self, key: &TextKey) -> (usize, bool) {
+        debug_assert!(self.slots.len().is_power_of_two());
         let mask = self.mask();
         let mut i = self.home(key);
         loop {
-            let k = &self.slots[i].0;
+            // SAFETY: `i <= mask < self.slots.len()`.
+            let k = unsafe { &self.slots.get_unchecked(i).0 };
             if k == key {
                 return (i, true);
             }
@@ -66,7 +70,17 @@ impl<V: Default> FpTable<V> {
     }
 
     pub fn contains(&self, key: &TextKey) -> bool {
-        !self.slots.is_empty() && self.find(key).1
+        self.get(key).is_some()
+    }
+
+    pub fn get(&self, key: &TextKey) -> Option<&V> {
+        if self.len == 0 {
+            return None;
+        }
+        match self.find(key) {
+            (i, true) => Some(&self.slots[i].1),
+            _ => None,
+        }
     }
 
     /// Asks the CPU to bring `key`'s home slot (and the next cache line,
@@ -82,6 +96,7 @@ impl<V: Default> FpTable<V> {
     }
 
     /// The value of `key`, inserted as `V::default()` if absent.
+    #[inline]
     pub fn get_or_default(&mut self, key: &TextKey) -> &mut V {
         debug_assert!(*key != EMPTY, "an all-zero fingerprint marks a free slot");
         if (self.len + 1) * 8 > self.slots.len() * 5 {

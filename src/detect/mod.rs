@@ -37,7 +37,7 @@ use std::fmt::Write;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
-use tracker::Tracker;
+use tracker::{KeyMap, Tracker};
 use window::{Counter, DistinctValues, SlidingWindow};
 
 /// A jail with defaults applied and names resolved, ready to compile.
@@ -236,7 +236,7 @@ const QUIET_SWEEP_MIN: usize = 100_000;
 struct Keyed<K: tracker::Key, C: Default + 'static> {
     tracker: Tracker<K, C>,
     /// Keys that fired, until when (event second): not fired again meanwhile.
-    quiet: HashMap<K, u32, RandomState>,
+    quiet: K::Map<u32>,
     /// Size of `quiet` at which keys whose ban ran out are swept; doubled
     /// after a sweep that frees little, so a million live bans cost O(1)
     /// amortised per new ban, not a scan each.
@@ -247,7 +247,7 @@ impl<K: tracker::Key, C: Counter + 'static> Keyed<K, C> {
     fn new(max_tracked: usize, findtime: u32) -> Keyed<K, C> {
         Keyed {
             tracker: Tracker::new(max_tracked, findtime),
-            quiet: HashMap::default(),
+            quiet: Default::default(),
             quiet_sweep_at: QUIET_SWEEP_MIN,
         }
     }
@@ -388,18 +388,20 @@ impl Jail {
             Target::Address(net) => {
                 let key = AddrKey::new(masked_key(net.addr(), self.v4, self.v6));
                 match &mut self.state {
-                    State::Addr(k) => k.quiet.remove(&key),
-                    State::AddrDistinct(k) => k.quiet.remove(&key),
-                    _ => None,
+                    State::Addr(k) => KeyMap::remove(&mut k.quiet, &key),
+                    State::AddrDistinct(k) => KeyMap::remove(&mut k.quiet, &key),
+                    _ => {}
                 };
                 return;
             }
             Target::Key(k) => k.as_str(),
         };
         match &mut self.state {
-            State::Text(k) => k.quiet.remove(&fingerprint::of(text.as_bytes())),
-            State::TextDistinct(k) => k.quiet.remove(&fingerprint::of(text.as_bytes())),
-            _ => None,
+            State::Text(k) => KeyMap::remove(&mut k.quiet, &fingerprint::of(text.as_bytes())),
+            State::TextDistinct(k) => {
+                KeyMap::remove(&mut k.quiet, &fingerprint::of(text.as_bytes()))
+            }
+            _ => {}
         };
     }
 
@@ -572,7 +574,9 @@ fn observe<K: tracker::Key, C: Counter + 'static>(
     limits: Limits,
     stats: &mut JailStats,
 ) -> Option<(u32, u32)> {
-    if let Some(&until) = keyed.quiet.get(key) {
+    if keyed.quiet.len() > 0
+        && let Some(&until) = keyed.quiet.get(key)
+    {
         if seen.sec < until {
             stats.suppressed += 1;
             return None;
@@ -589,12 +593,10 @@ fn observe<K: tracker::Key, C: Counter + 'static>(
     keyed.tracker.remove(key);
     if keyed.quiet.len() >= keyed.quiet_sweep_at {
         // Bounded: forget keys whose ban has run out.
-        keyed.quiet.retain(|_, until| *until > seen.sec);
+        keyed.quiet.retain(|until| *until > seen.sec);
         keyed.quiet_sweep_at = (keyed.quiet.len() * 2).max(QUIET_SWEEP_MIN);
     }
-    keyed
-        .quiet
-        .insert(*key, seen.sec.saturating_add(limits.bantime));
+    *keyed.quiet.get_or_default(key) = seen.sec.saturating_add(limits.bantime);
     Some((count, first))
 }
 

@@ -34,6 +34,7 @@ pub trait Key: Copy + Eq + Hash {
 pub trait KeyMap<K, C: 'static>: Default {
     fn len(&self) -> usize;
     fn contains(&self, key: &K) -> bool;
+    fn get(&self, key: &K) -> Option<&C>;
     fn remove(&mut self, key: &K);
     fn get_or_default(&mut self, key: &K) -> &mut C;
     fn retain(&mut self, keep: impl FnMut(&C) -> bool);
@@ -48,6 +49,9 @@ impl<K: Copy + Eq + Hash, C: Default + 'static> KeyMap<K, C> for HashMap<K, C, R
     }
     fn contains(&self, key: &K) -> bool {
         self.contains_key(key)
+    }
+    fn get(&self, key: &K) -> Option<&C> {
+        HashMap::get(self, key)
     }
     fn remove(&mut self, key: &K) {
         HashMap::remove(self, key);
@@ -69,6 +73,9 @@ impl<C: Default + 'static> KeyMap<TextKey, C> for FpTable<C> {
     }
     fn contains(&self, key: &TextKey) -> bool {
         FpTable::contains(self, key)
+    }
+    fn get(&self, key: &TextKey) -> Option<&C> {
+        FpTable::get(self, key)
     }
     fn remove(&mut self, key: &TextKey) {
         FpTable::remove(self, key)

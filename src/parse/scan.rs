@@ -38,9 +38,58 @@ pub fn find_byte(c: u8, hay: &[u8]) -> Option<usize> {
     None
 }
 
+/// A line as text: `str::from_utf8`, with a fast path for ASCII (nginx
+/// escapes every byte above 0x7f, so nearly every line is ASCII): the OR of
+/// all bytes, sixteen at a time, has no high bit. One pass with no branch
+/// per word, where std's check branches every eight bytes (it was 3 % of a
+/// replay).
+pub fn line_text(b: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    let word = |w: &[u8; 8]| u64::from_ne_bytes(*w);
+    let (chunks, rest) = b.as_chunks::<32>();
+    let mut acc = 0u64;
+    for c in chunks {
+        let (w, _) = c.as_chunks::<8>();
+        acc |= word(&w[0]) | word(&w[1]) | word(&w[2]) | word(&w[3]);
+    }
+    let (words, tail) = rest.as_chunks::<8>();
+    for w in words {
+        acc |= word(w);
+    }
+    match b.last_chunk::<8>() {
+        // The last eight bytes hold the tail (some counted twice: harmless).
+        Some(last) => acc |= word(last),
+        None => tail.iter().for_each(|&x| acc |= x as u64),
+    }
+    if acc & HI == 0 {
+        // SAFETY: every byte is below 0x80, and ASCII is UTF-8.
+        Ok(unsafe { std::str::from_utf8_unchecked(b) })
+    } else {
+        std::str::from_utf8(b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Agrees with `str::from_utf8`: every length around the chunk edges,
+    /// one non-ASCII byte (or a whole character, or a broken one) at every
+    /// place.
+    #[test]
+    fn line_text_is_from_utf8() {
+        for len in 0..40 {
+            let mut b = vec![b'a'; len];
+            assert_eq!(line_text(&b), std::str::from_utf8(&b));
+            for at in 0..len {
+                for bad in [&[0x80u8][..], &[0xff], &[0xc3, 0xa9], &[0xe2, 0x82]] {
+                    let mut v = b.clone();
+                    v.splice(at..at + 1, bad.iter().copied());
+                    assert_eq!(line_text(&v), std::str::from_utf8(&v), "{v:?}");
+                }
+            }
+            b.clear();
+        }
+    }
 
     #[test]
     fn finds_what_memchr_finds() {
