@@ -16,6 +16,7 @@ pub mod enrich;
 pub mod fleet;
 pub mod parse;
 pub mod pipeline;
+pub mod prefetch;
 pub mod replay;
 pub mod state;
 pub mod text;

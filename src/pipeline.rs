@@ -6,7 +6,7 @@
 //! and the daemon both drive a [`Pipeline`], so they decide identically.
 
 use crate::config::{Config, JailEntry};
-use crate::detect::{Decision, Detector, Jail, Origin};
+use crate::detect::{Decision, Detector, Jail, KeyPlan, Origin};
 use crate::enrich::GeoLookup;
 use crate::parse::wrap::Wrap;
 use crate::parse::{Event, FormatSpec, LineParser, Outcome, ParseError, Wanted, reason};
@@ -222,6 +222,8 @@ pub struct ParseKit {
     wanted: Wanted,
     trusted: crate::parse::addr::NetSet,
     max_line: usize,
+    /// Per group: how its text key is made (see [`KeyPlan`]).
+    plans: Vec<Option<KeyPlan>>,
 }
 
 /// A thread's parsers (one per format group) and enrichment, from a [`ParseKit`].
@@ -229,6 +231,9 @@ pub struct KitParsers {
     parsers: Vec<LineParser>,
     enrich: Vec<bool>,
     geo: Option<GeoLookup>,
+    plans: Vec<Option<KeyPlan>>,
+    key_buf: String,
+    scratch: String,
 }
 
 impl KitParsers {
@@ -243,11 +248,17 @@ impl KitParsers {
                 (&*lossy, true)
             }
         };
-        for ((p, o), &enrich) in self.parsers.iter_mut().zip(out).zip(&self.enrich) {
+        let groups = self.parsers.iter_mut().zip(&self.enrich).zip(&self.plans);
+        for (((p, &enrich), plan), o) in groups.zip(out) {
             o.bad_utf8 = bad_utf8;
             o.result = p.parse(text, &mut o.event);
-            if enrich && o.result == Ok(Outcome::Event) {
-                enrich_event(&mut self.geo, &mut o.event);
+            if o.result == Ok(Outcome::Event) {
+                if enrich {
+                    enrich_event(&mut self.geo, &mut o.event);
+                }
+                if let Some(plan) = plan {
+                    plan.hint(&mut o.event, &mut self.key_buf, &mut self.scratch);
+                }
             }
         }
     }
@@ -292,6 +303,9 @@ impl ParseKit {
             parsers,
             enrich: self.enrich.clone(),
             geo: self.geo.clone(),
+            plans: self.plans.clone(),
+            key_buf: String::new(),
+            scratch: String::new(),
         }
     }
 
@@ -497,6 +511,11 @@ impl Pipeline {
             wanted: self.wanted.clone(),
             trusted: self.trusted.clone(),
             max_line: self.max_line,
+            plans: src
+                .groups
+                .iter()
+                .map(|g| self.detector.key_plan(&g.jails))
+                .collect(),
         })
     }
 

@@ -90,9 +90,8 @@ impl<V: Default> FpTable<V> {
         if self.slots.is_empty() {
             return;
         }
-        let p = self.slots.as_ptr().wrapping_add(self.home(key)) as *const i8;
-        prefetch(p);
-        prefetch(p.wrapping_add(64));
+        let p = self.slots.as_ptr().wrapping_add(self.home(key));
+        crate::prefetch::bytes(p, 128, 2);
     }
 
     /// The value of `key`, inserted as `V::default()` if absent.
@@ -177,17 +176,6 @@ impl<V: Default> FpTable<V> {
 
 fn empty_slots<V: Default>(n: usize) -> Vec<(TextKey, V)> {
     (0..n).map(|_| (EMPTY, V::default())).collect()
-}
-
-#[inline(always)]
-fn prefetch(p: *const i8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p, std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 #[cfg(test)]

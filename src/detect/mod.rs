@@ -23,6 +23,7 @@ mod tracker;
 pub mod window;
 
 pub use filter::{Filter, FilterConfig};
+
 pub use jail::{JailConfig, Severity, TargetKind};
 
 use crate::parse::addr::{NetSet, key_to_net, masked_key};
@@ -416,40 +417,7 @@ impl Jail {
 
     /// Writes the text key into `out`; `false` if a part is absent.
     fn text_key(&self, ev: &Event, out: &mut String, scratch: &mut String) -> bool {
-        out.clear();
-        for (i, part) in self.parts.iter().enumerate() {
-            if i > 0 {
-                out.push('|');
-            }
-            match part {
-                KeyPart::Client => match ev.client {
-                    Some(ip) => {
-                        let _ = write!(
-                            out,
-                            "{}",
-                            key_to_net(masked_key(ip, self.v4, self.v6), self.v4, self.v6)
-                        );
-                    }
-                    None => return false,
-                },
-                KeyPart::Field(f) => match ev.value(f, scratch) {
-                    // A composite key's parts are escaped (`\|`, `\\`), so that
-                    // the text splits back into them whatever a client wrote
-                    // (a user agent holding `|`); a lone part stays raw.
-                    Some(v) if self.parts.len() > 1 => {
-                        for c in v.chars() {
-                            if c == '|' || c == '\\' {
-                                out.push('\\');
-                            }
-                            out.push(c);
-                        }
-                    }
-                    Some(v) => out.push_str(v),
-                    None => return false,
-                },
-            }
-        }
-        true
+        write_text_key(&self.parts, (self.v4, self.v6), ev, out, scratch)
     }
 
     /// The key part a key target revokes: `api_key` when the key has it
@@ -517,6 +485,76 @@ impl Jail {
                 ev.value(f, scratch).map(|v| Target::Key(v.to_string()))
             }
         }
+    }
+}
+
+/// Writes the text key of `parts` into `out`; `false` if a part is absent.
+fn write_text_key(
+    parts: &[KeyPart],
+    (v4, v6): (u8, u8),
+    ev: &Event,
+    out: &mut String,
+    scratch: &mut String,
+) -> bool {
+    out.clear();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push('|');
+        }
+        match part {
+            KeyPart::Client => match ev.client {
+                Some(ip) => {
+                    let _ = write!(out, "{}", key_to_net(masked_key(ip, v4, v6), v4, v6));
+                }
+                None => return false,
+            },
+            KeyPart::Field(f) => match ev.value(f, scratch) {
+                // A composite key's parts are escaped (`\|`, `\\`), so that
+                // the text splits back into them whatever a client wrote
+                // (a user agent holding `|`); a lone part stays raw.
+                Some(v) if parts.len() > 1 => {
+                    for c in v.chars() {
+                        if c == '|' || c == '\\' {
+                            out.push('\\');
+                        }
+                        out.push(c);
+                    }
+                }
+                Some(v) => out.push_str(v),
+                None => return false,
+            },
+        }
+    }
+    true
+}
+
+/// Whether a key's text can be made before the event is counted: not when
+/// it holds the time, which counting may still clamp (a time in the future).
+fn hintable(parts: &[KeyPart]) -> bool {
+    !parts.contains(&KeyPart::Field(FieldRef::Std(StdField::Time)))
+}
+
+/// How one key class's text key is made from an event, for threads that
+/// parse lines for a [`Detector`]: they make each event's [`KeyHint`] while
+/// the event is in their cache, and the counting thread only fetches the
+/// entries (in a parallel replay, reading the key's text from the parsing
+/// thread's memory cost the counting thread a tenth of its time).
+#[derive(Debug, Clone)]
+pub struct KeyPlan {
+    class: u32,
+    parts: Vec<KeyPart>,
+    prefixes: (u8, u8),
+}
+
+impl KeyPlan {
+    /// Sets `ev`'s key hint; `buf` and `scratch` are reused buffers.
+    pub fn hint(&self, ev: &mut Event, buf: &mut String, scratch: &mut String) {
+        let fp = write_text_key(&self.parts, self.prefixes, ev, buf, scratch)
+            .then(|| fingerprint::of(buf.as_bytes()));
+        ev.key_hint = Some(KeyHint {
+            class: self.class,
+            fp,
+        });
     }
 }
 
@@ -714,22 +752,50 @@ impl Detector {
     /// counting would wait for memory on nearly every line; fetched while
     /// the next line is parsed, the entry is there when it is counted.
     pub fn prefetch(&mut self, which: &[usize], ev: &mut Event) {
-        let Some(&j) = which.iter().find(|&&j| !self.jails[j].state.by_addr()) else {
-            return;
+        let hint = match ev.key_hint {
+            // Made by the thread that parsed the event.
+            Some(hint) => hint,
+            None => {
+                let Some(&j) = which.iter().find(|&&j| !self.jails[j].state.by_addr()) else {
+                    return;
+                };
+                if !hintable(&self.jails[j].parts) {
+                    return;
+                }
+                let jail = &self.jails[j];
+                let fp = jail
+                    .text_key(ev, &mut self.key_buf, &mut self.scratch)
+                    .then(|| fingerprint::of(self.key_buf.as_bytes()));
+                let hint = KeyHint {
+                    class: jail.key_class,
+                    fp,
+                };
+                ev.key_hint = Some(hint);
+                hint
+            }
         };
-        let jail = &self.jails[j];
-        let class = jail.key_class;
-        let fp = jail
-            .text_key(ev, &mut self.key_buf, &mut self.scratch)
-            .then(|| fingerprint::of(self.key_buf.as_bytes()));
-        ev.key_hint = Some(KeyHint { class, fp });
-        if let Some(fp) = fp {
+        if let Some(fp) = hint.fp {
             for &o in which {
-                if self.jails[o].key_class == class {
+                if self.jails[o].key_class == hint.class {
                     self.jails[o].state.prefetch(&fp);
                 }
             }
         }
+    }
+
+    /// What [`Detector::prefetch`] builds for the jails `which`: the text key
+    /// of the first text-keyed jail (`None`: no jail has one).
+    pub fn key_plan(&self, which: &[usize]) -> Option<KeyPlan> {
+        let j = which.iter().find(|&&j| !self.jails[j].state.by_addr())?;
+        let jail = &self.jails[*j];
+        if !hintable(&jail.parts) {
+            return None;
+        }
+        Some(KeyPlan {
+            class: jail.key_class,
+            parts: jail.parts.clone(),
+            prefixes: (jail.v4, jail.v6),
+        })
     }
 
     /// Feeds one event to the jails `which`; decisions are appended to `out`.
@@ -947,6 +1013,17 @@ mod tests {
             fleet: true,
         };
         Jail::compile(&spec, &mut Wanted::default())
+    }
+
+    /// A key holding the time gets no key plan: counting may still clamp
+    /// the time (one from the future), so its text is made only then.
+    #[test]
+    fn a_key_with_the_time_is_made_when_counted() {
+        let with_time = jail(&["api_key", "time"], TargetKind::Key);
+        let plain = jail(&["api_key"], TargetKind::Key);
+        let d = Detector::new(vec![with_time, plain], NetSet::default(), Vec::new());
+        assert!(d.key_plan(&[0]).is_none());
+        assert!(d.key_plan(&[1]).is_some());
     }
 
     /// A key target revokes the API key whatever else the key holds (a

@@ -319,6 +319,16 @@ impl InOrder<'_> {
             self.next += 1;
             r.bytes += chunk.bytes;
             for (i, &(offset, start, end)) in chunk.lines.iter().enumerate() {
+                // Parsed on another core: its memory is fetched first, then
+                // (two lines on, found in cache) its jail entries.
+                if let Some(far) = pre.get((i + 2 * AHEAD) * g..(i + 2 * AHEAD + 1) * g) {
+                    far.iter().for_each(|p| p.event.prefetch());
+                    if let Some(&(_, start, end)) = chunk.lines.get(i + 2 * AHEAD)
+                        && start != usize::MAX
+                    {
+                        crate::prefetch::bytes(chunk.data[start..].as_ptr(), end - start, 4);
+                    }
+                }
                 if let Some(ahead) = pre.get_mut((i + AHEAD) * g..(i + AHEAD + 1) * g) {
                     r.pipeline.prefetch(self.source, ahead);
                 }
