@@ -181,6 +181,8 @@ enum Slot {
 #[derive(Debug)]
 pub struct Template {
     segs: Vec<Seg>,
+    /// The one pass's plan (see [`Plan`]).
+    plan: Plan,
     escape: Escape,
     /// `"` characters in the literals; more in a line means ambiguity.
     literal_quotes: usize,
@@ -191,6 +193,90 @@ pub struct Template {
     /// Which of the request line's parts the jails read (request, method,
     /// path, protocol): the others are never copied or unescaped.
     request_parts: [bool; 4],
+}
+
+/// The one pass ([`Template::parse_fast`]) as decided at compile: the
+/// format's leading literal, then per variable how its value ends and the
+/// literal that must follow it. A line is then read with one dispatch a
+/// field, where walking the segments matched each segment, looked at the
+/// next one to learn how the value ends, and matched that literal again.
+#[derive(Debug)]
+struct Plan {
+    lead: Option<Box<Lit>>,
+    steps: Vec<Step>,
+}
+
+#[derive(Debug)]
+struct Lit {
+    text: Box<[u8]>,
+    head: Head,
+    finder: memmem::Finder<'static>,
+}
+
+#[derive(Debug)]
+struct Step {
+    slot: Slot,
+    end: End,
+    /// The literal after the value; `None` for a value ending the format.
+    next: Option<Lit>,
+}
+
+/// How the one pass finds where a value ends: the first place its shape
+/// and the following literal allow (what the backtracking matcher tries
+/// first).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum End {
+    /// `$time_local`: 26 bytes, or a `-`.
+    Clf,
+    /// Up to the first space (or before the literal, when that does not
+    /// start with a space and comes first).
+    Token,
+    /// A list of values (`0.1, 0.2 : 0.3`).
+    List,
+    /// Free text ending the format: the rest of the line, with no `"` in it.
+    Rest,
+    /// Free text before a literal starting with `"` (escaped formats): up
+    /// to the first `"`, which nginx never writes raw inside a value.
+    Quoted,
+    /// Free text before another literal: its first occurrence, not past a `"`.
+    Free,
+}
+
+impl Plan {
+    fn of(segs: &[Seg], escape: Escape) -> Plan {
+        let lit = |seg: Option<&Seg>| match seg {
+            Some(Seg::Lit { text, finder, head }) => Some(Lit {
+                text: text.as_bytes().into(),
+                head: *head,
+                finder: (**finder).clone(),
+            }),
+            _ => None,
+        };
+        let mut steps = Vec::new();
+        for (i, seg) in segs.iter().enumerate() {
+            let Seg::Var(slot, shape) = seg else { continue };
+            let next = lit(segs.get(i + 1));
+            let end = match (shape, &next) {
+                (Shape::ClfTime, _) => End::Clf,
+                (Shape::Token, _) => End::Token,
+                (Shape::List, _) => End::List,
+                (Shape::Free, None) => End::Rest,
+                (Shape::Free, Some(l)) if l.text[0] == b'"' && escape != Escape::Json => {
+                    End::Quoted
+                }
+                (Shape::Free, Some(_)) => End::Free,
+            };
+            steps.push(Step {
+                slot: *slot,
+                end,
+                next,
+            });
+        }
+        Plan {
+            lead: lit(segs.first()).map(Box::new),
+            steps,
+        }
+    }
 }
 
 /// Where each variable of a line starts and ends, found before any field is
@@ -344,6 +430,7 @@ impl Template {
             );
         }
         Ok(Template {
+            plan: Plan::of(&segs, escape),
             segs,
             escape,
             literal_quotes,
@@ -735,37 +822,30 @@ impl Template {
         let b = line.as_bytes();
         let (mut peer, mut xff) = (None, None);
         let mut pos = 0;
-        for (i, seg) in self.segs.iter().enumerate() {
-            let (slot, shape) = match seg {
-                Seg::Lit { text, head, .. } => {
-                    if !head.starts(&b[pos..], text.as_bytes()) {
-                        return None;
-                    }
-                    pos += text.len();
-                    continue;
-                }
-                Seg::Var(slot, shape) => (*slot, *shape),
-            };
-            let next = match self.segs.get(i + 1) {
-                Some(Seg::Lit { text, finder, .. }) => Some((text.as_bytes(), finder)),
-                _ => None,
-            };
-            let end = match (shape, next) {
-                (Shape::ClfTime, _) if b[pos..].starts_with(b"-") => {
+        if let Some(lead) = &self.plan.lead {
+            if !lead.head.starts(b, &lead.text) {
+                return None;
+            }
+            pos = lead.text.len();
+        }
+        for step in &self.plan.steps {
+            let next = step.next.as_ref();
+            let end = match step.end {
+                End::Clf if b[pos..].starts_with(b"-") => {
                     // A second time in the format (not read, so any 26 bytes
                     // pass): the matcher tries 26 bytes first.
-                    if let Slot::Skip = slot {
+                    if let Slot::Skip = step.slot {
                         return None;
                     }
                     pos + 1
                 }
-                (Shape::ClfTime, _) => pos + 26,
-                (Shape::Token, next) => {
+                End::Clf => pos + 26,
+                End::Token => {
                     let limit = find_byte(b' ', &b[pos..]).map_or(b.len(), |n| pos + n);
                     match next {
-                        Some((text, finder)) if text[0] != b' ' => {
-                            let window = (limit + text.len()).min(b.len());
-                            finder.find(&b[pos..window]).map_or(limit, |n| pos + n)
+                        Some(l) if l.text[0] != b' ' => {
+                            let window = (limit + l.text.len()).min(b.len());
+                            l.finder.find(&b[pos..window]).map_or(limit, |n| pos + n)
                         }
                         _ => limit,
                     }
@@ -773,57 +853,62 @@ impl Template {
                 // Items stop at any `"`, and what follows an item is checked for
                 // one: the quote limit would not change the end, so it is not
                 // searched for (the backtracking matcher still uses it).
-                (Shape::List, _) => Template::list_end(b, pos, b.len())?,
-                (Shape::Free, None) => b.len(),
+                End::List => Template::list_end(b, pos, b.len())?,
+                End::Rest => {
+                    if self.quote_limit(b, pos) != b.len() {
+                        return None;
+                    }
+                    b.len()
+                }
                 // A free value that is `-` (no user, no referer) right
                 // before its literal: the first place the literal occurs.
-                (Shape::Free, Some((text, _)))
+                End::Quoted | End::Free
                     if b.get(pos) == Some(&b'-')
-                        && text[0] != b'-'
-                        && starts_with(&b[pos + 1..], text) =>
+                        && next.is_some_and(|l| {
+                            l.text[0] != b'-' && starts_with(&b[pos + 1..], &l.text)
+                        }) =>
                 {
                     pos + 1
                 }
-                (Shape::Free, Some((text, finder))) => {
+                End::Quoted => self.quote_limit(b, pos),
+                End::Free => {
+                    let l = next.expect("a free value before a literal");
                     let limit = self.quote_limit(b, pos);
-                    if text[0] == b'"' && self.escape != Escape::Json {
-                        limit
-                    } else {
-                        let end = pos + finder.find(&b[pos..])?;
-                        if end > limit
-                            || (self.escape == Escape::Json
-                                && text[0] == b'"'
-                                && escaped(b, pos, end))
-                        {
-                            return None;
-                        }
-                        end
+                    let end = pos + l.finder.find(&b[pos..])?;
+                    if end > limit
+                        || (self.escape == Escape::Json
+                            && l.text[0] == b'"'
+                            && escaped(b, pos, end))
+                    {
+                        return None;
                     }
+                    end
                 }
             };
-            if shape == Shape::Free && next.is_none() && self.quote_limit(b, pos) != b.len() {
-                return None;
-            }
-            if let Slot::Skip = slot {
+            if let Slot::Skip = step.slot {
                 // Only a fixed-width time can cut inside a character.
-                if shape == Shape::ClfTime && !line.is_char_boundary(end) {
+                if step.end == End::Clf && !line.is_char_boundary(end) {
                     return None;
                 }
-                pos = end;
-                continue;
+            } else {
+                let raw = line.get(pos..end)?;
+                if !(raw == "-" || raw.is_empty()) {
+                    let (time, status) = match step.slot {
+                        Slot::Time(shape) => (Some(times.parse(raw, shape)?), None),
+                        Slot::Status => (None, Some(parse_status(raw).ok()?)),
+                        _ => (None, None),
+                    };
+                    self.put(ev, step.slot, raw, time, status, &mut peer, &mut xff)
+                        .ok()?;
+                }
             }
-            let raw = line.get(pos..end)?;
             pos = end;
-            if raw == "-" || raw.is_empty() {
-                continue;
+            if let Some(l) = next {
+                if !l.head.starts(&b[pos..], &l.text) {
+                    return None;
+                }
+                pos += l.text.len();
             }
-            let (time, status) = match slot {
-                Slot::Time(shape) => (Some(times.parse(raw, shape)?), None),
-                Slot::Status => (None, Some(parse_status(raw).ok()?)),
-                _ => (None, None),
-            };
-            self.put(ev, slot, raw, time, status, &mut peer, &mut xff)
-                .ok()?;
         }
         (pos == b.len() || b[pos] == b' ').then_some((peer, xff))
     }
