@@ -49,7 +49,7 @@ const CHUNK_LINES: usize = 4096;
 
 /// Lines between a line's entries being fetched ([`Pipeline::prefetch`])
 /// and its counting.
-const AHEAD: usize = 2;
+const AHEAD: usize = 8;
 
 /// Bytes of a regular file per range a parser thread reads itself (about
 /// 4,000 lines of 160 bytes).
