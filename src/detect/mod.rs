@@ -826,9 +826,12 @@ impl Detector {
             jail.stats.matches += 1;
             let allowlisted = match jail.target {
                 TargetKind::Address => ev.client.is_some_and(|ip| self.ignore.contains(ip)),
-                TargetKind::Key => ev
-                    .api_key()
-                    .is_some_and(|k| key_allowlisted(&self.ignore_keys, k)),
+                TargetKind::Key => {
+                    !self.ignore_keys.is_empty()
+                        && ev
+                            .api_key()
+                            .is_some_and(|k| key_allowlisted(&self.ignore_keys, k))
+                }
             };
             if allowlisted {
                 jail.stats.ignored += 1;
