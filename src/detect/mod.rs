@@ -478,13 +478,18 @@ impl Jail {
                     self.v6,
                 )))
             }
-            TargetKind::Key => {
-                let KeyPart::Field(f) = &self.parts[self.revoked?] else {
-                    return None;
-                };
-                ev.value(f, scratch).map(|v| Target::Key(v.to_string()))
-            }
+            TargetKind::Key => self
+                .revoked_value(ev, scratch)
+                .map(|v| Target::Key(v.to_string())),
         }
+    }
+
+    /// The value a key target would revoke, on this event.
+    fn revoked_value<'a>(&self, ev: &'a Event, scratch: &'a mut String) -> Option<&'a str> {
+        let KeyPart::Field(f) = &self.parts[self.revoked?] else {
+            return None;
+        };
+        ev.value(f, scratch)
     }
 }
 
@@ -826,10 +831,12 @@ impl Detector {
             jail.stats.matches += 1;
             let allowlisted = match jail.target {
                 TargetKind::Address => ev.client.is_some_and(|ip| self.ignore.contains(ip)),
+                // What would be revoked: the API key, or the part that
+                // stands for it (`key = "consumer"`), as the ledger checks.
                 TargetKind::Key => {
                     !self.ignore_keys.is_empty()
-                        && ev
-                            .api_key()
+                        && jail
+                            .revoked_value(ev, &mut self.scratch)
                             .is_some_and(|k| key_allowlisted(&self.ignore_keys, k))
                 }
             };
@@ -1000,7 +1007,11 @@ mod tests {
     use super::*;
 
     fn jail(key: &[&str], target: TargetKind) -> Jail {
-        let spec = JailSpec {
+        Jail::compile(&spec(key, target), &mut Wanted::default())
+    }
+
+    fn spec(key: &[&str], target: TargetKind) -> JailSpec {
+        JailSpec {
             name: "j".into(),
             filter: FilterConfig::default(),
             key: key.iter().map(|k| k.to_string()).collect(),
@@ -1014,8 +1025,39 @@ mod tests {
             severity: Severity::Medium,
             max_tracked: 100,
             fleet: true,
-        };
-        Jail::compile(&spec, &mut Wanted::default())
+        }
+    }
+
+    /// `ignore_keys` spares what a key target would revoke, whichever part
+    /// of the key that is (here a `consumer` field, the event having no
+    /// API key at all), as the ledger does: replay must not print a
+    /// revocation the daemon would refuse.
+    #[test]
+    fn ignore_keys_spares_the_revoked_part() {
+        let mut wanted = Wanted::default();
+        let j = Jail::compile(
+            &JailSpec {
+                maxretry: 1,
+                ..spec(&["consumer"], TargetKind::Key)
+            },
+            &mut wanted,
+        );
+        let consumer = wanted.field("consumer");
+        let mut d = Detector::new(vec![j], NetSet::default(), vec!["C1".into()]);
+        let mut ev = Event::new(&wanted);
+        let mut out = Vec::new();
+        for (who, fires) in [("c1", false), ("c2", true)] {
+            ev.clear();
+            let FieldRef::Extra(id) = consumer else {
+                panic!("an extra field")
+            };
+            ev.set_extra_with(id, |b| b.push_str(who));
+            ev.time = 1_000;
+            out.clear();
+            d.process(&[0], &ev, b"line", Origin::default(), &mut out);
+            assert_eq!(out.len(), fires as usize, "{who}");
+        }
+        assert_eq!(d.jails[0].stats().ignored, 1);
     }
 
     /// A key holding the time gets no key plan: counting may still clamp
