@@ -143,15 +143,31 @@ impl<V: Default> FpTable<V> {
         self.slots[hole] = (EMPTY, V::default());
     }
 
-    /// Keeps only the entries whose value `keep` accepts.
+    /// Keeps only the entries whose value `keep` accepts, in place (a
+    /// tracker sweeping under a flood must not need a second table).
     pub fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
-        let size = self.slots.len();
-        let old = std::mem::replace(&mut self.slots, empty_slots(size));
-        self.len = 0;
-        for (k, v) in old {
-            if k != EMPTY && keep(&v) {
-                *self.get_or_default(&k) = v;
+        for slot in &mut self.slots {
+            if slot.0 != EMPTY && !keep(&slot.1) {
+                *slot = (EMPTY, V::default());
+                self.len -= 1;
             }
+        }
+        // Survivors past a new hole would no longer be found: seat each one
+        // again, walking from a free slot so no cluster is cut at the end of
+        // the table. Taken out first, an entry lands at or before where it
+        // was on its probe path, never after.
+        let Some(start) = self.slots.iter().position(|s| s.0 == EMPTY) else {
+            return;
+        };
+        let mask = self.mask();
+        for step in 1..=self.slots.len() {
+            let i = (start + step) & mask;
+            if self.slots[i].0 == EMPTY {
+                continue;
+            }
+            let entry = std::mem::replace(&mut self.slots[i], (EMPTY, V::default()));
+            let (j, _) = self.find(&entry.0);
+            self.slots[j] = entry;
         }
     }
 
@@ -247,5 +263,14 @@ mod tests {
         assert!(!t.contains(&at_end[0]));
         assert!(t.contains(&TextKey::from_words(1, 1)));
         assert_eq!(t.len(), 5);
+        // A sweep that empties the start of the wrapped cluster keeps the
+        // rest findable (they are seated again in place).
+        t.retain(|&v| v != 11 && v != 12);
+        assert_eq!(t.len(), 3);
+        for (i, k) in at_end.iter().enumerate().skip(3) {
+            assert_eq!(t.get(k), Some(&(i as u32 + 10)));
+        }
+        assert!(t.contains(&TextKey::from_words(1, 1)));
+        assert!(!t.contains(&at_end[1]) && !t.contains(&at_end[2]));
     }
 }
