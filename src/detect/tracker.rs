@@ -3,10 +3,14 @@
 //! Memory stays bounded under a flood of spoofed addresses: at `max_tracked`
 //! keys, inserting a new one first drops every key whose window is empty, and
 //! if that frees less than a tenth of the room, the tenth with the *fewest
-//! matches in their window* goes too (ties: the stalest first). Each sweep is
-//! O(n) and frees at least n/10 slots, so the cost per insert stays O(1)
-//! amortised. The hasher is randomly seeded (foldhash), so an attacker cannot
-//! aim keys at one bucket.
+//! matches in their window* goes too (ties: the stalest first), and with it
+//! every key ranking alike (same matches, same newest second) as the last
+//! one taken: keys nothing tells apart go together, so what is evicted
+//! follows from the counts alone, never from the table's randomly seeded
+//! order, and a replay decides the same on every run. Each sweep is O(n)
+//! and frees at least n/10 slots, so the cost per insert stays O(1)
+//! amortised. The hasher is randomly seeded (foldhash; text keys are keyed
+//! fingerprints), so an attacker cannot aim keys at one bucket.
 //!
 //! The guarantee (Space-Saving's, without its count inheritance, which would
 //! let a fresh key start with a stranger's matches): an evicted key had no
@@ -164,23 +168,14 @@ impl<K: Key, C: Counter + 'static> Tracker<K, C> {
         // Rank by (matches in the window, newest match): fewest and stalest first.
         let rank = |c: &C| (c.live(now, findtime) as u64) << 32 | c.newest() as u64;
         let mut ranks: Vec<u64> = self.map.values().map(rank).collect();
-        let (below, cutoff, _) = ranks.select_nth_unstable(excess - 1);
+        let (_, cutoff, _) = ranks.select_nth_unstable(excess - 1);
         let cutoff = *cutoff;
-        // Everything ranked below the cutoff goes; of the keys sharing the
-        // cutoff rank, only as many as still needed.
-        let mut ties = excess - below.iter().filter(|&&r| r < cutoff).count();
+        // Everything ranked at or below the cutoff goes, the keys sharing the
+        // cutoff rank all together: which of them to keep would otherwise
+        // follow the table's order, which is randomly seeded, and the same
+        // log would decide differently from run to run.
         let before = self.map.len();
-        self.map.retain(|c| {
-            let r = rank(c);
-            if r < cutoff {
-                false
-            } else if r == cutoff && ties > 0 {
-                ties -= 1;
-                false
-            } else {
-                true
-            }
-        });
+        self.map.retain(|c| rank(c) > cutoff);
         self.evicted += (before - self.map.len()) as u64;
     }
 }
@@ -229,6 +224,29 @@ mod tests {
         }
         assert_eq!(add(&mut t, attacker, 55), 3);
         assert!(t.evicted > 90_000);
+    }
+
+    /// Keys ranking alike at the cut are evicted together, whatever the
+    /// table's order: one key among many that match once in the same second
+    /// is not kept or dropped by chance (found by a session attacking the
+    /// replay: the same log revoked a key in some runs, not in others).
+    #[test]
+    fn keys_ranking_alike_at_the_cut_go_together() {
+        let mut t: Tracker<u128, SlidingWindow> = Tracker::new(100, 60);
+        for k in 0..30u128 {
+            add(&mut t, k, 5);
+            add(&mut t, k, 5); // two matches: above the cut
+        }
+        for k in 100..170u128 {
+            add(&mut t, k, 5); // one match, all in second 5
+        }
+        assert_eq!(t.len(), 100);
+        add(&mut t, 1000, 6);
+        // Every one-match key of second 5 went, none of the others.
+        assert_eq!(t.len(), 31);
+        assert!((100..170u128).all(|k| !t.contains(&k)));
+        assert!((0..30u128).all(|k| t.contains(&k)) && t.contains(&1000));
+        assert_eq!(t.evicted, 70);
     }
 
     #[test]
