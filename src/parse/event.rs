@@ -225,6 +225,10 @@ pub struct Event {
     extras: Vec<Option<Span>>,
 }
 
+/// Text bytes an event keeps between lines; a larger buffer (a line of
+/// long fields) is given back.
+const BUF_KEEP: usize = 64 * 1024;
+
 impl Event {
     pub fn new(wanted: &Wanted) -> Event {
         Event {
@@ -253,6 +257,11 @@ impl Event {
         self.geo_missing = 0;
         self.key_hint = None;
         self.buf.clear();
+        if self.buf.capacity() > BUF_KEEP {
+            // One long line must not leave every reused event holding its
+            // size (replay keeps thousands of them).
+            self.buf.shrink_to(BUF_KEEP / 16);
+        }
         self.text = [None; TEXT_SLOTS];
         self.extras.iter_mut().for_each(|e| *e = None);
     }
@@ -347,5 +356,26 @@ impl Event {
                 Some(scratch.as_str())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reused event gives back a buffer one long line grew, and keeps a
+    /// common one (no allocation per line).
+    #[test]
+    fn clear_gives_back_a_long_lines_buffer() {
+        let mut ev = Event::new(&Wanted::default());
+        ev.set_text(StdField::UserAgent, &"A".repeat(200_000));
+        assert!(ev.buf.capacity() >= 200_000);
+        ev.clear();
+        assert!(ev.buf.capacity() <= BUF_KEEP, "{}", ev.buf.capacity());
+        ev.set_text(StdField::UserAgent, &"A".repeat(1_000));
+        let kept = ev.buf.capacity();
+        ev.clear();
+        assert_eq!(ev.buf.capacity(), kept);
+        assert_eq!(ev.text(StdField::UserAgent), None);
     }
 }
