@@ -3,11 +3,9 @@
 use clap::{Parser, Subcommand};
 use portcullis::config::{Config, ConfigError, ConfigFiles, embedded};
 use portcullis::control::{Request, cli as render, client};
-use portcullis::detect::{Decision, Target};
+use portcullis::detect::Target;
 use portcullis::parse::wrap::Wrap;
-use portcullis::replay::output::{print_decision, print_decision_json, print_summary};
-use portcullis::replay::{Replay, Selection};
-use std::io::Write;
+use portcullis::replay::Selection;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -220,79 +218,26 @@ fn config_files(arg: &ConfigArg) -> Result<ConfigFiles, Vec<ConfigError>> {
 /// `portcullis check`: every error (parse, cross-reference, and what would
 /// stop `run`), then warnings; exit 1 on any error.
 fn check(arg: &ConfigArg, json: bool) -> ExitCode {
-    use portcullis::config::lint;
-    let (config, errors, warnings) = match config_files(arg) {
-        Err(errors) => (None, errors, Vec::new()),
-        Ok(files) => match Config::load(&files) {
-            Ok(c) => {
-                let errors = lint::start_errors(&c, &files);
-                let warnings = lint::warnings(&c, &files);
-                (Some(c), errors, warnings)
-            }
-            Err(errors) => (None, errors, Vec::new()),
-        },
-    };
-    let config = config.filter(|_| errors.is_empty());
+    let report = portcullis::config::report::Report::of(config_files(arg));
     if json {
-        let v = serde_json::json!({
-            "ok": config.is_some(),
-            "errors": errors,
-            "warnings": warnings,
-            "jails": config.as_ref().map(|c| c.jails.len()),
-            "enabled_jails": config.as_ref().map(|c| c.jails.iter().filter(|j| j.enabled).count()),
-            "waiting_for_geoip": config.as_ref().map(waiting_for_geoip),
-            "filters": config.as_ref().map(|c| c.filter_count),
-            "formats": config.as_ref().map(|c| c.formats.len()),
-        });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.json()).unwrap_or_default()
+        );
     } else {
-        for w in &warnings {
+        for w in &report.warnings {
             eprintln!("warning: {w}");
         }
-        if let Some(c) = &config {
-            let enabled = c.jails.iter().filter(|j| j.enabled).count();
-            let waiting = waiting_for_geoip(c);
-            let waiting = match waiting.len() {
-                0 => String::new(),
-                _ => format!(
-                    "; off until [geoip] names their database: {}",
-                    waiting.join(", ")
-                ),
-            };
-            println!(
-                "config OK: {} jails ({enabled} enabled{waiting}), {} filters, {} custom formats{}",
-                c.jails.len(),
-                c.filter_count,
-                c.formats.len(),
-                match warnings.len() {
-                    0 => String::new(),
-                    n => format!("; {n} warning{}", if n == 1 { "" } else { "s" }),
-                }
-            );
-        } else {
-            print_errors(&errors);
+        match report.summary() {
+            Some(line) => println!("{line}"),
+            None => print_errors(&report.errors),
         }
     }
-    if config.is_some() {
+    if report.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
-}
-
-/// Jails that read an enriched field and are off for want of its database
-/// in `[geoip]`: `NAME (country_db)`.
-fn waiting_for_geoip(c: &Config) -> Vec<String> {
-    c.jails
-        .iter()
-        .filter_map(|j| {
-            let key = j.geo_missing?;
-            Some(format!(
-                "{} ({key})",
-                portcullis::text::printable(&j.spec.name)
-            ))
-        })
-        .collect()
 }
 
 fn print_errors(errors: &[ConfigError]) {
@@ -306,49 +251,11 @@ fn print_errors(errors: &[ConfigError]) {
     );
 }
 
-/// The control socket named by the config's main file. Only that file is
-/// read: a broken jail must not stop `portcullis reload` from reaching the
-/// daemon to be told about it.
-fn socket_from_config(arg: &ConfigArg) -> PathBuf {
-    let default = PathBuf::from("/run/portcullis/control.sock");
-    let Some(dir) = config_dir(arg) else {
-        return default;
-    };
-    // `portcullis.local.toml` wins, as it does for the daemon.
-    let local_path = dir.join("portcullis.local.toml");
-    let local = std::fs::read_to_string(&local_path).unwrap_or_default();
-    match toml::from_str::<toml::Table>(&local) {
-        Ok(t) => {
-            if let Some(path) = t.get("control_socket").and_then(|v| v.as_str()) {
-                return PathBuf::from(path);
-            }
-        }
-        Err(e) => eprintln!(
-            "portcullis: warning: {}: {}; its control_socket (if any) is not used",
-            local_path.display(),
-            e.message()
-        ),
-    }
-    let text = std::fs::read_to_string(dir.join("portcullis.toml")).unwrap_or_default();
-    match toml::from_str::<portcullis::config::MainConfig>(&text) {
-        Ok(main) => main.control_socket.unwrap_or(default),
-        Err(e) => {
-            eprintln!(
-                "portcullis: warning: {}: {}; using {}",
-                dir.display(),
-                e.message(),
-                default.display()
-            );
-            default
-        }
-    }
-}
-
 /// Sends a request and prints the answer; non-zero exit on any failure.
 fn socket_path(sock: &SocketArg) -> PathBuf {
     sock.socket
         .clone()
-        .unwrap_or_else(|| socket_from_config(&sock.config))
+        .unwrap_or_else(|| client::socket_from_config(config_dir(&sock.config).as_deref()))
 }
 
 fn ctl(sock: &SocketArg, req: Request, show: impl Fn(&serde_json::Value) -> String) -> ExitCode {
@@ -407,19 +314,6 @@ fn warn_still_covered(sock: &SocketArg, net: ipnet::IpNet) {
             );
         }
     }
-}
-
-fn list_bans(data: &serde_json::Value, verb: &str) -> String {
-    let n = data.as_array().map_or(0, Vec::len);
-    let mut out = format!("{verb} {n}:");
-    for b in data.as_array().into_iter().flatten() {
-        let shown = render::target(&b["target"]);
-        out.push_str(&format!(
-            "\n  {shown} ({})",
-            portcullis::text::printable(b["jail"].as_str().unwrap_or("?"))
-        ));
-    }
-    out
 }
 
 fn main() -> ExitCode {
@@ -489,7 +383,7 @@ fn main() -> ExitCode {
                     jail,
                     all,
                 },
-                |d| list_bans(d, "unbanned"),
+                |d| render::ban_list(d, "unbanned"),
             );
             if code == ExitCode::SUCCESS
                 && let Some(Ok(Target::Address(net))) = target.as_deref().map(Target::parse)
@@ -511,7 +405,7 @@ fn main() -> ExitCode {
                 duration,
             },
             |d| {
-                let mut out = list_bans(&serde_json::json!([d]), "banned");
+                let mut out = render::ban_list(&serde_json::json!([d]), "banned");
                 if d["persisted"] == false {
                     out.push_str(&format!(
                         "\nWARNING: enforced, but NOT saved to the state store ({}); it is saved \
@@ -600,7 +494,7 @@ fn main() -> ExitCode {
                 format,
                 wrap,
             };
-            match run_replay(&config, &sel, &files, json, threads) {
+            match portcullis::replay::output::run(&config, &sel, &files, json, threads) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis: {e}");
@@ -609,66 +503,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-fn run_replay(
-    config: &Config,
-    sel: &Selection,
-    files: &[PathBuf],
-    json: bool,
-    threads: Option<usize>,
-) -> Result<(), String> {
-    if let Some(geo) = &config.geo {
-        let problems = geo.problems();
-        let needed = config.jails.iter().any(|j| {
-            j.geo_field.is_some()
-                && (sel.jails.is_empty() && j.enabled || sel.jails.contains(&j.spec.name))
-        });
-        if !problems.is_empty() {
-            let text = problems.join("; ");
-            if needed {
-                return Err(text);
-            }
-            eprintln!("warning: {text} (evidence is shown without country and network)");
-        }
-    }
-    let mut replay = Replay::new(config, sel)?;
-    if let Some(n) = threads {
-        replay.set_threads(n);
-    }
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    for path in files {
-        let name = path.display().to_string();
-        let emit = |r: &Replay, d: Decision| {
-            let _ = if json {
-                print_decision_json(&mut out, &d)
-            } else {
-                print_decision(&mut out, r, &d)
-            };
-        };
-        let result = if name == "-" {
-            replay.read("(stdin)", std::io::stdin().lock(), emit)
-        } else {
-            let file = std::fs::File::open(path).map_err(|e| format!("cannot open {name}: {e}"))?;
-            replay.read_file(&name, file, emit)
-        };
-        result?;
-    }
-    let summary = replay.summary();
-    let written = if json {
-        serde_json::to_writer(
-            &mut out,
-            &serde_json::json!({ "type": "summary", "summary": summary }),
-        )
-        .map_err(std::io::Error::other)
-        .and_then(|_| writeln!(out))
-    } else {
-        print_summary(&mut out, &summary)
-    };
-    written
-        .and_then(|_| out.flush())
-        .map_err(|e| format!("writing output: {e}"))
 }
 
 /// The man page ([`portcullis::docs`]) and bash, zsh and fish completions (clap_complete).

@@ -13,6 +13,7 @@ mod layers;
 pub mod lint;
 mod main_file;
 pub mod netfile;
+pub mod report;
 
 pub use error::ConfigError;
 pub use main_file::{ActionConfig, Defaults, FormatConfig, MainConfig};

@@ -409,3 +409,17 @@ pub fn incident(i: &Value) -> String {
     }
     out.trim_end().to_string()
 }
+
+/// A list of bans the daemon answered (`unbanned 2:`, one target a line).
+pub fn ban_list(data: &Value, verb: &str) -> String {
+    let n = data.as_array().map_or(0, Vec::len);
+    let mut out = format!("{verb} {n}:");
+    for b in data.as_array().into_iter().flatten() {
+        let shown = target(&b["target"]);
+        out.push_str(&format!(
+            "\n  {shown} ({})",
+            printable(b["jail"].as_str().unwrap_or("?"))
+        ));
+    }
+    out
+}

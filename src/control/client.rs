@@ -3,7 +3,7 @@
 use super::{Request, Response};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Why a request got no answer: each is its own exit status of the CLI.
@@ -70,4 +70,42 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, CallError> {
     }
     serde_json::from_str(&answer)
         .map_err(|e| CallError::Other(format!("unreadable answer from the daemon: {e}")))
+}
+
+/// The control socket named by the config's main file. Only that file is
+/// read: a broken jail must not stop `portcullis reload` from reaching the
+/// daemon to be told about it.
+pub fn socket_from_config(dir: Option<&Path>) -> PathBuf {
+    let default = PathBuf::from("/run/portcullis/control.sock");
+    let Some(dir) = dir else {
+        return default;
+    };
+    // `portcullis.local.toml` wins, as it does for the daemon.
+    let local_path = dir.join("portcullis.local.toml");
+    let local = std::fs::read_to_string(&local_path).unwrap_or_default();
+    match toml::from_str::<toml::Table>(&local) {
+        Ok(t) => {
+            if let Some(path) = t.get("control_socket").and_then(|v| v.as_str()) {
+                return PathBuf::from(path);
+            }
+        }
+        Err(e) => eprintln!(
+            "portcullis: warning: {}: {}; its control_socket (if any) is not used",
+            local_path.display(),
+            e.message()
+        ),
+    }
+    let text = std::fs::read_to_string(dir.join("portcullis.toml")).unwrap_or_default();
+    match toml::from_str::<crate::config::MainConfig>(&text) {
+        Ok(main) => main.control_socket.unwrap_or(default),
+        Err(e) => {
+            eprintln!(
+                "portcullis: warning: {}: {}; using {}",
+                dir.display(),
+                e.message(),
+                default.display()
+            );
+            default
+        }
+    }
 }

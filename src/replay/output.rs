@@ -114,3 +114,65 @@ pub fn print_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
     }
     writeln!(out, "  {} decisions", s.decisions)
 }
+
+/// `portcullis replay`: reads `files` (`-` is stdin) with the jails of
+/// `sel` and prints each decision as it is made, then the summary.
+pub fn run(
+    config: &crate::config::Config,
+    sel: &super::Selection,
+    files: &[std::path::PathBuf],
+    json: bool,
+    threads: Option<usize>,
+) -> Result<(), String> {
+    if let Some(geo) = &config.geo {
+        let problems = geo.problems();
+        let needed = config.jails.iter().any(|j| {
+            j.geo_field.is_some()
+                && (sel.jails.is_empty() && j.enabled || sel.jails.contains(&j.spec.name))
+        });
+        if !problems.is_empty() {
+            let text = problems.join("; ");
+            if needed {
+                return Err(text);
+            }
+            eprintln!("warning: {text} (evidence is shown without country and network)");
+        }
+    }
+    let mut replay = Replay::new(config, sel)?;
+    if let Some(n) = threads {
+        replay.set_threads(n);
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for path in files {
+        let name = path.display().to_string();
+        let emit = |r: &Replay, d: Decision| {
+            let _ = if json {
+                print_decision_json(&mut out, &d)
+            } else {
+                print_decision(&mut out, r, &d)
+            };
+        };
+        let result = if name == "-" {
+            replay.read("(stdin)", std::io::stdin().lock(), emit)
+        } else {
+            let file = std::fs::File::open(path).map_err(|e| format!("cannot open {name}: {e}"))?;
+            replay.read_file(&name, file, emit)
+        };
+        result?;
+    }
+    let summary = replay.summary();
+    let written = if json {
+        serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({ "type": "summary", "summary": summary }),
+        )
+        .map_err(std::io::Error::other)
+        .and_then(|_| writeln!(out))
+    } else {
+        print_summary(&mut out, &summary)
+    };
+    written
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("writing output: {e}"))
+}
