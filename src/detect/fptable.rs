@@ -146,11 +146,15 @@ impl<V: Default> FpTable<V> {
     /// Keeps only the entries whose value `keep` accepts, in place (a
     /// tracker sweeping under a flood must not need a second table).
     pub fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
+        let before = self.len;
         for slot in &mut self.slots {
             if slot.0 != EMPTY && !keep(&slot.1) {
                 *slot = (EMPTY, V::default());
                 self.len -= 1;
             }
+        }
+        if self.len == before {
+            return;
         }
         // Survivors past a new hole would no longer be found: seat each one
         // again, walking from a free slot so no cluster is cut at the end of
@@ -162,7 +166,8 @@ impl<V: Default> FpTable<V> {
         let mask = self.mask();
         for step in 1..=self.slots.len() {
             let i = (start + step) & mask;
-            if self.slots[i].0 == EMPTY {
+            // At its home slot an entry is found whatever else moved.
+            if self.slots[i].0 == EMPTY || self.home(&self.slots[i].0) == i {
                 continue;
             }
             let entry = std::mem::replace(&mut self.slots[i], (EMPTY, V::default()));
