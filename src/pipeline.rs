@@ -240,18 +240,11 @@ impl KitParsers {
     /// Parses (and enriches) one line as [`Pipeline::line`] would, into
     /// `out` (one entry per group).
     pub fn parse(&mut self, bytes: &[u8], out: &mut [Preparsed]) {
-        let lossy;
-        let (text, bad_utf8) = match crate::parse::scan::line_text(bytes) {
-            Ok(s) => (s, false),
-            Err(_) => {
-                lossy = String::from_utf8_lossy(bytes);
-                (&*lossy, true)
-            }
-        };
+        let (text, bad_utf8) = line_str(bytes);
         let groups = self.parsers.iter_mut().zip(&self.enrich).zip(&self.plans);
         for (((p, &enrich), plan), o) in groups.zip(out) {
             o.bad_utf8 = bad_utf8;
-            o.result = p.parse(text, &mut o.event);
+            o.result = p.parse(&text, &mut o.event);
             if o.result == Ok(Outcome::Event) {
                 if enrich {
                     enrich_event(&mut self.geo, &mut o.event);
@@ -261,6 +254,15 @@ impl KitParsers {
                 }
             }
         }
+    }
+}
+
+/// A line as text, and whether it was not UTF-8 (then read lossily: the
+/// line is still parsed, and counted under `invalid_utf8`).
+fn line_str(bytes: &[u8]) -> (Cow<'_, str>, bool) {
+    match crate::parse::scan::line_text(bytes) {
+        Ok(s) => (Cow::Borrowed(s), false),
+        Err(_) => (String::from_utf8_lossy(bytes), true),
     }
 }
 
@@ -557,18 +559,17 @@ impl Pipeline {
     ) {
         // The text of the line: checked here unless a parsing thread did
         // (then made only if a counter needs an example of it).
-        let lossy;
-        let (text, bad_utf8): (Option<&str>, bool) = match pre.as_deref() {
+        let (text, bad_utf8) = match pre.as_deref() {
             Some([first, ..]) => (None, first.bad_utf8),
-            _ => match crate::parse::scan::line_text(bytes) {
-                Ok(s) => (Some(s), false),
-                Err(_) => {
-                    lossy = String::from_utf8_lossy(bytes);
-                    (Some(&*lossy), true)
-                }
-            },
+            _ => {
+                let (text, bad) = line_str(bytes);
+                (Some(text), bad)
+            }
         };
-        let example = || text.map_or_else(|| String::from_utf8_lossy(bytes), Cow::Borrowed);
+        let example = || {
+            text.as_deref()
+                .map_or_else(|| String::from_utf8_lossy(bytes), Cow::Borrowed)
+        };
         let src = &mut self.sources[source as usize];
         let mut first_time = None;
         for (gi, g) in src.groups.iter_mut().enumerate() {

@@ -23,7 +23,6 @@ mod tracker;
 pub mod window;
 
 pub use filter::{Filter, FilterConfig};
-
 pub use jail::{JailConfig, Severity, TargetKind};
 
 use crate::parse::addr::{NetSet, key_to_net, masked_key};
@@ -420,6 +419,18 @@ impl Jail {
         write_text_key(&self.parts, (self.v4, self.v6), ev, out, scratch)
     }
 
+    /// The key's fingerprint on `ev` (its text left in `buf`).
+    fn hint(&self, ev: &Event, buf: &mut String, scratch: &mut String) -> KeyHint {
+        make_hint(
+            self.key_class,
+            &self.parts,
+            (self.v4, self.v6),
+            ev,
+            buf,
+            scratch,
+        )
+    }
+
     /// The key part a key target revokes: `api_key` when the key has it
     /// (`key = ["user_agent", "api_key"]` revokes the key, never a user
     /// agent a client chose); else the first part that is neither the client
@@ -533,6 +544,13 @@ fn write_text_key(
     true
 }
 
+/// The jail of `which` whose text key is made ahead of counting: the first
+/// text-keyed one, unless its key holds the time.
+fn hinted_jail<'a>(jails: &'a [Jail], which: &[usize]) -> Option<&'a Jail> {
+    let j = which.iter().find(|&&j| !jails[j].state.by_addr())?;
+    Some(&jails[*j]).filter(|jail| hintable(&jail.parts))
+}
+
 /// Whether a key's text can be made before the event is counted: not when
 /// it holds the time, which counting may still clamp (a time in the future).
 fn hintable(parts: &[KeyPart]) -> bool {
@@ -554,13 +572,25 @@ pub struct KeyPlan {
 impl KeyPlan {
     /// Sets `ev`'s key hint; `buf` and `scratch` are reused buffers.
     pub fn hint(&self, ev: &mut Event, buf: &mut String, scratch: &mut String) {
-        let fp = write_text_key(&self.parts, self.prefixes, ev, buf, scratch)
-            .then(|| fingerprint::of(buf.as_bytes()));
-        ev.key_hint = Some(KeyHint {
-            class: self.class,
-            fp,
-        });
+        let hint = make_hint(self.class, &self.parts, self.prefixes, ev, buf, scratch);
+        ev.key_hint = Some(hint);
     }
+}
+
+/// The hint of `ev` for the key of `parts` in key class `class`: its text
+/// written into `buf`, then fingerprinted (what every path that counts or
+/// prefetches a text key makes, so they agree).
+fn make_hint(
+    class: u32,
+    parts: &[KeyPart],
+    prefixes: (u8, u8),
+    ev: &Event,
+    buf: &mut String,
+    scratch: &mut String,
+) -> KeyHint {
+    let fp =
+        write_text_key(parts, prefixes, ev, buf, scratch).then(|| fingerprint::of(buf.as_bytes()));
+    KeyHint { class, fp }
 }
 
 /// A composite key's text split into its parts (`\|` and `\\` unescaped);
@@ -761,20 +791,10 @@ impl Detector {
             // Made by the thread that parsed the event.
             Some(hint) => hint,
             None => {
-                let Some(&j) = which.iter().find(|&&j| !self.jails[j].state.by_addr()) else {
+                let Some(jail) = hinted_jail(&self.jails, which) else {
                     return;
                 };
-                if !hintable(&self.jails[j].parts) {
-                    return;
-                }
-                let jail = &self.jails[j];
-                let fp = jail
-                    .text_key(ev, &mut self.key_buf, &mut self.scratch)
-                    .then(|| fingerprint::of(self.key_buf.as_bytes()));
-                let hint = KeyHint {
-                    class: jail.key_class,
-                    fp,
-                };
+                let hint = jail.hint(ev, &mut self.key_buf, &mut self.scratch);
                 ev.key_hint = Some(hint);
                 hint
             }
@@ -791,11 +811,7 @@ impl Detector {
     /// What [`Detector::prefetch`] builds for the jails `which`: the text key
     /// of the first text-keyed jail (`None`: no jail has one).
     pub fn key_plan(&self, which: &[usize]) -> Option<KeyPlan> {
-        let j = which.iter().find(|&&j| !self.jails[j].state.by_addr())?;
-        let jail = &self.jails[*j];
-        if !hintable(&jail.parts) {
-            return None;
-        }
+        let jail = hinted_jail(&self.jails, which)?;
         Some(KeyPlan {
             class: jail.key_class,
             parts: jail.parts.clone(),
@@ -897,17 +913,17 @@ impl Detector {
                 match memo {
                     Some((c, fp)) if c == class => fp,
                     _ => {
-                        let fp = match ev.key_hint.filter(|h| h.class == class) {
-                            // Made (and its entries fetched) by `prefetch`.
+                        // Made (and its entries fetched) by `prefetch`.
+                        let hinted = ev.key_hint.filter(|h| h.class == class);
+                        let fp = match hinted {
                             Some(hint) => hint.fp,
                             None => {
-                                let has = jail.text_key(ev, &mut self.key_buf, &mut self.scratch);
                                 text_class = Some(class);
-                                has.then(|| fingerprint::of(self.key_buf.as_bytes()))
+                                jail.hint(ev, &mut self.key_buf, &mut self.scratch).fp
                             }
                         };
                         if let Some(k) = fp
-                            && ev.key_hint.is_none()
+                            && hinted.is_none()
                             && self.shared_class[class as usize]
                         {
                             // Another jail counts this key too: fetch its

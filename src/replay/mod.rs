@@ -324,7 +324,7 @@ impl InOrder<'_> {
             r.bytes += chunk.bytes;
             for (i, &(offset, start, end)) in chunk.lines.iter().enumerate() {
                 // Parsed on another core: its memory is fetched first, then
-                // (two lines on, found in cache) its jail entries.
+                // (`AHEAD` lines on, found in cache) its jail entries.
                 if let Some(far) = pre.get((i + 2 * AHEAD) * g..(i + 2 * AHEAD + 1) * g) {
                     far.iter().for_each(|p| p.event.prefetch());
                     if let Some(&(_, start, end)) = chunk.lines.get(i + 2 * AHEAD)
@@ -677,6 +677,13 @@ mod tests {
     use super::*;
     use crate::config::embedded;
 
+    /// The built-in config and the seed's API log.
+    fn seed() -> (Config, Vec<u8>) {
+        let config = Config::load(&embedded::files()).unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/api_audit/sample.log");
+        (config, std::fs::read(path).unwrap())
+    }
+
     /// The decisions (with evidence) and summary of a read, as text.
     fn outcome(r: &Replay, decisions: Vec<Decision>) -> (Vec<String>, String) {
         let d = decisions.iter().map(|d| format!("{d:?}")).collect();
@@ -690,12 +697,7 @@ mod tests {
     /// file was shorter than it is.
     #[test]
     fn what_is_appended_during_a_read_is_read_on_as_a_stream() {
-        let config = Config::load(&embedded::files()).unwrap();
-        let sample = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/api_audit/sample.log"
-        ))
-        .unwrap();
+        let (config, sample) = seed();
         let content = sample.repeat((4 * RANGE_BYTES as usize).div_ceil(sample.len()));
         let path = std::env::temp_dir().join(format!("portcullis-grow-{}", std::process::id()));
         std::fs::write(&path, &content).unwrap();
@@ -733,12 +735,7 @@ mod tests {
     /// over-long lines and invalid UTF-8 mixed in.
     #[test]
     fn reading_a_line_ahead_decides_as_line_by_line() {
-        let config = Config::load(&embedded::files()).unwrap();
-        let sample = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/api_audit/sample.log"
-        ))
-        .unwrap();
+        let (config, sample) = seed();
         let mut content = Vec::new();
         for (i, line) in sample.split(|&b| b == b'\n').enumerate() {
             content.extend_from_slice(line);
