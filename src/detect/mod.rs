@@ -638,6 +638,18 @@ struct Limits {
     bantime: u32,
 }
 
+/// Lines a decision carries as evidence: the last matches of its key.
+///
+/// Only a match within this many of the threshold is copied into the ring:
+/// a count grows by at most one a match (a window's new second, a distinct
+/// value new to the key), so the last `EVIDENCE_LINES` matches before a
+/// jail fires all had a count of at least `threshold - (EVIDENCE_LINES - 1)`,
+/// and a line counted lower can never be among them. Under a steady load of
+/// keys far below their threshold (an API key seen from one client), that
+/// spares a copy of every line, and the ring keeps the lines that matter
+/// for longer.
+const EVIDENCE_LINES: usize = 5;
+
 /// Counts one match for `key`; returns `(count, first_seen_sec)` when the jail fires.
 fn observe<K: tracker::Key, C: Counter + 'static>(
     keyed: &mut Keyed<K, C>,
@@ -658,7 +670,9 @@ fn observe<K: tracker::Key, C: Counter + 'static>(
     }
     let counter = keyed.tracker.counter(key, seen.sec);
     let count = counter.add(seen.sec, seen.value, limits.findtime, seen.nested);
-    ring.record(seen.ring_key, seen.origin, seen.client, seen.line);
+    if count.saturating_add(EVIDENCE_LINES as u32 - 1) >= limits.threshold {
+        ring.record(seen.ring_key, seen.origin, seen.client, seen.line);
+    }
     if count < limits.threshold {
         return None;
     }
@@ -1012,7 +1026,7 @@ impl Detector {
                 count,
                 severity: jail.severity,
                 bantime: jail.bantime,
-                evidence: jail.ring.take_for(&ring_key, 5),
+                evidence: jail.ring.take_for(&ring_key, EVIDENCE_LINES),
             });
         }
     }
@@ -1074,6 +1088,54 @@ mod tests {
             assert_eq!(out.len(), fires as usize, "{who}");
         }
         assert_eq!(d.jails[0].stats().ignored, 1);
+    }
+
+    /// A decision carries the last five lines of its key, however many
+    /// lines of other keys (each far below the threshold) matched since:
+    /// only lines within five of the threshold take a place in the ring.
+    /// Before, 128 one-line keys between pushed the evidence out.
+    #[test]
+    fn evidence_survives_a_flood_of_keys_far_below_the_threshold() {
+        let mut wanted = Wanted::default();
+        let j = Jail::compile(
+            &JailSpec {
+                maxretry: 20,
+                max_tracked: 10_000,
+                ..spec(&["api_key"], TargetKind::Key)
+            },
+            &mut wanted,
+        );
+        let mut d = Detector::new(vec![j], NetSet::default(), Vec::new());
+        let mut ev = Event::new(&wanted);
+        let mut out = Vec::new();
+        let mut line = 0u64;
+        let mut feed = |d: &mut Detector, key: &str, out: &mut Vec<Decision>| {
+            ev.clear();
+            ev.set_text(StdField::ApiKey, key);
+            ev.time = 1_000_000;
+            line += 1;
+            let origin = Origin {
+                source: 0,
+                offset: line,
+            };
+            d.process(&[0], &ev, format!("{key} {line}").as_bytes(), origin, out);
+        };
+        for n in 0..19 {
+            feed(&mut d, "victim", &mut out);
+            // Between each of the victim's lines, a flood of fresh keys.
+            for k in 0..200 {
+                feed(&mut d, &format!("spoof{n}_{k}"), &mut out);
+            }
+        }
+        assert!(out.is_empty());
+        feed(&mut d, "victim", &mut out);
+        assert_eq!(out.len(), 1);
+        let lines: Vec<&str> = out[0].evidence.iter().map(|e| e.line.as_str()).collect();
+        // The victim's 16th to 20th lines (every 201st line).
+        let want: Vec<String> = (15..20)
+            .map(|n| format!("victim {}", n * 201 + 1))
+            .collect();
+        assert_eq!(lines, want);
     }
 
     /// A key holding the time gets no key plan: counting may still clamp
