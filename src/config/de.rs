@@ -70,6 +70,16 @@ impl StatusSet {
         c < 640 && self.0[c / 64] & (1 << (c % 64)) != 0
     }
 
+    /// Every code below 640 (the codes a set can hold).
+    pub fn every() -> StatusSet {
+        StatusSet([u64::MAX; 10])
+    }
+
+    /// The codes of `self` not in `other`.
+    pub fn without(&self, other: &StatusSet) -> StatusSet {
+        StatusSet(std::array::from_fn(|i| self.0[i] & !other.0[i]))
+    }
+
     fn insert_range(&mut self, lo: u16, hi: u16) {
         for c in lo..=hi {
             self.0[c as usize / 64] |= 1 << (c % 64);

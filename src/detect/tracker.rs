@@ -150,6 +150,7 @@ impl<K: Key, C: Counter + 'static> Tracker<K, C> {
 
     /// The counter for `key`, created with `new` if absent. `now` is the
     /// current event second, used to judge staleness when room is needed.
+    #[inline]
     pub fn counter(&mut self, key: &K, now: u32) -> &mut C {
         if self.map.len() >= self.max_tracked && !self.map.contains(key) {
             self.make_room(now);

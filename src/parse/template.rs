@@ -989,6 +989,7 @@ impl Template {
         }
     }
 
+    #[inline]
     fn store(&self, ev: &mut Event, target: Target, raw: &str) {
         let escape = self.escape;
         let push = |buf: &mut String| unescape_into(raw, escape, buf);
