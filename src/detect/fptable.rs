@@ -113,14 +113,17 @@ impl<V: Default> FpTable<V> {
         if self.slots.is_empty() {
             return;
         }
-        let (mut hole, found) = self.find(key);
-        if !found {
-            return;
+        if let (i, true) = self.find(key) {
+            self.remove_at(i);
         }
+    }
+
+    /// Empties slot `hole` (which holds an entry) by backward shift: entries
+    /// after it whose probe passed through it move back into it, so every
+    /// probe still ends at a free slot only past its key (no tombstones to
+    /// sweep later).
+    fn remove_at(&mut self, mut hole: usize) {
         self.len -= 1;
-        // Backward shift: entries after the hole whose probe passed through
-        // it move back into it, so every probe still ends at a free slot
-        // only past its key (no tombstones to sweep later).
         let mask = self.mask();
         let mut j = hole;
         loop {
@@ -145,34 +148,20 @@ impl<V: Default> FpTable<V> {
 
     /// Keeps only the entries whose value `keep` accepts, in place (a
     /// tracker sweeping under a flood must not need a second table).
+    ///
+    /// Each dropped entry is removed as [`FpTable::remove`] does, by
+    /// backward shift, so the table is sound after every step (clusters at
+    /// most 5/8 full are short: a few moves a removal). An earlier version
+    /// emptied the dropped slots first and then seated the survivors again
+    /// in one walk; an entry seated early could have its probe cut by a
+    /// move made later in the walk, and was then lost.
     pub fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
-        let before = self.len;
-        for slot in &mut self.slots {
-            if slot.0 != EMPTY && !keep(&slot.1) {
-                *slot = (EMPTY, V::default());
-                self.len -= 1;
+        for i in 0..self.slots.len() {
+            // What a removal shifts back into `i` is judged too (an entry
+            // from past the table's end, already kept, is judged again).
+            while self.slots[i].0 != EMPTY && !keep(&self.slots[i].1) {
+                self.remove_at(i);
             }
-        }
-        if self.len == before {
-            return;
-        }
-        // Survivors past a new hole would no longer be found: seat each one
-        // again, walking from a free slot so no cluster is cut at the end of
-        // the table. Taken out first, an entry lands at or before where it
-        // was on its probe path, never after.
-        let Some(start) = self.slots.iter().position(|s| s.0 == EMPTY) else {
-            return;
-        };
-        let mask = self.mask();
-        for step in 1..=self.slots.len() {
-            let i = (start + step) & mask;
-            // At its home slot an entry is found whatever else moved.
-            if self.slots[i].0 == EMPTY || self.home(&self.slots[i].0) == i {
-                continue;
-            }
-            let entry = std::mem::replace(&mut self.slots[i], (EMPTY, V::default()));
-            let (j, _) = self.find(&entry.0);
-            self.slots[j] = entry;
         }
     }
 
@@ -202,50 +191,65 @@ fn empty_slots<V: Default>(n: usize) -> Vec<(TextKey, V)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::fingerprint;
     use std::collections::HashMap;
 
     /// Against a std map, through inserts, removals (which shift entries
     /// back) and retains, with keys crowded into a small table so that
-    /// probes wrap around its end.
+    /// probes wrap around its end. Keys are made from fixed seeds (the
+    /// process's fingerprints differ from run to run, and a key set that
+    /// breaks the table must break it in every run): the sweep that seated
+    /// survivors again in one walk lost a key for 1 seed in about 100 here.
     #[test]
     fn agrees_with_a_std_map() {
-        let mut t: FpTable<u32> = FpTable::default();
-        let mut m: HashMap<TextKey, u32> = HashMap::new();
-        let key = |i: u32| fingerprint::of(&i.to_le_bytes());
-        let mut rng = 0x9e3779b97f4a7c15u64;
-        for step in 0..200_000u32 {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let k = key((rng % 300) as u32);
-            match rng >> 60 {
-                0..=9 => {
-                    *t.get_or_default(&k) += 1;
-                    *m.entry(k).or_default() += 1;
+        for seed in 1..=400u64 {
+            let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut rng = move || {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s
+            };
+            let keys: Vec<TextKey> = (0..300)
+                .map(|_| TextKey::from_words(rng(), rng() | 1))
+                .collect();
+            let mut t: FpTable<u32> = FpTable::default();
+            let mut m: HashMap<TextKey, u32> = HashMap::new();
+            for step in 0..5_000u32 {
+                let r = rng();
+                let k = keys[(r % 300) as usize];
+                match r >> 60 {
+                    0..=9 => {
+                        *t.get_or_default(&k) += 1;
+                        *m.entry(k).or_default() += 1;
+                    }
+                    10..=14 => {
+                        t.remove(&k);
+                        m.remove(&k);
+                    }
+                    _ => {
+                        t.retain(|v| v % 3 != 0);
+                        m.retain(|_, v| *v % 3 != 0);
+                        let lost = m.keys().filter(|k| !t.contains(k)).count();
+                        assert_eq!(lost, 0, "seed {seed} step {step}: keys lost by a sweep");
+                    }
                 }
-                10..=14 => {
-                    t.remove(&k);
-                    m.remove(&k);
-                }
-                _ if step % 97 == 0 => {
-                    t.retain(|v| v % 3 != 0);
-                    m.retain(|_, v| *v % 3 != 0);
-                }
-                _ => {}
+                assert_eq!(t.len(), m.len(), "seed {seed} step {step}");
+                assert_eq!(
+                    t.contains(&k),
+                    m.contains_key(&k),
+                    "seed {seed} step {step}"
+                );
             }
-            assert_eq!(t.len(), m.len());
-            assert_eq!(t.contains(&k), m.contains_key(&k));
+            for (k, v) in &m {
+                assert_eq!(t.get(k), Some(v), "seed {seed}");
+            }
+            let mut a: Vec<u32> = t.values().copied().collect();
+            let mut b: Vec<u32> = m.values().copied().collect();
+            a.sort();
+            b.sort();
+            assert_eq!(a, b);
+            assert!(t.slots.len() * 5 >= t.len() * 8);
         }
-        for (k, v) in &m {
-            assert_eq!(*t.get_or_default(k), *v);
-        }
-        let mut a: Vec<u32> = t.values().copied().collect();
-        let mut b: Vec<u32> = m.values().copied().collect();
-        a.sort();
-        b.sort();
-        assert_eq!(a, b);
-        assert!(t.slots.len() * 5 >= t.len() * 8);
     }
 
     /// Removal keeps every other key findable when probes wrap past the
