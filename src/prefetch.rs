@@ -27,9 +27,3 @@ pub fn bytes<T>(p: *const T, len: usize, max: usize) {
         line(p.wrapping_add(i * LINE));
     }
 }
-
-/// Fetches the memory of a value (its own bytes, not what it points to).
-#[inline]
-pub fn value<T>(v: &T) {
-    bytes(v as *const T, std::mem::size_of::<T>(), 8);
-}

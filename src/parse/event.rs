@@ -200,29 +200,41 @@ pub fn split_request(raw: &str) -> Option<(&str, &str, Option<&str>)> {
 pub type Millis = i64;
 
 /// One parsed line. See the module docs for the buffer reuse.
+///
+/// In declared order (`repr(C)`), what counting reads of every event first
+/// (up to `buf`), so that a parallel replay fetches those few cache lines
+/// of an event another thread parsed, not all of it
+/// (`pipeline::Preparsed::prefetch`).
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct Event {
+    /// The text key the detect stage built for this event ahead of counting
+    /// it (`Detector::prefetch`); cleared with the event.
+    pub key_hint: Option<crate::detect::KeyHint>,
     pub time: Millis,
     pub client: Option<IpAddr>,
     pub status: Option<u16>,
-    pub bytes: Option<u64>,
-    /// Seconds, as the proxy wrote it.
-    pub request_time: Option<f64>,
-    /// What the enrich stage found about the client (country, network).
-    pub geo: Option<std::sync::Arc<crate::enrich::Enriched>>,
+    /// `[geoip]` databases that are configured and not loaded (bits of
+    /// `enrich::geo::Role::bit`): jails reading their fields skip the event.
+    pub geo_missing: u8,
+    text: [Option<Span>; TEXT_SLOTS],
+    extras: Vec<Option<Span>>,
+    buf: String,
+    // Read by some jails only.
     /// The country's and region's fingerprints from `geo`, copied into the
     /// event so that counting reads the event, not memory another thread
     /// (the one that parsed it) keeps writing reference counts beside.
     pub geo_fp: [Option<crate::detect::fingerprint::TextKey>; 2],
-    /// `[geoip]` databases that are configured and not loaded (bits of
-    /// `enrich::geo::Role::bit`): jails reading their fields skip the event.
-    pub geo_missing: u8,
-    /// The text key the detect stage built for this event ahead of counting
-    /// it (`Detector::prefetch`); cleared with the event.
-    pub key_hint: Option<crate::detect::KeyHint>,
-    buf: String,
-    text: [Option<Span>; TEXT_SLOTS],
-    extras: Vec<Option<Span>>,
+    /// What the enrich stage found about the client (country, network).
+    pub geo: Option<std::sync::Arc<crate::enrich::Enriched>>,
+    pub bytes: Option<u64>,
+    /// Seconds, as the proxy wrote it.
+    pub request_time: Option<f64>,
+}
+
+impl Event {
+    /// The bytes at its start that counting reads of every event.
+    pub const HOT_BYTES: usize = std::mem::offset_of!(Event, geo_fp);
 }
 
 /// Text bytes an event keeps between lines; a larger buffer (a line of
@@ -237,11 +249,11 @@ impl Event {
         }
     }
 
-    /// Asks for this event's memory (its fields and the text they point
-    /// into) to be brought into this core's cache: an event parsed on
-    /// another thread, a few lines before it is counted here.
-    pub fn prefetch(&self) {
-        crate::prefetch::value(self);
+    /// Asks for the text this event's fields point into, once the event
+    /// itself is in cache (its first [`Event::HOT_BYTES`] fetched some lines
+    /// earlier: finding the text reads the fields, which would otherwise
+    /// wait for them right here).
+    pub fn prefetch_text(&self) {
         crate::prefetch::bytes(self.buf.as_ptr(), self.buf.len(), 4);
     }
 

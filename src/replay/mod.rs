@@ -323,15 +323,16 @@ impl InOrder<'_> {
             self.next += 1;
             r.bytes += chunk.bytes;
             for (i, &(offset, start, end)) in chunk.lines.iter().enumerate() {
-                // Parsed on another core: its memory is fetched first, then
-                // (`AHEAD` lines on, found in cache) its jail entries.
+                // Parsed on another core: the event is fetched first, its
+                // text `AHEAD` lines on (reading where the text is from the
+                // event found in cache by then), then, `AHEAD` lines on
+                // again, its jail entries. The line itself is read only for
+                // evidence and examples, seldom: it is not fetched ahead.
+                if let Some(far) = pre.get((i + 3 * AHEAD) * g..(i + 3 * AHEAD + 1) * g) {
+                    far.iter().for_each(Preparsed::prefetch);
+                }
                 if let Some(far) = pre.get((i + 2 * AHEAD) * g..(i + 2 * AHEAD + 1) * g) {
-                    far.iter().for_each(|p| p.event.prefetch());
-                    if let Some(&(_, start, end)) = chunk.lines.get(i + 2 * AHEAD)
-                        && start != usize::MAX
-                    {
-                        crate::prefetch::bytes(chunk.data[start..].as_ptr(), end - start, 4);
-                    }
+                    far.iter().for_each(Preparsed::prefetch_text);
                 }
                 if let Some(ahead) = pre.get_mut((i + AHEAD) * g..(i + AHEAD + 1) * g) {
                     r.pipeline.prefetch(self.source, ahead);
