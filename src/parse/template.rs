@@ -893,13 +893,17 @@ impl Template {
             } else {
                 let raw = line.get(pos..end)?;
                 if !(raw == "-" || raw.is_empty()) {
-                    let (time, status) = match step.slot {
-                        Slot::Time(shape) => (Some(times.parse(raw, shape)?), None),
-                        Slot::Status => (None, Some(parse_status(raw).ok()?)),
-                        _ => (None, None),
-                    };
-                    self.put(ev, step.slot, raw, time, status, &mut peer, &mut xff)
-                        .ok()?;
+                    // The slots every line has, stored here; `put` stores
+                    // the others (a call with its arguments cost more than
+                    // these).
+                    match step.slot {
+                        Slot::Peer => peer = Some(raw),
+                        Slot::Time(shape) => ev.time = times.parse(raw, shape)?,
+                        Slot::Status => ev.status = Some(parse_status(raw).ok()?),
+                        slot => self
+                            .put(ev, slot, raw, None, None, &mut peer, &mut xff)
+                            .ok()?,
+                    }
                 }
             }
             pos = end;
