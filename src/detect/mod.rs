@@ -419,7 +419,7 @@ impl Jail {
         write_text_key(&self.parts, (self.v4, self.v6), ev, out, scratch)
     }
 
-    /// The key's fingerprint on `ev` (its text left in `buf`).
+    /// The key's fingerprint on `ev` (`buf` is scratch: see [`make_hint`]).
     fn hint(&self, ev: &Event, buf: &mut String, scratch: &mut String) -> KeyHint {
         make_hint(
             self.key_class,
@@ -578,8 +578,10 @@ impl KeyPlan {
 }
 
 /// The hint of `ev` for the key of `parts` in key class `class`: its text
-/// written into `buf`, then fingerprinted (what every path that counts or
-/// prefetches a text key makes, so they agree).
+/// fingerprinted (what every path that counts or prefetches a text key
+/// makes, so they agree). The text is written into `buf` first, unless the
+/// key is one field's text, which is its text as it stands (the usual
+/// `key = "api_key"`: no copy); so `buf` holds nothing a caller may read.
 fn make_hint(
     class: u32,
     parts: &[KeyPart],
@@ -588,8 +590,11 @@ fn make_hint(
     buf: &mut String,
     scratch: &mut String,
 ) -> KeyHint {
-    let fp =
-        write_text_key(parts, prefixes, ev, buf, scratch).then(|| fingerprint::of(buf.as_bytes()));
+    let fp = match parts {
+        [KeyPart::Field(f)] => ev.value(f, scratch).map(|v| fingerprint::of(v.as_bytes())),
+        _ => write_text_key(parts, prefixes, ev, buf, scratch)
+            .then(|| fingerprint::of(buf.as_bytes())),
+    };
     KeyHint { class, fp }
 }
 
@@ -931,10 +936,7 @@ impl Detector {
                         let hinted = ev.key_hint.filter(|h| h.class == class);
                         let fp = match hinted {
                             Some(hint) => hint.fp,
-                            None => {
-                                text_class = Some(class);
-                                jail.hint(ev, &mut self.key_buf, &mut self.scratch).fp
-                            }
+                            None => jail.hint(ev, &mut self.key_buf, &mut self.scratch).fp,
                         };
                         if let Some(k) = fp
                             && hinted.is_none()
@@ -1136,6 +1138,38 @@ mod tests {
             .map(|n| format!("victim {}", n * 201 + 1))
             .collect();
         assert_eq!(lines, want);
+    }
+
+    /// A key of one field is fingerprinted from the field's text as it
+    /// stands, with no copy: the same fingerprint as the key's written text
+    /// (what decisions and the fleet name), for text, typed and
+    /// format-specific fields, and none when the field is absent.
+    #[test]
+    fn a_lone_field_key_hints_as_its_written_text() {
+        let mut wanted = Wanted::default();
+        let fields = [
+            wanted.field("api_key"),
+            wanted.field("status"),
+            wanted.field("consumer"),
+            wanted.field("user_agent"),
+        ];
+        let mut ev = Event::new(&wanted);
+        ev.set_text(StdField::ApiKey, "key_8814d121");
+        ev.status = Some(404);
+        let FieldRef::Extra(id) = fields[2] else {
+            panic!("an extra field")
+        };
+        ev.set_extra_with(id, |b| b.push_str("c|1"));
+        let (mut buf, mut scratch) = (String::new(), String::new());
+        for f in &fields {
+            let parts = [KeyPart::Field(f.clone())];
+            let hint = make_hint(0, &parts, (32, 64), &ev, &mut buf, &mut scratch);
+            let mut text = String::new();
+            let want = write_text_key(&parts, (32, 64), &ev, &mut text, &mut scratch)
+                .then(|| fingerprint::of(text.as_bytes()));
+            assert_eq!(hint.fp, want, "{f:?}");
+            assert_eq!(hint.fp.is_some(), *f != fields[3], "{f:?}");
+        }
     }
 
     /// A key holding the time gets no key plan: counting may still clamp
