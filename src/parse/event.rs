@@ -190,10 +190,23 @@ pub fn split_request(raw: &str) -> Option<(&str, &str, Option<&str>)> {
     let b = raw.as_bytes();
     let sp = super::scan::find_byte(b' ', b)?;
     let (method, rest) = (&raw[..sp], &raw[sp + 1..]);
-    Some(match memchr::memrchr(b' ', rest.as_bytes()) {
+    Some(match last_space(rest.as_bytes()) {
         Some(i) if rest[i + 1..].starts_with("HTTP/") => (method, &rest[..i], Some(&rest[i + 1..])),
         _ => (method, rest, None),
     })
+}
+
+/// The last space of a request line's rest: where the usual 8-byte
+/// protocol (`HTTP/1.1`) begins, checked first, else searched for.
+#[inline]
+fn last_space(b: &[u8]) -> Option<usize> {
+    if let Some((head, proto)) = b.split_last_chunk::<9>().map(|(h, t)| (h.len(), t))
+        && proto[0] == b' '
+        && !proto[1..].contains(&b' ')
+    {
+        return Some(head);
+    }
+    memchr::memrchr(b' ', b)
 }
 
 /// Event time in milliseconds since the Unix epoch, UTC.
@@ -374,6 +387,33 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The last space, looked for where the usual protocol begins first,
+    /// is the last space, whatever the line.
+    #[test]
+    fn last_space_is_the_last_space() {
+        for s in [
+            "",
+            " ",
+            "/a",
+            "/a HTTP/1.1",
+            "/a b HTTP/1.1",
+            "/a HTTP/1.1 ",
+            "/a HTTP/ 1.1",
+            "/a  HTTP/1.",
+            " HTTP/2.0",
+            "HTTP/1.1",
+            "/a\x20HTTP/1.1",
+            "/abcdefgh",
+            "/ab cdefgh",
+            "/abc defgh",
+            "/a HTTP/10.0",
+            "/a x",
+            "         ",
+        ] {
+            assert_eq!(last_space(s.as_bytes()), s.rfind(' '), "{s:?}");
+        }
+    }
 
     /// A reused event gives back a buffer one long line grew, and keeps a
     /// common one (no allocation per line).
