@@ -108,6 +108,10 @@ pub struct Filter {
     countries: Vec<String>,
     regions: Vec<String>,
     asns: Vec<u32>,
+    /// Fields with a `present` condition and no other, checked inline
+    /// (api-request's `api_key`, on every line that passes the gate).
+    presence: Vec<(FieldRef, bool)>,
+    /// The other field conditions.
     fields: Vec<(FieldRef, Vec<FieldTest>)>,
     not: Option<Box<Filter>>,
     /// Whether any condition is left beside the gate (else it decides).
@@ -239,6 +243,16 @@ impl Filter {
                 .build(&p.0)
                 .expect("a few path prefixes make an automaton")
         });
+        let (presence, fields): (Vec<_>, Vec<_>) = fields
+            .into_iter()
+            .partition(|(_, tests)| matches!(tests[..], [FieldTest::Present(_)]));
+        let presence = presence
+            .into_iter()
+            .map(|(field, tests)| match tests[..] {
+                [FieldTest::Present(want)] => (field, want),
+                _ => unreachable!("partitioned above"),
+            })
+            .collect();
         let mut f = Filter {
             gate: StatusGate::of(cfg.status.as_ref(), not_status),
             methods: cfg.method.as_ref().map(|m| m.0.clone()).unwrap_or_default(),
@@ -248,6 +262,7 @@ impl Filter {
             countries: upper(&cfg.country),
             regions: upper(&cfg.region),
             asns: cfg.asn.as_ref().map(|a| a.0.clone()).unwrap_or_default(),
+            presence,
             fields,
             not,
             rest: true,
@@ -276,10 +291,15 @@ impl Filter {
     /// Whether the event is one this filter counts. `scratch` formats typed fields.
     #[inline]
     pub fn matches(&self, ev: &Event, scratch: &mut String) -> bool {
-        !self.rejects_status(ev) && (!self.rest || self.matches_rest(ev, scratch))
+        !self.rejects_status(ev)
+            && self
+                .presence
+                .iter()
+                .all(|(field, want)| ev.has(field, scratch) == *want)
+            && (!self.rest || self.matches_rest(ev, scratch))
     }
 
-    /// The conditions beside the status gate.
+    /// The conditions beside the status gate and the presence of fields.
     fn matches_rest(&self, ev: &Event, scratch: &mut String) -> bool {
         if !self.methods.is_empty() {
             let Some(m) = ev.method() else { return false };
@@ -353,7 +373,7 @@ mod tests {
 
     /// What the filter means, read off its config: `status` holds, and the
     /// `not` does not.
-    fn reference(cfg: &FilterConfig, status: Option<u16>, path: Option<&str>) -> bool {
+    fn reference(cfg: &FilterConfig, status: Option<u16>, path: Option<&str>, key: bool) -> bool {
         let status_ok = cfg
             .status
             .as_ref()
@@ -361,11 +381,16 @@ mod tests {
         let path_ok = cfg.path_prefix.as_ref().is_none_or(|list| {
             path.is_some_and(|p| list.0.iter().any(|x| p.starts_with(x.as_str())))
         });
+        // `api_key` present or not, as the test sets it.
+        let fields_ok = cfg.field.iter().all(|c| {
+            assert_eq!(c.name, "api_key");
+            c.present.is_none_or(|want| want == key) && c.equals.as_ref().is_none_or(|_| key)
+        });
         let not = cfg
             .not
             .as_deref()
-            .is_some_and(|n| reference(n, status, path));
-        status_ok && path_ok && !not
+            .is_some_and(|n| reference(n, status, path, key));
+        status_ok && path_ok && fields_ok && !not
     }
 
     /// The status gate (a `not` of statuses folded into the filter's own)
@@ -383,6 +408,11 @@ mod tests {
             "status = [403, 404]\npath_prefix = [\"/.env\", \"/.git\", \"/wp-admin\", \"/\"]",
             "path_prefix = [\"/.env\", \"/.git\", \"\"]",
             "path_prefix = [\"/admin\", \"/.git/\"]\nnot = { status = [200, 0] }",
+            "field = [{ name = \"api_key\", present = true }]\nnot = { status = [401, 403, 429] }",
+            "field = [{ name = \"api_key\", present = false }]\nstatus = \"4xx\"",
+            "not = { field = [{ name = \"api_key\", present = true }] }",
+            "field = [{ name = \"api_key\", present = true, equals = \"k\" }]",
+            "field = [{ name = \"api_key\" }]\npath_prefix = \"/a\"",
         ];
         let statuses = [
             None,
@@ -418,16 +448,21 @@ mod tests {
             let mut scratch = String::new();
             for status in statuses {
                 for path in paths {
-                    ev.clear();
-                    ev.status = status;
-                    if let Some(p) = path {
-                        ev.set_text(StdField::Path, p);
+                    for key in [false, true] {
+                        ev.clear();
+                        ev.status = status;
+                        if let Some(p) = path {
+                            ev.set_text(StdField::Path, p);
+                        }
+                        if key {
+                            ev.set_text(StdField::ApiKey, "k");
+                        }
+                        assert_eq!(
+                            f.matches(&ev, &mut scratch),
+                            reference(&cfg, status, path, key),
+                            "{text:?} status {status:?} path {path:?} key {key}"
+                        );
                     }
-                    assert_eq!(
-                        f.matches(&ev, &mut scratch),
-                        reference(&cfg, status, path),
-                        "{text:?} status {status:?} path {path:?}"
-                    );
                 }
             }
         }

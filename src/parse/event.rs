@@ -332,6 +332,19 @@ impl Event {
         }
     }
 
+    /// Whether the field has a value: [`Event::value`]`.is_some()`, without
+    /// making the text of a text field (`scratch` formats typed ones).
+    #[inline]
+    pub fn has(&self, f: &FieldRef, scratch: &mut String) -> bool {
+        match f {
+            FieldRef::Extra(id) => self.extras.get(*id).is_some_and(Option::is_some),
+            FieldRef::Std(sf) => match sf.text_slot() {
+                Some(i) => self.text[i].is_some(),
+                None => self.value(f, scratch).is_some(),
+            },
+        }
+    }
+
     pub fn text(&self, f: StdField) -> Option<&str> {
         let span = self.text[f.text_slot()?]?;
         Some(&self.buf[span.start as usize..span.end as usize])
