@@ -14,6 +14,8 @@ struct Slot {
     client: Option<std::net::IpAddr>,
     /// As read: made text (lossily) only for a decision's evidence.
     line: Vec<u8>,
+    /// The second it was counted in.
+    sec: u32,
     used: bool,
 }
 
@@ -34,6 +36,7 @@ impl EvidenceRing {
     pub fn record(
         &mut self,
         key: &[u8],
+        sec: u32,
         origin: Origin,
         client: Option<std::net::IpAddr>,
         line: &[u8],
@@ -45,18 +48,22 @@ impl EvidenceRing {
         slot.line.clear();
         slot.line.extend_from_slice(line);
         slot.origin = origin;
+        slot.sec = sec;
         slot.used = true;
         self.next = (self.next + 1) % self.slots.len();
     }
 
-    /// Up to `max` most recent lines of `key`, oldest first; they are removed.
-    pub fn take_for(&mut self, key: &[u8], max: usize) -> Vec<Evidence> {
+    /// Up to `max` most recent lines of `key` counted in second `since` or
+    /// later (the window that fired: older lines, left over from before an
+    /// earlier decision took its own, are no evidence of this one), oldest
+    /// first; they are removed.
+    pub fn take_for(&mut self, key: &[u8], since: u32, max: usize) -> Vec<Evidence> {
         let n = self.slots.len();
         let mut out = Vec::new();
         for i in 0..n {
             let idx = (self.next + n - 1 - i) % n;
             let slot = &mut self.slots[idx];
-            if slot.used && slot.key == key {
+            if slot.used && slot.key == key && slot.sec >= since {
                 slot.used = false;
                 out.push(Evidence {
                     source: slot.origin.source,
@@ -85,6 +92,7 @@ mod tests {
         for (i, k) in ["a", "b", "a", "a", "b", "a"].iter().enumerate() {
             r.record(
                 k.as_bytes(),
+                i as u32,
                 Origin {
                     source: 0,
                     offset: i as u64,
@@ -93,12 +101,14 @@ mod tests {
                 format!("{k}{i}").as_bytes(),
             );
         }
-        let ev = r.take_for(b"a", 5);
+        // Counted from second 3 on: a2 is older than the window.
+        let ev = r.take_for(b"a", 3, 5);
         // The ring holds the last 4 (a2 a3 b4 a5): a0 was overwritten.
         assert_eq!(
             ev.iter().map(|e| e.line.as_str()).collect::<Vec<_>>(),
-            ["a2", "a3", "a5"]
+            ["a3", "a5"]
         );
-        assert!(r.take_for(b"a", 5).is_empty());
+        assert!(r.take_for(b"a", 3, 5).is_empty());
+        assert_eq!(r.take_for(b"a", 0, 5).len(), 1, "a2 is still there");
     }
 }

@@ -676,7 +676,7 @@ fn observe<K: tracker::Key, C: Counter + 'static>(
     let counter = keyed.tracker.counter(key, seen.sec);
     let count = counter.add(seen.sec, seen.value, limits.findtime, seen.nested);
     if count.saturating_add(EVIDENCE_LINES as u32 - 1) >= limits.threshold {
-        ring.record(seen.ring_key, seen.origin, seen.client, seen.line);
+        ring.record(seen.ring_key, seen.sec, seen.origin, seen.client, seen.line);
     }
     if count < limits.threshold {
         return None;
@@ -1028,7 +1028,7 @@ impl Detector {
                 count,
                 severity: jail.severity,
                 bantime: jail.bantime,
-                evidence: jail.ring.take_for(&ring_key, EVIDENCE_LINES),
+                evidence: jail.ring.take_for(&ring_key, first, EVIDENCE_LINES),
             });
         }
     }
@@ -1170,6 +1170,51 @@ mod tests {
             assert_eq!(hint.fp, want, "{f:?}");
             assert_eq!(hint.fp.is_some(), *f != fields[3], "{f:?}");
         }
+    }
+
+    /// A decision's evidence is the key's lines in the window that fired:
+    /// a second decision does not reach back past it to lines the first
+    /// left in the ring (a helper session's finding), nor does a first one
+    /// to lines that fell out of the window before it filled.
+    #[test]
+    fn evidence_is_the_window_that_fired() {
+        let mut wanted = Wanted::default();
+        let j = Jail::compile(
+            &JailSpec {
+                maxretry: 3,
+                findtime: Duration::from_secs(30),
+                bantime: Duration::from_secs(30),
+                ..spec(&["api_key"], TargetKind::Key)
+            },
+            &mut wanted,
+        );
+        let mut d = Detector::new(vec![j], NetSet::default(), Vec::new());
+        let mut ev = Event::new(&wanted);
+        let mut out = Vec::new();
+        for (offset, sec) in [0u64, 40, 80, 200, 201, 202, 300, 301, 302]
+            .into_iter()
+            .enumerate()
+        {
+            ev.clear();
+            ev.set_text(StdField::ApiKey, "k");
+            ev.time = 1_000_000_000 + sec as i64 * 1000;
+            let origin = Origin {
+                source: 0,
+                offset: offset as u64,
+            };
+            d.process(&[0], &ev, format!("at {sec}").as_bytes(), origin, &mut out);
+        }
+        let evidence: Vec<Vec<&str>> = out
+            .iter()
+            .map(|d| d.evidence.iter().map(|e| e.line.as_str()).collect())
+            .collect();
+        assert_eq!(
+            evidence,
+            [
+                ["at 200", "at 201", "at 202"],
+                ["at 300", "at 301", "at 302"]
+            ]
+        );
     }
 
     /// A key holding the time gets no key plan: counting may still clamp
