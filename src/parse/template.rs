@@ -750,6 +750,11 @@ impl Template {
                 .get(start as usize..end as usize)
                 .ok_or(reason::FORMAT_MISMATCH)?;
             if raw == "-" || raw.is_empty() {
+                // Counted at no time (1970, before) it would fall in no
+                // window that matters; refused and counted under its reason.
+                if let Slot::Time(_) = slot {
+                    return Err(reason::BAD_TIME);
+                }
                 continue;
             }
             self.put(ev, *slot, raw, m.time, m.status, &mut peer, &mut xff)?;
@@ -892,7 +897,12 @@ impl Template {
                 }
             } else {
                 let raw = line.get(pos..end)?;
-                if !(raw == "-" || raw.is_empty()) {
+                if raw == "-" || raw.is_empty() {
+                    // A line without its time is refused (the matcher says why).
+                    if let Slot::Time(_) = step.slot {
+                        return None;
+                    }
+                } else {
                     // The slots every line has, stored here; `put` stores
                     // the others (a call with its arguments cost more than
                     // these).

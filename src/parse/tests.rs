@@ -62,6 +62,16 @@ fn combined_refusals_have_reasons() {
             r#"1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "-"junk"#,
             reason::FORMAT_MISMATCH,
         ),
+        // No time at all: refused, not counted in 1970 (a helper session's
+        // finding; `[]` was refused already).
+        (
+            r#"1.2.3.4 - - [-] "GET / HTTP/1.1" 200 5 "-" "-""#,
+            reason::BAD_TIME,
+        ),
+        (
+            r#"1.2.3.4 - - [] "GET / HTTP/1.1" 200 5 "-" "-""#,
+            reason::BAD_TIME,
+        ),
     ];
     for (line, want) in cases {
         assert_eq!(p.parse(line, &mut ev), Err(want), "{line}");
