@@ -699,11 +699,28 @@ mod tests {
     /// of bounded size: the last range used to read on to the end, holding
     /// everything appended meanwhile). Simulated by telling the read the
     /// file was shorter than it is.
+    ///
+    /// Also a file whose last line has no newline (yet): the ranges leave
+    /// it to the stream, which reads it whole if a writer finishes it
+    /// meanwhile (a line half-written when its range was read had become
+    /// two broken lines), and counts it as it is at the end, as one thread
+    /// does.
     #[test]
     fn what_is_appended_during_a_read_is_read_on_as_a_stream() {
+        for unended in [false, true] {
+            appended_read_on(unended);
+        }
+    }
+
+    fn appended_read_on(unended: bool) {
         let (config, sample) = seed();
-        let content = sample.repeat((4 * RANGE_BYTES as usize).div_ceil(sample.len()));
-        let path = std::env::temp_dir().join(format!("portcullis-grow-{}", std::process::id()));
+        let mut content = sample.repeat((4 * RANGE_BYTES as usize).div_ceil(sample.len()));
+        if unended {
+            content.pop();
+            assert!(!content.ends_with(b"\n"));
+        }
+        let path =
+            std::env::temp_dir().join(format!("portcullis-grow-{}-{unended}", std::process::id()));
         std::fs::write(&path, &content).unwrap();
 
         let mut one = Replay::new(&config, &Selection::default()).unwrap();
@@ -714,7 +731,13 @@ mod tests {
         let want = outcome(&one, decisions);
         assert!(want.0.len() > 5, "the sample decides");
 
-        for len in [0, 1, RANGE_BYTES + 7, content.len() as u64 / 2] {
+        for len in [
+            0,
+            1,
+            RANGE_BYTES + 7,
+            content.len() as u64 / 2,
+            content.len() as u64,
+        ] {
             let file = std::fs::File::open(&path).unwrap();
             let mut many = Replay::new(&config, &Selection::default()).unwrap();
             many.set_threads(3);
