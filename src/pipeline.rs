@@ -300,11 +300,6 @@ impl Preparsed {
         let hot = std::mem::offset_of!(Preparsed, event) + Event::HOT_BYTES;
         crate::prefetch::bytes(self as *const Preparsed, hot, 8);
     }
-
-    /// [`Event::prefetch_text`].
-    pub fn prefetch_text(&self) {
-        self.event.prefetch_text();
-    }
 }
 
 impl ParseKit {

@@ -211,23 +211,28 @@ impl Filter {
                 l.0.iter().map(|c| c.trim().to_uppercase()).collect()
             })
         };
-        let fields: Vec<_> = cfg
-            .field
-            .iter()
-            .map(|c| {
-                let mut tests = Vec::new();
-                if let Some(eq) = &c.equals {
-                    tests.push(FieldTest::Equals(eq.0.clone()));
-                }
-                if let Some(re) = &c.regex {
-                    tests.push(FieldTest::Regex(re.0.clone()));
-                }
-                if let Some(p) = c.present {
-                    tests.push(FieldTest::Present(p));
-                }
-                (wanted.field(&c.name), tests)
-            })
-            .collect();
+        // A field with a `present` condition alone is checked apart (see
+        // `Filter::presence`); any other keeps its tests in order.
+        let mut presence = Vec::new();
+        let mut fields = Vec::new();
+        for c in &cfg.field {
+            let field = wanted.field(&c.name);
+            if let (None, None, Some(want)) = (&c.equals, &c.regex, c.present) {
+                presence.push((field, want));
+                continue;
+            }
+            let mut tests = Vec::new();
+            if let Some(eq) = &c.equals {
+                tests.push(FieldTest::Equals(eq.0.clone()));
+            }
+            if let Some(re) = &c.regex {
+                tests.push(FieldTest::Regex(re.0.clone()));
+            }
+            if let Some(p) = c.present {
+                tests.push(FieldTest::Present(p));
+            }
+            fields.push((field, tests));
+        }
         // A `not` of statuses alone joins the gate; any other is kept whole.
         let (not_status, not) = match cfg.not.as_deref() {
             Some(n) if n.status_only() => {
@@ -243,16 +248,6 @@ impl Filter {
                 .build(&p.0)
                 .expect("a few path prefixes make an automaton")
         });
-        let (presence, fields): (Vec<_>, Vec<_>) = fields
-            .into_iter()
-            .partition(|(_, tests)| matches!(tests[..], [FieldTest::Present(_)]));
-        let presence = presence
-            .into_iter()
-            .map(|(field, tests)| match tests[..] {
-                [FieldTest::Present(want)] => (field, want),
-                _ => unreachable!("partitioned above"),
-            })
-            .collect();
         let mut f = Filter {
             gate: StatusGate::of(cfg.status.as_ref(), not_status),
             methods: cfg.method.as_ref().map(|m| m.0.clone()).unwrap_or_default(),
@@ -279,23 +274,26 @@ impl Filter {
         f
     }
 
+    /// Whether the event is one this filter counts. `scratch` formats typed fields.
+    pub fn matches(&self, ev: &Event, scratch: &mut String) -> bool {
+        !self.rejects_status(ev) && self.matches_past_status(ev, scratch)
+    }
+
     /// Whether the status alone rules the event out: the first check of
-    /// [`Filter::matches`], made inline, since most lines fail most jails'
-    /// status (a 200 is no 401, 404 or 5xx) and a call cost more than the
-    /// check.
+    /// [`Filter::matches`], which the detect stage makes inline itself,
+    /// since most lines fail most jails' status (a 200 is no 401, 404 or
+    /// 5xx) and a call cost more than the check.
     #[inline]
     pub fn rejects_status(&self, ev: &Event) -> bool {
         self.gate.as_ref().is_some_and(|g| !g.admits(ev.status))
     }
 
-    /// Whether the event is one this filter counts. `scratch` formats typed fields.
-    #[inline]
-    pub fn matches(&self, ev: &Event, scratch: &mut String) -> bool {
-        !self.rejects_status(ev)
-            && self
-                .presence
-                .iter()
-                .all(|(field, want)| ev.has(field, scratch) == *want)
+    /// The rest of [`Filter::matches`], for an event the status gate let
+    /// through.
+    pub fn matches_past_status(&self, ev: &Event, scratch: &mut String) -> bool {
+        self.presence
+            .iter()
+            .all(|(field, want)| ev.has(field, scratch) == *want)
             && (!self.rest || self.matches_rest(ev, scratch))
     }
 

@@ -860,7 +860,9 @@ impl Detector {
                 jail.stats.no_database += 1;
                 continue;
             }
-            if jail.filter.rejects_status(ev) || !jail.filter.matches(ev, &mut self.scratch) {
+            if jail.filter.rejects_status(ev)
+                || !jail.filter.matches_past_status(ev, &mut self.scratch)
+            {
                 continue;
             }
             jail.stats.matches += 1;
@@ -1060,23 +1062,28 @@ mod tests {
         }
     }
 
+    /// A detector of the one jail `spec` compiles to, and an event of its fields.
+    fn one_jail(spec: JailSpec, ignore_keys: Vec<String>) -> (Detector, Event, Wanted) {
+        let mut wanted = Wanted::default();
+        let j = Jail::compile(&spec, &mut wanted);
+        let d = Detector::new(vec![j], NetSet::default(), ignore_keys);
+        (d, Event::new(&wanted), wanted)
+    }
+
     /// `ignore_keys` spares what a key target would revoke, whichever part
     /// of the key that is (here a `consumer` field, the event having no
     /// API key at all), as the ledger does: replay must not print a
     /// revocation the daemon would refuse.
     #[test]
     fn ignore_keys_spares_the_revoked_part() {
-        let mut wanted = Wanted::default();
-        let j = Jail::compile(
-            &JailSpec {
+        let (mut d, mut ev, mut wanted) = one_jail(
+            JailSpec {
                 maxretry: 1,
                 ..spec(&["consumer"], TargetKind::Key)
             },
-            &mut wanted,
+            vec!["C1".into()],
         );
         let consumer = wanted.field("consumer");
-        let mut d = Detector::new(vec![j], NetSet::default(), vec!["C1".into()]);
-        let mut ev = Event::new(&wanted);
         let mut out = Vec::new();
         for (who, fires) in [("c1", false), ("c2", true)] {
             ev.clear();
@@ -1098,17 +1105,14 @@ mod tests {
     /// Before, 128 one-line keys between pushed the evidence out.
     #[test]
     fn evidence_survives_a_flood_of_keys_far_below_the_threshold() {
-        let mut wanted = Wanted::default();
-        let j = Jail::compile(
-            &JailSpec {
+        let (mut d, mut ev, _) = one_jail(
+            JailSpec {
                 maxretry: 20,
                 max_tracked: 10_000,
                 ..spec(&["api_key"], TargetKind::Key)
             },
-            &mut wanted,
+            Vec::new(),
         );
-        let mut d = Detector::new(vec![j], NetSet::default(), Vec::new());
-        let mut ev = Event::new(&wanted);
         let mut out = Vec::new();
         let mut line = 0u64;
         let mut feed = |d: &mut Detector, key: &str, out: &mut Vec<Decision>| {
@@ -1178,18 +1182,15 @@ mod tests {
     /// to lines that fell out of the window before it filled.
     #[test]
     fn evidence_is_the_window_that_fired() {
-        let mut wanted = Wanted::default();
-        let j = Jail::compile(
-            &JailSpec {
+        let (mut d, mut ev, _) = one_jail(
+            JailSpec {
                 maxretry: 3,
                 findtime: Duration::from_secs(30),
                 bantime: Duration::from_secs(30),
                 ..spec(&["api_key"], TargetKind::Key)
             },
-            &mut wanted,
+            Vec::new(),
         );
-        let mut d = Detector::new(vec![j], NetSet::default(), Vec::new());
-        let mut ev = Event::new(&wanted);
         let mut out = Vec::new();
         for (offset, sec) in [0u64, 40, 80, 200, 201, 202, 300, 301, 302]
             .into_iter()

@@ -335,7 +335,7 @@ impl InOrder<'_> {
                     far.iter().for_each(Preparsed::prefetch);
                 }
                 if let Some(far) = pre.get((i + 2 * AHEAD) * g..(i + 2 * AHEAD + 1) * g) {
-                    far.iter().for_each(Preparsed::prefetch_text);
+                    far.iter().for_each(|p| p.event.prefetch_text());
                 }
                 if let Some(ahead) = pre.get_mut((i + AHEAD) * g..(i + AHEAD + 1) * g) {
                     r.pipeline.prefetch(self.source, ahead);
