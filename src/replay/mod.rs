@@ -105,13 +105,16 @@ struct Ranges<'f> {
 /// parsed entry per format group, or why its range could not be read.
 struct Parsed {
     seq: u64,
+    /// The [`ChunkParser::id`] of the thread that parsed it.
+    by: usize,
     chunk: Chunk,
     pre: Vec<Preparsed>,
     error: Option<std::io::Error>,
 }
 
-/// Buffers the detecting thread hands back for reuse: a chunk (when the
-/// parsers read the file themselves) and the parsed entries.
+/// Buffers the detecting thread hands back for reuse, to the thread that
+/// filled them ([`ChunkParser::spare`]): a chunk (when the parsers read the
+/// file themselves) and the parsed entries.
 type Spare = (Option<Chunk>, Vec<Preparsed>);
 
 /// One thread's parsing: parser threads run it in a loop, and the detecting
@@ -121,16 +124,19 @@ struct ChunkParser<'f> {
     kit: ParseKit,
     groups: usize,
     ranges: Option<Ranges<'f>>,
+    /// Which thread this is: buffers it filled come back to it.
+    id: usize,
+    /// Buffers back from the detecting thread, that this thread filled
+    /// before. Reused by the thread that wrote them, they are written where
+    /// they are cached: when the two threads run on cores that share no
+    /// cache (this machine's slower phases), a buffer written by the other
+    /// thread last had each of its lines brought over again.
+    spare: Receiver<Spare>,
 }
 
 impl ChunkParser<'_> {
-    fn run(&mut self, seq: u64, work: Work, spare: &Mutex<Receiver<Spare>>) -> Parsed {
-        // Buffers come back from the detecting thread.
-        let (spare_chunk, mut pre) = spare
-            .lock()
-            .ok()
-            .and_then(|rx| rx.try_recv().ok())
-            .unwrap_or_default();
+    fn run(&mut self, seq: u64, work: Work) -> Parsed {
+        let (spare_chunk, mut pre) = self.spare.try_recv().unwrap_or_default();
         let mut error = None;
         let chunk = match work {
             Work::Lines(chunk) => chunk,
@@ -157,6 +163,7 @@ impl ChunkParser<'_> {
         }
         Parsed {
             seq,
+            by: self.id,
             chunk,
             pre,
             error,
@@ -216,12 +223,11 @@ fn parse_chunks(
     mut parser: ChunkParser,
     work: &Mutex<Receiver<(u64, Work)>>,
     done: &Sender<Parsed>,
-    spare: &Mutex<Receiver<Spare>>,
 ) {
     loop {
         let next = work.lock().ok().and_then(|rx| rx.recv().ok());
         let Some((seq, work)) = next else { break };
-        if done.send(parser.run(seq, work, spare)).is_err() {
+        if done.send(parser.run(seq, work)).is_err() {
             break;
         }
     }
@@ -233,7 +239,7 @@ struct InOrder<'f> {
     source: u32,
     name: String,
     groups: usize,
-    waiting: BTreeMap<u64, (Chunk, Vec<Preparsed>)>,
+    waiting: BTreeMap<u64, Parsed>,
     /// The chunk the jails need next.
     next: u64,
     /// Chunks handed out so far.
@@ -243,8 +249,8 @@ struct InOrder<'f> {
     work_tx: SyncSender<(u64, Work)>,
     work_rx: Arc<Mutex<Receiver<(u64, Work)>>>,
     done_rx: Receiver<Parsed>,
-    spare_tx: Sender<Spare>,
-    spare_rx: Arc<Mutex<Receiver<Spare>>>,
+    /// Per [`ChunkParser::id`], where its buffers go back.
+    spare_tx: Vec<SyncSender<Spare>>,
     /// Chunks to fill again (when this thread reads).
     spare_chunks: Vec<Chunk>,
     /// This thread's own parsing, for when it would otherwise wait.
@@ -300,7 +306,7 @@ impl InOrder<'_> {
                     .ok()
                     .and_then(|rx| rx.try_recv().ok());
                 match queued {
-                    Some((seq, work)) => self.helper.run(seq, work, &self.spare_rx),
+                    Some((seq, work)) => self.helper.run(seq, work),
                     None => self.done_rx.recv().map_err(|_| "a parser thread stopped")?,
                 }
             }
@@ -308,21 +314,20 @@ impl InOrder<'_> {
         if let Some(e) = parsed.error {
             return Err(format!("reading {}: {e}", self.name));
         }
-        self.accept(r, emit, parsed.seq, parsed.chunk, parsed.pre);
+        self.accept(r, emit, parsed);
         Ok(())
     }
 
-    fn accept(
-        &mut self,
-        r: &mut Replay,
-        emit: &mut impl FnMut(&Replay, Decision),
-        seq: u64,
-        chunk: Chunk,
-        pre: Vec<Preparsed>,
-    ) {
-        self.waiting.insert(seq, (chunk, pre));
+    fn accept(&mut self, r: &mut Replay, emit: &mut impl FnMut(&Replay, Decision), parsed: Parsed) {
+        self.waiting.insert(parsed.seq, parsed);
         let g = self.groups;
-        while let Some((mut chunk, mut pre)) = self.waiting.remove(&self.next) {
+        while let Some(Parsed {
+            by,
+            mut chunk,
+            mut pre,
+            ..
+        }) = self.waiting.remove(&self.next)
+        {
             self.next += 1;
             r.bytes += chunk.bytes;
             for (i, &(offset, start, end)) in chunk.lines.iter().enumerate() {
@@ -356,10 +361,10 @@ impl InOrder<'_> {
             chunk.bytes = 0;
             if self.helper.ranges.is_some() {
                 // Its bytes stay: `read_range` reads over them.
-                let _ = self.spare_tx.send((Some(chunk), pre));
+                let _ = self.spare_tx[by].try_send((Some(chunk), pre));
             } else {
                 chunk.data.clear();
-                let _ = self.spare_tx.send((None, pre));
+                let _ = self.spare_tx[by].try_send((None, pre));
                 self.spare_chunks.push(chunk);
             }
         }
@@ -547,20 +552,28 @@ impl Replay {
         let (work_tx, work_rx) = sync_channel::<(u64, Work)>(in_flight as usize);
         let work_rx = Arc::new(Mutex::new(work_rx));
         let (done_tx, done_rx) = channel::<Parsed>();
-        let (spare_tx, spare_rx) = channel::<Spare>();
-        let spare_rx = Arc::new(Mutex::new(spare_rx));
-        let parser = |kit: &ParseKit| ChunkParser {
-            parsers: kit.parsers(),
-            kit: kit.clone(),
-            groups,
-            ranges,
-        };
+        // Parser threads are ids `0..parsers`, this thread's parsing the
+        // last. A thread keeps a few spare buffers: more come back only if it
+        // had that many in flight and then parsed less; they are dropped.
+        let keep = in_flight.div_ceil(self.parsers as u64 + 1) as usize + 2;
+        let (spare_tx, spare_rx): (Vec<_>, Vec<_>) = (0..=self.parsers)
+            .map(|_| sync_channel::<Spare>(keep))
+            .unzip();
+        let mut parsers: Vec<ChunkParser> = (spare_rx.into_iter().enumerate())
+            .map(|(id, spare)| ChunkParser {
+                parsers: kit.parsers(),
+                kit: kit.clone(),
+                groups,
+                ranges,
+                id,
+                spare,
+            })
+            .collect();
+        let helper = parsers.pop().expect("one for this thread");
         std::thread::scope(|scope| {
-            for _ in 0..self.parsers {
-                let (work_rx, done_tx, spare_rx) =
-                    (work_rx.clone(), done_tx.clone(), spare_rx.clone());
-                let parser = parser(&kit);
-                scope.spawn(move || parse_chunks(parser, &work_rx, &done_tx, &spare_rx));
+            for parser in parsers {
+                let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
+                scope.spawn(move || parse_chunks(parser, &work_rx, &done_tx));
             }
             drop(done_tx);
             // Owns the queue's sending end: however this ends, dropping it
@@ -577,9 +590,8 @@ impl Replay {
                 work_rx: work_rx.clone(),
                 done_rx,
                 spare_tx,
-                spare_rx: spare_rx.clone(),
                 spare_chunks: Vec::new(),
-                helper: parser(&kit),
+                helper,
             };
             let handed = match input {
                 Input::File { file, .. } => {
