@@ -180,9 +180,10 @@ fn end_to_end_api_audit() {
         // `core_to_core_ns`), and more runs are made to see both classes.
         let runs = if threads == 1 { 5 } else { 15 };
         let (mut all, mut near, mut far) = (Vec::new(), Vec::new(), Vec::new());
-        let mut decisions = 0;
+        let (mut decisions, mut probes) = (0, Vec::new());
         for _ in 0..runs {
             let probe = (threads > 1).then(core_to_core_ns);
+            probes.extend(probe.map(|ns| format!("{ns:.0}")));
             let (took, d) = run(threads);
             decisions = d;
             all.push(took);
@@ -209,6 +210,9 @@ fn end_to_end_api_audit() {
                     rate(median)
                 );
             }
+        }
+        if !probes.is_empty() {
+            println!("  core-to-core probe per run (ns): {}", probes.join(" "));
         }
     }
     // The physical bound: reading the bytes once (from memory) to find lines.
@@ -237,8 +241,9 @@ const NEAR_NS: f64 = 80.0;
 const FAR_NS: f64 = 120.0;
 
 /// How long a cache line takes from one core to another: two threads
-/// pinned to CPUs 0 and 1 take turns writing one counter (median of 5
-/// tries of 20,000 round trips; half a round trip).
+/// pinned to CPUs 0 and 1 take turns writing one counter, 200,000 round
+/// trips (half a round trip). The waits spin without `spin_loop`: its
+/// `pause` made the figure slower and noisier than the line's trip.
 fn core_to_core_ns() -> f64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     fn pin(cpu: usize) {
@@ -249,40 +254,30 @@ fn core_to_core_ns() -> f64 {
             libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
         }
     }
-    const TRIPS: u64 = 20_000;
-    let mut tries: Vec<f64> = (0..5)
-        .map(|_| {
-            let turn = AtomicU64::new(0);
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    pin(1);
-                    for i in 0..TRIPS {
-                        while turn.load(Ordering::Acquire) != 2 * i + 1 {
-                            std::hint::spin_loop();
-                        }
-                        turn.store(2 * i + 2, Ordering::Release);
-                    }
-                });
-                // Pinned in a thread of its own: the replays this process
-                // starts would inherit its pinning.
-                s.spawn(|| {
-                    pin(0);
-                    let t = Instant::now();
-                    for i in 0..TRIPS {
-                        turn.store(2 * i + 1, Ordering::Release);
-                        while turn.load(Ordering::Acquire) != 2 * i + 2 {
-                            std::hint::spin_loop();
-                        }
-                    }
-                    t.elapsed().as_nanos() as f64 / TRIPS as f64 / 2.0
-                })
-                .join()
-                .unwrap()
-            })
+    const TRIPS: u64 = 200_000;
+    let turn = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pin(1);
+            for i in 0..TRIPS {
+                while turn.load(Ordering::Acquire) != 2 * i + 1 {}
+                turn.store(2 * i + 2, Ordering::Release);
+            }
+        });
+        // Pinned in a thread of its own: the replays this process
+        // starts would inherit its pinning.
+        s.spawn(|| {
+            pin(0);
+            let t = Instant::now();
+            for i in 0..TRIPS {
+                turn.store(2 * i + 1, Ordering::Release);
+                while turn.load(Ordering::Acquire) != 2 * i + 2 {}
+            }
+            t.elapsed().as_nanos() as f64 / TRIPS as f64 / 2.0
         })
-        .collect();
-    tries.sort_by(f64::total_cmp);
-    tries[2]
+        .join()
+        .unwrap()
+    })
 }
 
 /// The best and the median of some wall times.
