@@ -62,6 +62,14 @@ const AHEAD: usize = 8;
 /// 187 ms for the 1M-line bench log on two threads, 640 KiB 200 ms.
 const RANGE_BYTES: u64 = 256 * 1024;
 
+/// Spare buffers a thread keeps for itself ([`ChunkParser::spare`]); more
+/// go to the overflow pool, for any thread, and new ones are made only when
+/// both are empty. Keeping `in_flight / threads + 2` each, with no overflow
+/// pool, was 3 % faster on two threads with the cores far apart, but held
+/// 188 MB on 16 threads, against 108 MB with this and 83 MB with one shared
+/// pool.
+const SPARES_KEPT: usize = 2;
+
 /// A run of complete lines and their bytes: copied out of a stream by the
 /// reading thread, or read from a file range by the parser thread itself
 /// (then `data` may hold stale bytes past the last line: it is reused).
@@ -377,9 +385,7 @@ impl InOrder<'_> {
             }
         }
     }
-}
 
-impl InOrder<'_> {
     /// Hands buffers back to the thread that filled them, or to any thread
     /// when that one has enough.
     fn give_back(&self, by: usize, spare: Spare) {
@@ -570,16 +576,9 @@ impl Replay {
         let (work_tx, work_rx) = sync_channel::<(u64, Work)>(in_flight as usize);
         let work_rx = Arc::new(Mutex::new(work_rx));
         let (done_tx, done_rx) = channel::<Parsed>();
-        // Parser threads are ids `0..parsers`, this thread's parsing the
-        // last. A thread keeps two spare buffers; more go to the overflow
-        // pool, for any thread. New ones are made only when both are empty.
-        // (Keeping `in_flight / threads + 2` each, without the overflow
-        // pool, was 3 % faster on two threads with the cores far apart, but
-        // held 188 MB on 16 threads, against 108 MB so and 83 MB with one
-        // shared pool.)
-        let keep = 2;
+        // Parser threads are ids `0..parsers`, this thread's parsing the last.
         let (spare_tx, spare_rx): (Vec<_>, Vec<_>) = (0..=self.parsers)
-            .map(|_| sync_channel::<Spare>(keep))
+            .map(|_| sync_channel::<Spare>(SPARES_KEPT))
             .unzip();
         let (overflow_tx, overflow_rx) = channel::<Spare>();
         let overflow_rx = Arc::new(Mutex::new(overflow_rx));
