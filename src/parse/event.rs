@@ -270,6 +270,19 @@ impl Event {
         crate::prefetch::bytes(self.buf.as_ptr(), self.buf.len(), 4);
     }
 
+    /// Where this event keeps its text and its extra fields' spans, as
+    /// (address, bytes): for the replay to drop them from the caches
+    /// (`replay::evict`).
+    pub fn heap(&self) -> [(*const u8, usize); 2] {
+        [
+            (self.buf.as_ptr(), self.buf.len()),
+            (
+                self.extras.as_ptr() as *const u8,
+                std::mem::size_of_val(self.extras.as_slice()),
+            ),
+        ]
+    }
+
     /// Forgets the previous line; keeps the allocations.
     pub fn clear(&mut self) {
         self.time = 0;

@@ -1,5 +1,6 @@
 //! `portcullis replay`: the whole config over files, with no side effects.
 
+mod evict;
 pub mod output;
 mod ranges;
 
@@ -13,6 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError, channel, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Summary of a replay, printed at the end (or as the last JSON line).
 #[derive(Debug, Serialize)]
@@ -118,12 +120,22 @@ struct Parsed {
     chunk: Chunk,
     pre: Vec<Preparsed>,
     error: Option<std::io::Error>,
+    /// How long reading and parsing it took, into buffers that had been
+    /// dropped from the caches or not (`None`: new buffers).
+    took: Duration,
+    dropped: Option<bool>,
 }
 
 /// Buffers the detecting thread hands back for reuse, to the thread that
 /// filled them ([`ChunkParser::spare`]): a chunk (when the parsers read the
 /// file themselves) and the parsed entries.
-type Spare = (Option<Chunk>, Vec<Preparsed>);
+#[derive(Default)]
+struct Spare {
+    chunk: Option<Chunk>,
+    pre: Vec<Preparsed>,
+    /// Dropped from the caches after counting ([`evict`]).
+    dropped: bool,
+}
 
 /// One thread's parsing: parser threads run it in a loop, and the detecting
 /// thread runs it too while it waits for the next chunk in log order.
@@ -148,9 +160,21 @@ struct ChunkParser<'f> {
 
 impl ChunkParser<'_> {
     fn run(&mut self, seq: u64, work: Work) -> Parsed {
-        let (spare_chunk, mut pre) = (self.spare.try_recv().ok())
+        let began = Instant::now();
+        let (spare, dropped) = match (self.spare.try_recv().ok())
             .or_else(|| self.overflow.lock().ok()?.try_recv().ok())
-            .unwrap_or_default();
+        {
+            Some(s) => {
+                let dropped = s.dropped;
+                (s, Some(dropped))
+            }
+            None => (Spare::default(), None),
+        };
+        let Spare {
+            chunk: spare_chunk,
+            mut pre,
+            ..
+        } = spare;
         let mut error = None;
         let chunk = match work {
             Work::Lines(chunk) => chunk,
@@ -181,6 +205,8 @@ impl ChunkParser<'_> {
             chunk,
             pre,
             error,
+            took: began.elapsed(),
+            dropped,
         }
     }
 }
@@ -269,6 +295,9 @@ struct InOrder<'f> {
     overflow: Sender<Spare>,
     /// Chunks to fill again (when this thread reads).
     spare_chunks: Vec<Chunk>,
+    /// Per [`ChunkParser::id`], whether its chunks are dropped from the
+    /// caches after counting, and what that costs and saves.
+    eviction: Vec<evict::Eviction>,
     /// This thread's own parsing, for when it would otherwise wait.
     helper: ChunkParser<'f>,
 }
@@ -341,6 +370,8 @@ impl InOrder<'_> {
             by,
             mut chunk,
             mut pre,
+            took,
+            dropped,
             ..
         }) = self.waiting.remove(&self.next)
         {
@@ -373,17 +404,67 @@ impl InOrder<'_> {
                 r.decision_count += 1;
                 emit(r, d);
             }
+            let dropped =
+                by != self.helper.id && self.drop_if_cheaper(by, &chunk, &pre, took, dropped);
             chunk.lines.clear();
             chunk.bytes = 0;
-            if self.helper.ranges.is_some() {
+            let spare = if self.helper.ranges.is_some() {
                 // Its bytes stay: `read_range` reads over them.
-                self.give_back(by, (Some(chunk), pre));
+                Spare {
+                    chunk: Some(chunk),
+                    pre,
+                    dropped,
+                }
             } else {
                 chunk.data.clear();
-                self.give_back(by, (None, pre));
                 self.spare_chunks.push(chunk);
+                Spare {
+                    chunk: None,
+                    pre,
+                    dropped,
+                }
+            };
+            self.give_back(by, spare);
+        }
+    }
+
+    /// Drops a chunk that thread `by` parsed, and this one counted, from
+    /// the caches, when that is measured to save thread `by` more than it
+    /// costs here ([`evict`]); `took` and `dropped` are how its parsing went.
+    fn drop_if_cheaper(
+        &mut self,
+        by: usize,
+        chunk: &Chunk,
+        pre: &[Preparsed],
+        took: Duration,
+        dropped: Option<bool>,
+    ) -> bool {
+        let lines = chunk.lines.len();
+        let policy = &mut self.eviction[by];
+        if let Some(dropped) = dropped {
+            policy.parsing_took(dropped, took, lines);
+        }
+        if !policy.choose() {
+            return false;
+        }
+        let began = Instant::now();
+        let used = &pre[..(lines * self.groups).min(pre.len())];
+        for p in used {
+            for (at, len) in p.event.heap() {
+                evict::drop_from_caches(at, len);
             }
         }
+        evict::drop_from_caches(used.as_ptr() as *const u8, std::mem::size_of_val(used));
+        if self.helper.ranges.is_some() {
+            // The parser thread wrote the line list (from a stream, this
+            // thread did, and writes it again).
+            evict::drop_from_caches(
+                chunk.lines.as_ptr() as *const u8,
+                std::mem::size_of_val(chunk.lines.as_slice()),
+            );
+        }
+        policy.dropping_took(began.elapsed(), lines);
+        true
     }
 
     /// Hands buffers back to the thread that filled them, or to any thread
@@ -616,6 +697,7 @@ impl Replay {
                 spare_tx,
                 overflow: overflow_tx,
                 spare_chunks: Vec::new(),
+                eviction: (0..=self.parsers).map(|_| Default::default()).collect(),
                 helper,
             };
             let handed = match input {
