@@ -371,3 +371,47 @@ fn long_lines_on_stdin_do_not_fill_memory() {
     // ru_maxrss is in kB on Linux.
     assert!(usage.ru_maxrss < 120_000, "peak RSS {} kB", usage.ru_maxrss);
 }
+
+/// Short lines in a file stay bounded in memory on the parallel path: a
+/// 256 KiB byte range of empty lines was one chunk of 262,144 parsed
+/// entries (90 MB); 32 threads held 13.7 GB for a 64 MiB file of newlines
+/// (found by an attacking session). Now a range of more than 4,096 lines is
+/// read in parts. 4.2 million empty lines in runs between real ones, on 8
+/// threads: peak RSS of the replay itself (`wait4`), and the same output as
+/// one thread.
+#[test]
+// Reaped by `wait4` below, which also gives the child's own peak RSS.
+#[allow(clippy::zombie_processes)]
+fn short_lines_in_a_file_do_not_fill_memory() {
+    let mut real = Vec::new();
+    genlog::generate_api_audit(21_000, &mut real);
+    let real: Vec<&[u8]> = real.split_inclusive(|&b| b == b'\n').collect();
+    let mut log = Vec::new();
+    for block in real.chunks(1_500) {
+        log.extend_from_slice(&vec![b'\n'; 300_000]);
+        block.iter().for_each(|l| log.extend_from_slice(l));
+    }
+    let tmp = TempDir::new("short-lines");
+    let path = tmp.path().join("short.log");
+    std::fs::write(&path, &log).unwrap();
+    let repo_dir = repo().to_str().unwrap().to_string();
+    let args = ["--config", &repo_dir, path.to_str().unwrap()];
+    let child = bin()
+        .args(["replay", "--json", "--threads", "8"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let out = std::io::read_to_string(child.stdout.unwrap()).unwrap();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    assert!(out.contains("\"lines\":4221000"), "{out}");
+    // ru_maxrss is in kB on Linux.
+    assert!(usage.ru_maxrss < 150_000, "peak RSS {} kB", usage.ru_maxrss);
+    assert!(
+        out.as_bytes() == replay_raw("1", &args),
+        "the parallel replay differs from the single-threaded one"
+    );
+}

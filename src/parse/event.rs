@@ -251,8 +251,12 @@ impl Event {
 }
 
 /// Text bytes an event keeps between lines; a larger buffer (a line of
-/// long fields) is given back.
-const BUF_KEEP: usize = 64 * 1024;
+/// long fields) is given back. Replay keeps thousands of events in its
+/// pools, and each may be reused for a long line once: at 64 KiB, a file
+/// of 34 KB lines at ever other places held memory the size of the file
+/// (1 GB for a 1 GB file; an attacking session). Real lines' text is a few
+/// hundred bytes.
+const BUF_KEEP: usize = 4 * 1024;
 
 impl Event {
     pub fn new(wanted: &Wanted) -> Event {
@@ -283,6 +287,17 @@ impl Event {
         ]
     }
 
+    /// Forgets the line and gives back the text buffer if a long line grew
+    /// it: one long line must not leave every reused event holding its
+    /// size. Replay keeps thousands of them, and calls this once an event
+    /// is counted: [`Event::clear`] (which gives it back too) runs only
+    /// when the slot is used again, maybe never.
+    pub fn give_back_long(&mut self) {
+        if self.buf.capacity() > BUF_KEEP {
+            self.clear();
+        }
+    }
+
     /// Forgets the previous line; keeps the allocations.
     pub fn clear(&mut self) {
         self.time = 0;
@@ -296,8 +311,6 @@ impl Event {
         self.key_hint = None;
         self.buf.clear();
         if self.buf.capacity() > BUF_KEEP {
-            // One long line must not leave every reused event holding its
-            // size (replay keeps thousands of them).
             self.buf.shrink_to(BUF_KEEP / 16);
         }
         self.text = [None; TEXT_SLOTS];

@@ -64,6 +64,11 @@ const AHEAD: usize = 8;
 /// 187 ms for the 1M-line bench log on two threads, 640 KiB 200 ms.
 const RANGE_BYTES: u64 = 256 * 1024;
 
+/// Lines at most per chunk of a range: a range of more (short lines) is
+/// read in parts. Well above a range of real log lines (about 1,600), so
+/// that only a file of unusually short lines has its ranges split.
+const RANGE_LINES: usize = 4096;
+
 /// Spare buffers a thread keeps for itself ([`ChunkParser::spare`]); more
 /// go to the overflow pool, for any thread, and new ones are made only when
 /// both are empty. Keeping `in_flight / threads + 2` each, with no overflow
@@ -91,6 +96,8 @@ enum Work {
     Lines(Chunk),
     /// Range `k` of a regular file, which the thread reads itself.
     Range(u64),
+    /// The rest of a range, from a line's start (past [`RANGE_LINES`]).
+    Part { begin: u64, end: u64 },
 }
 
 /// Where the lines of a parallel read come from.
@@ -124,6 +131,9 @@ struct Parsed {
     /// dropped from the caches or not (`None`: new buffers).
     took: Duration,
     dropped: Option<bool>,
+    /// The rest of its range (begin, end), when it had more lines than a
+    /// chunk takes.
+    rest: Option<(u64, u64)>,
 }
 
 /// Buffers the detecting thread hands back for reuse, to the thread that
@@ -175,19 +185,20 @@ impl ChunkParser<'_> {
             mut pre,
             ..
         } = spare;
-        let mut error = None;
+        let (mut error, mut rest) = (None, None);
+        let read = |begin: u64, end: u64| {
+            let r = self.ranges.expect("ranges are given only for a file");
+            let mut chunk = spare_chunk.unwrap_or_default();
+            match ranges::read_range(r.file, begin, end, r.max_line, RANGE_LINES, &mut chunk) {
+                Ok(next) => rest = next.map(|b| (b, end)),
+                Err(e) => error = Some(e),
+            }
+            chunk
+        };
         let chunk = match work {
             Work::Lines(chunk) => chunk,
-            Work::Range(k) => {
-                let r = self.ranges.expect("ranges are given only for a file");
-                let mut chunk = spare_chunk.unwrap_or_default();
-                let begin = k * RANGE_BYTES;
-                let end = begin + RANGE_BYTES;
-                if let Err(e) = ranges::read_range(r.file, begin, end, r.max_line, &mut chunk) {
-                    error = Some(e);
-                }
-                chunk
-            }
+            Work::Range(k) => read(k * RANGE_BYTES, (k + 1) * RANGE_BYTES),
+            Work::Part { begin, end } => read(begin, end),
         };
         let groups = self.groups;
         while pre.len() < chunk.lines.len() * groups {
@@ -207,6 +218,7 @@ impl ChunkParser<'_> {
             error,
             took: began.elapsed(),
             dropped,
+            rest,
         }
     }
 }
@@ -359,73 +371,94 @@ impl InOrder<'_> {
         if let Some(e) = parsed.error {
             return Err(format!("reading {}: {e}", self.name));
         }
-        self.accept(r, emit, parsed);
+        self.accept(r, emit, parsed)
+    }
+
+    /// Takes in a parsed chunk, and counts every chunk that is next in log
+    /// order; the rest of a range of many lines is read here, before the
+    /// next range ([`RANGE_LINES`]).
+    fn accept(
+        &mut self,
+        r: &mut Replay,
+        emit: &mut impl FnMut(&Replay, Decision),
+        parsed: Parsed,
+    ) -> Result<(), String> {
+        self.waiting.insert(parsed.seq, parsed);
+        while let Some(mut parsed) = self.waiting.remove(&self.next) {
+            loop {
+                let rest = parsed.rest.take();
+                self.count(r, emit, parsed);
+                let Some((begin, end)) = rest else { break };
+                parsed = self.helper.run(self.next, Work::Part { begin, end });
+                if let Some(e) = parsed.error.take() {
+                    return Err(format!("reading {}: {e}", self.name));
+                }
+            }
+            self.next += 1;
+        }
         Ok(())
     }
 
-    fn accept(&mut self, r: &mut Replay, emit: &mut impl FnMut(&Replay, Decision), parsed: Parsed) {
-        self.waiting.insert(parsed.seq, parsed);
+    /// Feeds one chunk's events to the jails, then hands its buffers back.
+    fn count(&mut self, r: &mut Replay, emit: &mut impl FnMut(&Replay, Decision), parsed: Parsed) {
         let g = self.groups;
-        while let Some(Parsed {
+        let Parsed {
             by,
             mut chunk,
             mut pre,
             took,
             dropped,
             ..
-        }) = self.waiting.remove(&self.next)
-        {
-            self.next += 1;
-            r.bytes += chunk.bytes;
-            for (i, &(offset, start, end)) in chunk.lines.iter().enumerate() {
-                // Parsed on another core: the event is fetched first, its
-                // text `AHEAD` lines on (reading where the text is from the
-                // event found in cache by then), then, `AHEAD` lines on
-                // again, its jail entries. The line itself is read only for
-                // evidence and examples, seldom: it is not fetched ahead.
-                if let Some(far) = pre.get((i + 3 * AHEAD) * g..(i + 3 * AHEAD + 1) * g) {
-                    far.iter().for_each(Preparsed::prefetch);
-                }
-                if let Some(far) = pre.get((i + 2 * AHEAD) * g..(i + 2 * AHEAD + 1) * g) {
-                    far.iter().for_each(|p| p.event.prefetch_text());
-                }
-                if let Some(ahead) = pre.get_mut((i + AHEAD) * g..(i + AHEAD + 1) * g) {
-                    r.pipeline.prefetch(self.source, ahead);
-                }
-                if start == usize::MAX {
-                    r.pipeline.too_long(self.source, offset);
-                } else {
-                    let (line, entries) = (&chunk.data[start..end], &mut pre[i * g..(i + 1) * g]);
-                    r.pipeline
-                        .line_preparsed(self.source, offset, line, entries);
-                }
+        } = parsed;
+        r.bytes += chunk.bytes;
+        for (i, &(offset, start, end)) in chunk.lines.iter().enumerate() {
+            // Parsed on another core: the event is fetched first, its
+            // text `AHEAD` lines on (reading where the text is from the
+            // event found in cache by then), then, `AHEAD` lines on
+            // again, its jail entries. The line itself is read only for
+            // evidence and examples, seldom: it is not fetched ahead.
+            if let Some(far) = pre.get((i + 3 * AHEAD) * g..(i + 3 * AHEAD + 1) * g) {
+                far.iter().for_each(Preparsed::prefetch);
             }
-            for d in r.pipeline.take_decisions() {
-                r.decision_count += 1;
-                emit(r, d);
+            if let Some(far) = pre.get((i + 2 * AHEAD) * g..(i + 2 * AHEAD + 1) * g) {
+                far.iter().for_each(|p| p.event.prefetch_text());
             }
-            let dropped =
-                by != self.helper.id && self.drop_if_cheaper(by, &chunk, &pre, took, dropped);
-            chunk.lines.clear();
-            chunk.bytes = 0;
-            let spare = if self.helper.ranges.is_some() {
-                // Its bytes stay: `read_range` reads over them.
-                Spare {
-                    chunk: Some(chunk),
-                    pre,
-                    dropped,
-                }
+            if let Some(ahead) = pre.get_mut((i + AHEAD) * g..(i + AHEAD + 1) * g) {
+                r.pipeline.prefetch(self.source, ahead);
+            }
+            if start == usize::MAX {
+                r.pipeline.too_long(self.source, offset);
             } else {
-                chunk.data.clear();
-                self.spare_chunks.push(chunk);
-                Spare {
-                    chunk: None,
-                    pre,
-                    dropped,
-                }
-            };
-            self.give_back(by, spare);
+                let (line, entries) = (&chunk.data[start..end], &mut pre[i * g..(i + 1) * g]);
+                r.pipeline
+                    .line_preparsed(self.source, offset, line, entries);
+                entries.iter_mut().for_each(|p| p.event.give_back_long());
+            }
         }
+        for d in r.pipeline.take_decisions() {
+            r.decision_count += 1;
+            emit(r, d);
+        }
+        let dropped = by != self.helper.id && self.drop_if_cheaper(by, &chunk, &pre, took, dropped);
+        chunk.lines.clear();
+        chunk.bytes = 0;
+        let spare = if self.helper.ranges.is_some() {
+            // Its bytes stay: `read_range` reads over them.
+            Spare {
+                chunk: Some(chunk),
+                pre,
+                dropped,
+            }
+        } else {
+            chunk.data.clear();
+            self.spare_chunks.push(chunk);
+            Spare {
+                chunk: None,
+                pre,
+                dropped,
+            }
+        };
+        self.give_back(by, spare);
     }
 
     /// Drops a chunk that thread `by` parsed, and this one counted, from
