@@ -251,11 +251,13 @@ impl Event {
 }
 
 /// Text bytes an event keeps between lines; a larger buffer (a line of
-/// long fields) is given back. Replay keeps thousands of events in its
+/// long fields) is freed whole. Replay keeps thousands of events in its
 /// pools, and each may be reused for a long line once: at 64 KiB, a file
 /// of 34 KB lines at ever other places held memory the size of the file
-/// (1 GB for a 1 GB file; an attacking session). Real lines' text is a few
-/// hundred bytes.
+/// (1 GB for a 1 GB file; an attacking session). Freed whole, not shrunk:
+/// a shrunk buffer left a hole just too small for the next long line, and
+/// memory still grew with the file. Real lines' text is a few hundred
+/// bytes.
 const BUF_KEEP: usize = 4 * 1024;
 
 impl Event {
@@ -311,7 +313,7 @@ impl Event {
         self.key_hint = None;
         self.buf.clear();
         if self.buf.capacity() > BUF_KEEP {
-            self.buf.shrink_to(BUF_KEEP / 16);
+            self.buf = String::new();
         }
         self.text = [None; TEXT_SLOTS];
         self.extras.iter_mut().for_each(|e| *e = None);
