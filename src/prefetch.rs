@@ -4,7 +4,7 @@
 //! A hint only: it never faults and changes no result.
 
 /// Cache lines of 64 bytes (every x86-64 and most ARM cores).
-const LINE: usize = 64;
+pub(crate) const LINE: usize = 64;
 
 /// Fetches the cache line holding `p`.
 #[inline(always)]

@@ -375,15 +375,8 @@ fn short_lines_in_a_file_do_not_fill_memory() {
     let tmp = TempDir::new("short-lines");
     let path = tmp.path().join("short.log");
     std::fs::write(&path, &log).unwrap();
-    let repo_dir = repo().to_str().unwrap().to_string();
-    let args = ["--config", &repo_dir, path.to_str().unwrap()];
-    let (out, peak_kb) = replay_peak_rss("8", &args);
+    let out = bounded_and_as_one_thread(&path, "8", 150_000);
     assert!(out.contains("\"lines\":4221000"), "{out}");
-    assert!(peak_kb < 150_000, "peak RSS {peak_kb} kB");
-    assert!(
-        out.as_bytes() == replay_raw("1", &args),
-        "the parallel replay differs from the single-threaded one"
-    );
 }
 
 /// Long lines among short ones in a file stay bounded in memory on the
@@ -417,15 +410,22 @@ fn long_lines_among_short_ones_do_not_fill_memory() {
     }
     out.flush().unwrap();
     drop(out);
+    let out = bounded_and_as_one_thread(&file, "2", 60_000);
+    assert!(out.contains("\"matches\":2000"), "{out}");
+}
+
+/// Replays `file` with the repository's config on `threads` threads: its
+/// peak RSS under `limit_kb`, its output that of one thread. The output.
+fn bounded_and_as_one_thread(file: &std::path::Path, threads: &str, limit_kb: u64) -> String {
     let repo_dir = repo().to_str().unwrap().to_string();
     let args = ["--config", &repo_dir, file.to_str().unwrap()];
-    let (out, peak_kb) = replay_peak_rss("2", &args);
-    assert!(out.contains("\"matches\":2000"), "{out}");
-    assert!(peak_kb < 60_000, "peak RSS {peak_kb} kB");
+    let (out, peak_kb) = replay_peak_rss(threads, &args);
+    assert!(peak_kb < limit_kb, "peak RSS {peak_kb} kB");
     assert!(
         out.as_bytes() == replay_raw("1", &args),
         "the parallel replay differs from the single-threaded one"
     );
+    out
 }
 
 /// `replay --json --threads T ARGS`: its output (it must succeed) and its

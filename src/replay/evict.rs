@@ -27,6 +27,7 @@
 //! 717 interleaved runs). Decisions never depend on it: it only changes
 //! where memory is cached.
 
+use crate::prefetch::LINE;
 use std::time::Duration;
 
 /// One chunk in this many is handled the way the estimates say is slower,
@@ -153,7 +154,7 @@ pub(super) fn drop_from_caches(p: *const u8, len: usize) {
                     options(nostack, preserves_flags)
                 );
             }
-            at = (at & !63) + 64;
+            at = (at & !(LINE - 1)) + LINE;
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -186,6 +187,22 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// `chunks` chunks of a million lines each, parsed in `kept` or
+    /// `dropped` ns a line and dropped in `cost`, as `e` chooses; how many
+    /// it dropped.
+    fn run(e: &mut Eviction, chunks: usize, (kept, dropped, cost): (u64, u64, u64)) -> usize {
+        let mut drops = 0;
+        for _ in 0..chunks {
+            let d = e.choose();
+            drops += d as usize;
+            if d {
+                e.dropping_took(ms(cost), 1_000_000);
+            }
+            e.parsing_took(d, ms(if d { dropped } else { kept }), 1_000_000);
+        }
+        drops
+    }
+
     /// Whatever it measures, dropping leaves the bytes as they were.
     #[test]
     fn dropping_changes_no_bytes() {
@@ -214,31 +231,13 @@ mod tests {
             return;
         }
         // Far cores: kept buffers parse at 200 ns a line, dropped at 120,
-        // and dropping costs 10: drop.
-        let mut e = Eviction::default();
-        let mut drops = 0;
-        for _ in 0..1_600 {
-            let d = e.choose();
-            drops += d as u32;
-            if d {
-                e.dropping_took(ms(10), 1_000_000);
-            }
-            e.parsing_took(d, ms(if d { 120 } else { 200 }), 1_000_000);
-        }
-        // The ways are far apart: the slower tried one chunk in 32.
+        // and dropping costs 10: drop. The ways are far apart: the slower
+        // is tried one chunk in 32.
+        let drops = run(&mut Eviction::default(), 1_600, (200, 120, 10));
         assert!((1_530..1_570).contains(&drops), "dropped {drops} of 1,600");
         // Near cores: dropping saves less than it costs: keep (the ways
         // within a quarter of each other, the slower tried one in 16).
-        let mut e = Eviction::default();
-        let mut drops = 0;
-        for _ in 0..1_600 {
-            let d = e.choose();
-            drops += d as u32;
-            if d {
-                e.dropping_took(ms(20), 1_000_000);
-            }
-            e.parsing_took(d, ms(if d { 150 } else { 160 }), 1_000_000);
-        }
+        let drops = run(&mut Eviction::default(), 1_600, (160, 150, 20));
         assert!((80..120).contains(&drops), "dropped {drops} of 1,600");
     }
 
@@ -250,21 +249,9 @@ mod tests {
             return;
         }
         let mut e = Eviction::default();
-        let run = |e: &mut Eviction, kept: u64, n: usize| -> usize {
-            let mut drops = 0;
-            for _ in 0..n {
-                let d = e.choose();
-                drops += d as usize;
-                if d {
-                    e.dropping_took(ms(10), 1_000_000);
-                }
-                e.parsing_took(d, ms(if d { 120 } else { kept }), 1_000_000);
-            }
-            drops
-        };
-        assert!(run(&mut e, 100, 800) < 100, "near: kept");
-        run(&mut e, 250, 200);
-        assert!(run(&mut e, 250, 800) > 700, "far: dropped");
+        assert!(run(&mut e, 800, (100, 120, 10)) < 100, "near: kept");
+        run(&mut e, 200, (250, 120, 10));
+        assert!(run(&mut e, 800, (250, 120, 10)) > 700, "far: dropped");
     }
 
     /// One preempted chunk does not flip the choice.
